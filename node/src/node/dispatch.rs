@@ -1,0 +1,70 @@
+//! Inbound peer requests: decode, check the sender's storage incarnation, route.
+
+use bytes::Bytes;
+
+use super::Node;
+use crate::meta::META_GROUP;
+use crate::raft::group::WriteError;
+use crate::raft::wire::{self, Envelope, Reply, Request, WireError};
+use crate::raft::Command;
+use crate::seams::net::NodeId;
+
+pub(super) async fn handle(node: Node, from: NodeId, request: Bytes) -> Bytes {
+    let reply = match wire::decode::<Envelope>(&request) {
+        Ok(env) => route(&node, from, env).await,
+        Err(e) => Reply::Error(e),
+    };
+    Bytes::from(wire::encode(&reply))
+}
+
+fn write_err(e: WriteError) -> Reply {
+    match e {
+        WriteError::NotLeader(l) => Reply::Error(WireError::NotLeader(l)),
+        other => Reply::Error(WireError::Failed(other.to_string())),
+    }
+}
+
+async fn route(node: &Node, from: NodeId, env: Envelope) -> Reply {
+    // A node that lost its storage comes back with a new incarnation; it must not take part
+    // under its old identity (its empty vote could elect a leader lacking committed entries).
+    let registered = node.inner.meta.sm.read().await.state.nodes.get(&from).map(|r| r.incarnation);
+    if let Some(inc) = registered {
+        if inc != env.from_incarnation {
+            return Reply::Error(WireError::Refused(format!(
+                "node {from} speaks with storage incarnation {:016x}, but the directory knows it as {inc:016x}: refused",
+                env.from_incarnation
+            )));
+        }
+    }
+    match env.body {
+        Request::Raft { group, rpc } => {
+            if group == META_GROUP {
+                node.inner.meta.handle(rpc).await
+            } else {
+                match node.tenant_group(&group) {
+                    Some(g) => g.handle(rpc).await,
+                    None => Reply::Error(WireError::UnknownGroup(group)),
+                }
+            }
+        }
+        Request::MetaPropose { cmd } => match node.inner.meta.write(Command::Meta(cmd)).await {
+            Ok((crate::raft::Reply::Meta(r), _, _)) => Reply::Meta(r),
+            Ok((other, _, _)) => Reply::Error(WireError::Failed(format!("unexpected meta reply {other:?}"))),
+            Err(e) => write_err(e),
+        },
+        Request::GroupProbe { group } => match node.probe_local(&group).await {
+            Some(p) => Reply::Probe(p),
+            None => Reply::Error(WireError::UnknownGroup(group)),
+        },
+        Request::JoinMeta { node: joining } => {
+            let st = node.inner.meta.status();
+            if st.voters.contains(&joining) || st.learners.contains(&joining) {
+                return Reply::Joined;
+            }
+            match node.inner.meta.add_learner(joining).await {
+                Ok(()) => Reply::Joined,
+                Err(e) => write_err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! What clients and operators can ask of a node, in tetrad's terms. The gRPC service maps these
+//! to the wire; the simulator's clients call them directly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Node;
+use crate::meta::state::{MetaCommand, MetaReply, Mode, TenantRecord, TenantSpec, TenantState as TState};
+use crate::raft::group::WriteError;
+use crate::raft::wire::{self, Envelope, GroupProbeReply, RegionLagWire, Reply, Request, WireError};
+use crate::raft::Command;
+use crate::seams::net::NodeId;
+use crate::storage::chunks::Hash;
+use crate::tenant::catalog::{validate_name, SegmentRecord, TenantCommand, TenantReply, MAX_SEGMENT_BYTES};
+use crate::tenant::placement::{self, NodeSlot};
+
+/// How long a node waits for a peer when routing a client's request.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ApiError {
+    #[error("tenant {0:?} does not exist")]
+    UnknownTenant(String),
+    #[error("segment {0:?} does not exist")]
+    UnknownSegment(String),
+    #[error("segment {name:?} already exists with different bytes (stored blake3 {existing}, {existing_size} bytes); nothing was changed")]
+    Conflict { name: String, existing: String, existing_size: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("this node does not lead the tenant's group")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("outcome unknown: {0}; retrying the same write is safe")]
+    OutcomeUnknown(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NotLeader(l) => ApiError::NotLeader { leader: l },
+            WriteError::OutcomeUnknown(m) => ApiError::OutcomeUnknown(m),
+            WriteError::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    pub already_present: bool,
+    pub size: u64,
+    pub blake3: Hash,
+    pub epoch: u64,
+    pub term: u64,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub name: String,
+    pub region: String,
+    pub up: bool,
+    pub api_addr: std::net::SocketAddr,
+    pub last_heartbeat_ago_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantView {
+    pub record: TenantRecord,
+    pub probe: Option<GroupProbeReply>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterStatus {
+    pub nodes: Vec<NodeView>,
+    pub meta_leader: Option<NodeId>,
+    pub tenants: Vec<TenantView>,
+}
+
+fn valid_tenant_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "tenant name {name:?} must be 1-63 characters of a-z, 0-9, '-' and '_', not starting with '-'"
+        )))
+    }
+}
+
+impl Node {
+    async fn call_peer(&self, to: NodeId, body: Request) -> Result<Reply, ApiError> {
+        let env = Envelope { from_incarnation: self.inner.store.incarnation(), body };
+        let bytes = Bytes::from(wire::encode(&env));
+        let reply = self
+            .inner
+            .transport
+            .call(to, bytes, PEER_TIMEOUT)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        wire::decode::<Reply>(&reply).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// Proposes a meta command through whichever node leads the meta group.
+    pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaReply, ApiError> {
+        let mut candidates: Vec<NodeId> = vec![];
+        match self.inner.meta.write(Command::Meta(cmd.clone())).await {
+            Ok((crate::raft::Reply::Meta(r), _, _)) => return Ok(r),
+            Ok((other, _, _)) => return Err(ApiError::Internal(format!("unexpected meta reply {other:?}"))),
+            Err(WriteError::NotLeader(Some(l))) if l != self.inner.me => candidates.push(l),
+            Err(WriteError::NotLeader(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        candidates.extend(self.inner.meta_voters.iter().copied().filter(|v| *v != self.inner.me));
+        let mut last = ApiError::Unavailable("no meta leader is known".into());
+        let mut tried = std::collections::BTreeSet::new();
+        let mut i = 0;
+        while i < candidates.len() && tried.len() < 8 {
+            let to = candidates[i];
+            i += 1;
+            if !tried.insert(to) {
+                continue;
+            }
+            match self.call_peer(to, Request::MetaPropose { cmd: cmd.clone() }).await {
+                Ok(Reply::Meta(r)) => return Ok(r),
+                Ok(Reply::Error(WireError::NotLeader(Some(l)))) => {
+                    candidates.insert(i, l);
+                }
+                Ok(Reply::Error(e)) => last = ApiError::Unavailable(e.to_string()),
+                Ok(other) => last = ApiError::Internal(format!("unexpected reply {other:?}")),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Asks the meta group to add this node as a learner, unless it is a member already.
+    pub(super) async fn join_meta_if_needed(&self) {
+        let st = self.inner.meta.status();
+        let me = self.inner.me;
+        if st.voters.contains(&me) || st.learners.contains(&me) || self.inner.meta_voters.contains(&me) {
+            return;
+        }
+        for v in self.inner.meta_voters.clone() {
+            match self.call_peer(v, Request::JoinMeta { node: me }).await {
+                Ok(Reply::Joined) => return,
+                Ok(Reply::Error(WireError::NotLeader(Some(l)))) => {
+                    if let Ok(Reply::Joined) = self.call_peer(l, Request::JoinMeta { node: me }).await {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Bootstraps the meta group. Only a meta voter can; idempotent.
+    pub async fn init_cluster(&self) -> Result<bool, ApiError> {
+        if !self.inner.meta_voters.contains(&self.inner.me) {
+            return Err(ApiError::BadRequest(format!("{} is not a meta voter; ask one of {:?}", self.name(), self.inner.cfg.meta_voters)));
+        }
+        self.inner.meta.initialize(&self.inner.meta_voters).await.map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    pub fn meta_leader(&self) -> Option<NodeId> {
+        self.inner.meta.status().leader
+    }
+
+    fn topology(&self) -> Vec<NodeSlot> {
+        self.inner.cfg.nodes.iter().map(|p| NodeSlot { id: p.id, region: p.region.clone() }).collect()
+    }
+
+    /// Nodes whose liveness the directory saw renewed within one period (by this node's wall clock).
+    async fn live_nodes(&self) -> BTreeMap<NodeId, u64> {
+        let now = self.inner.clock.wall_now_ms();
+        let period = self.inner.cfg.liveness.period_ms;
+        let meta = self.inner.meta.sm.read().await;
+        meta.state
+            .nodes
+            .values()
+            .filter(|r| now.saturating_sub(r.last_heartbeat_ms) <= period)
+            .map(|r| (r.id, r.last_heartbeat_ms))
+            .collect()
+    }
+
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        mode: &str,
+        primary: Option<&str>,
+        rpo_target_ms: u64,
+        on_lag: &str,
+        regions: &[String],
+    ) -> Result<TenantRecord, ApiError> {
+        valid_tenant_name(name)?;
+        let mode = Mode::parse(mode).ok_or_else(|| ApiError::BadRequest(format!("unknown mode {mode:?}: sync, near-sync or async")))?;
+        let on_lag = if on_lag.is_empty() { "block" } else { on_lag };
+        if on_lag != "block" && on_lag != "degrade" {
+            return Err(ApiError::BadRequest(format!("on_lag must be block or degrade, not {on_lag:?}")));
+        }
+        let topo = self.topology();
+        let (load, primaries) = {
+            let meta = self.inner.meta.sm.read().await;
+            if let Some(existing) = meta.state.tenants.get(name) {
+                // Idempotent create: same spec answers with the existing record.
+                let same = existing.spec.mode == mode && primary.is_none_or(|p| p == existing.spec.primary);
+                if same {
+                    return Ok(existing.clone());
+                }
+            }
+            (meta.state.load(), meta.state.primaries_per_region())
+        };
+        let primary = match primary {
+            Some(p) => p.to_string(),
+            None => placement::default_primary(&topo, regions, &primaries)
+                .ok_or_else(|| ApiError::BadRequest("no region is available for the tenant".into()))?,
+        };
+        let spec = TenantSpec {
+            name: name.to_string(),
+            mode,
+            primary,
+            rpo_target_ms,
+            on_lag: on_lag.to_string(),
+            regions: regions.to_vec(),
+        };
+        // Place on nodes that are up, so the group can form at once.
+        let live = self.live_nodes().await;
+        let live_topo: Vec<NodeSlot> = topo.iter().filter(|n| live.contains_key(&n.id)).cloned().collect();
+        let placed = placement::place(&spec, &live_topo, &load).map_err(ApiError::BadRequest)?;
+        let record = TenantRecord {
+            spec,
+            epoch: 1,
+            voters: placed.voters,
+            learners: placed.learners,
+            created_at_ms: self.inner.clock.wall_now_ms(),
+            state: TState::Healthy,
+        };
+        match self.propose_meta(MetaCommand::CreateTenant { record }).await? {
+            MetaReply::TenantCreated(r) | MetaReply::TenantExists(r) => Ok(r),
+            MetaReply::Refused { reason } => Err(ApiError::BadRequest(reason)),
+            other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn tenant_record(&self, name: &str) -> Result<TenantRecord, ApiError> {
+        self.inner.meta.sm.read().await.state.tenants.get(name).cloned().ok_or_else(|| ApiError::UnknownTenant(name.to_string()))
+    }
+
+    pub async fn tenant_records(&self) -> Vec<TenantRecord> {
+        self.inner.meta.sm.read().await.state.tenants.values().cloned().collect()
+    }
+
+    /// Finds who leads a tenant's group, asking its members when this node does not host it.
+    async fn locate_leader(&self, rec: &TenantRecord) -> Option<NodeId> {
+        if let Some(g) = self.tenant_group(&rec.group()) {
+            if let Some(l) = g.status().leader {
+                return Some(l);
+            }
+        }
+        for m in rec.members().filter(|m| *m != self.inner.me) {
+            if let Ok(Reply::Probe(p)) = self.call_peer(m, Request::GroupProbe { group: rec.group() }).await {
+                if p.leader.is_some() {
+                    return p.leader;
+                }
+            }
+        }
+        None
+    }
+
+    /// Stores one WAL segment. Answers only once it is durable as the tenant's mode promises and
+    /// this node's liveness lease is valid.
+    pub async fn push(&self, tenant: &str, name: &str, blake3: Hash, data: Vec<u8>) -> Result<PushOutcome, ApiError> {
+        validate_name(name).map_err(ApiError::BadRequest)?;
+        if data.len() as u64 > MAX_SEGMENT_BYTES {
+            return Err(ApiError::BadRequest(format!("segment is larger than {MAX_SEGMENT_BYTES} bytes")));
+        }
+        if ::blake3::hash(&data).as_bytes() != &blake3 {
+            return Err(ApiError::BadRequest("the segment's bytes do not match the blake3 in its header".into()));
+        }
+        let rec = self.tenant_record(tenant).await?;
+        let Some(g) = self.tenant_group(&rec.group()) else {
+            return Err(ApiError::NotLeader { leader: self.locate_leader(&rec).await });
+        };
+        if !g.status().is_leader {
+            let leader = match g.status().leader {
+                Some(l) => Some(l),
+                None => self.locate_leader(&rec).await,
+            };
+            return Err(ApiError::NotLeader { leader });
+        }
+        if !self.inner.liveness.is_valid() {
+            return Err(ApiError::Unavailable("this node's liveness lease is not valid; it acks nothing until it renews".into()));
+        }
+        let cmd = TenantCommand::PutSegment { name: name.to_string(), blake3, data, proposed_at_ms: self.inner.clock.wall_now_ms() };
+        let (reply, _, _) = g.write(Command::Tenant(cmd)).await?;
+        // Fencing: checked after the write is durable and just before the ack.
+        if !self.inner.liveness.is_valid() {
+            return Err(ApiError::OutcomeUnknown("the write committed, but this node's liveness lease lapsed before the ack".into()));
+        }
+        match reply {
+            crate::raft::Reply::Tenant(TenantReply::Stored { already_present, size, blake3, index, term }) => {
+                Ok(PushOutcome { already_present, size, blake3, epoch: rec.epoch, term, index })
+            }
+            crate::raft::Reply::Tenant(TenantReply::Conflict { existing, existing_size }) => Err(ApiError::Conflict {
+                name: name.to_string(),
+                existing: crate::storage::chunks::hex(&existing),
+                existing_size,
+            }),
+            crate::raft::Reply::Tenant(TenantReply::Invalid { reason }) => Err(ApiError::BadRequest(reason)),
+            other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The group of a tenant when this node leads it, after a linearizable read barrier.
+    async fn leading_group_for_read(&self, tenant: &str) -> Result<std::sync::Arc<crate::raft::group::Group<crate::tenant::group_state::TenantState>>, ApiError> {
+        let rec = self.tenant_record(tenant).await?;
+        let Some(g) = self.tenant_group(&rec.group()) else {
+            return Err(ApiError::NotLeader { leader: self.locate_leader(&rec).await });
+        };
+        g.read_barrier().await?;
+        Ok(g)
+    }
+
+    /// Looks a segment up (linearizable). Its bytes are read with [`Node::read_chunk`].
+    pub async fn segment(&self, tenant: &str, name: &str) -> Result<SegmentRecord, ApiError> {
+        let g = self.leading_group_for_read(tenant).await?;
+        let sm = g.sm.read().await;
+        sm.state.catalog.segments.get(name).cloned().ok_or_else(|| ApiError::UnknownSegment(name.to_string()))
+    }
+
+    /// Reads one chunk of a tenant's segment from this node's disk, verifying its hash.
+    pub async fn read_chunk(&self, tenant: &str, hash: &Hash) -> Result<Vec<u8>, ApiError> {
+        let rec = self.tenant_record(tenant).await?;
+        let g = self.tenant_group(&rec.group()).ok_or_else(|| ApiError::Unavailable("group moved away".into()))?;
+        let chunks = g.sm.read().await.state.chunks.clone();
+        crate::storage::store::blocking(|| chunks.get(hash)).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// Reads a whole segment (linearizable), verifying every chunk and the whole.
+    pub async fn fetch(&self, tenant: &str, name: &str) -> Result<(SegmentRecord, Vec<u8>), ApiError> {
+        let rec = self.segment(tenant, name).await?;
+        let mut data = Vec::with_capacity(rec.size as usize);
+        for h in &rec.chunks {
+            data.extend(self.read_chunk(tenant, h).await?);
+        }
+        if ::blake3::hash(&data).as_bytes() != &rec.blake3 {
+            return Err(ApiError::Internal(format!("segment {name} failed its blake3 check on this replica")));
+        }
+        Ok((rec, data))
+    }
+
+    /// Lists a tenant's segments (linearizable).
+    pub async fn list(&self, tenant: &str, prefix: &str) -> Result<Vec<SegmentRecord>, ApiError> {
+        let g = self.leading_group_for_read(tenant).await?;
+        let sm = g.sm.read().await;
+        Ok(sm.state.catalog.segments.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect())
+    }
+
+    /// What this node knows of a group it hosts (with lag per region if it leads).
+    pub async fn probe_local(&self, group: &str) -> Option<GroupProbeReply> {
+        let g = self.tenant_group(group)?;
+        let st = g.status();
+        let sm = g.sm.read().await;
+        let mut lag = vec![];
+        if st.is_leader {
+            let last = sm.state.last_mark();
+            let now = self.inner.clock.wall_now_ms();
+            let mut best: BTreeMap<String, Option<u64>> = BTreeMap::new();
+            let members = st.voters.iter().chain(st.learners.iter());
+            for m in members {
+                let Some(region) = self.region_of(*m) else { continue };
+                let matched = if *m == self.inner.me { Some(st.last_index) } else { st.matched.get(m).copied().flatten() };
+                let e = best.entry(region.to_string()).or_insert(None);
+                *e = (*e).max(matched);
+            }
+            for (region, matched) in best {
+                let (writes, bytes, seconds) = match (last, matched) {
+                    (None, _) => (0, 0, 0.0),
+                    (Some(l), Some(m)) if m >= l.index => (0, 0, 0.0),
+                    (Some(l), m) => {
+                        let base = m.and_then(|m| sm.state.mark_at(m));
+                        let (w0, b0) = base.map(|b| (b.writes, b.bytes)).unwrap_or((0, 0));
+                        let since = sm.state.first_timed_after(m.unwrap_or(0)).and_then(|x| x.proposed_at_ms);
+                        let secs = since.map(|t| now.saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0);
+                        (l.writes.saturating_sub(w0), l.bytes.saturating_sub(b0), secs)
+                    }
+                };
+                lag.push(RegionLagWire { region, writes, bytes, seconds });
+            }
+        }
+        Some(GroupProbeReply {
+            leader: st.leader,
+            term: st.term,
+            is_leader: st.is_leader,
+            last_index: st.last_index,
+            applied_index: st.applied_index,
+            lag,
+            segments: sm.state.catalog.segments.len() as u64,
+        })
+    }
+
+    /// The leader's probe of a tenant's group, asking members when needed.
+    async fn probe_tenant(&self, rec: &TenantRecord) -> Option<GroupProbeReply> {
+        let group = rec.group();
+        let mut hint = None;
+        if let Some(p) = self.probe_local(&group).await {
+            if p.is_leader {
+                return Some(p);
+            }
+            hint = p.leader;
+        }
+        let mut order: Vec<NodeId> = hint.into_iter().collect();
+        order.extend(rec.members().filter(|m| Some(*m) != hint && *m != self.inner.me));
+        let mut fallback = None;
+        for m in order {
+            if let Ok(Reply::Probe(p)) = self.call_peer(m, Request::GroupProbe { group: group.clone() }).await {
+                if p.is_leader {
+                    return Some(p);
+                }
+                fallback.get_or_insert(p);
+            }
+        }
+        fallback
+    }
+
+    pub async fn status(&self) -> ClusterStatus {
+        let now = self.inner.clock.wall_now_ms();
+        let period = self.inner.cfg.liveness.period_ms;
+        let (records, beats): (Vec<TenantRecord>, BTreeMap<NodeId, u64>) = {
+            let meta = self.inner.meta.sm.read().await;
+            (meta.state.tenants.values().cloned().collect(), meta.state.nodes.values().map(|r| (r.id, r.last_heartbeat_ms)).collect())
+        };
+        let nodes = self
+            .inner
+            .cfg
+            .nodes
+            .iter()
+            .map(|p| {
+                let ago = beats.get(&p.id).map(|t| now.saturating_sub(*t));
+                NodeView {
+                    id: p.id,
+                    name: p.name.clone(),
+                    region: p.region.clone(),
+                    up: ago.is_some_and(|a| a <= period),
+                    api_addr: p.api_addr,
+                    last_heartbeat_ago_ms: ago,
+                }
+            })
+            .collect();
+        let mut tenants = vec![];
+        for r in records {
+            let probe = self.probe_tenant(&r).await;
+            tenants.push(TenantView { record: r, probe });
+        }
+        ClusterStatus { nodes, meta_leader: self.meta_leader(), tenants }
+    }
+}

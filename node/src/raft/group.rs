@@ -1,0 +1,182 @@
+//! One running Raft group on this node, with the operations the rest of the node needs, in
+//! tetrad's own terms (no openraft types leak out of here).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{EmptyNode, ReadPolicy, SnapshotPolicy};
+use tokio::sync::RwLock;
+
+use super::log_store::GroupLog;
+use super::network::GroupNetwork;
+use super::state_machine::{GroupSm, GroupState, SmInner};
+use super::types::{Command, Reply, Snapshot, TypeConfig};
+use super::wire::{self, RaftRpc, WireError};
+use crate::config::RaftTuning;
+use crate::seams::net::{NodeId, TransportRef};
+use crate::storage::store::{Store, StoreError};
+
+pub type RaftOf<S> = openraft::Raft<TypeConfig, GroupSm<S>>;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WriteError {
+    #[error("this node does not lead the group; leader: {0:?}")]
+    NotLeader(Option<NodeId>),
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    #[error("group unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GroupError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A snapshot of what a group's Raft instance reports about itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GroupStatus {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub is_leader: bool,
+    pub last_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// Matched log index per follower (leader only).
+    pub matched: BTreeMap<NodeId, Option<u64>>,
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+pub struct Group<S: GroupState> {
+    pub name: String,
+    pub raft: RaftOf<S>,
+    pub sm: Arc<RwLock<SmInner<S>>>,
+}
+
+/// openraft's config from tetrad's tuning.
+pub fn raft_config(group: &str, t: &RaftTuning) -> Result<Arc<openraft::Config>, GroupError> {
+    let cfg = openraft::Config {
+        cluster_name: group.to_string(),
+        heartbeat_interval: t.heartbeat_interval_ms,
+        election_timeout_min: t.election_timeout_min_ms,
+        election_timeout_max: t.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: t.max_in_snapshot_log_to_keep,
+        max_payload_entries: t.max_payload_entries,
+        install_snapshot_timeout: t.election_timeout_max_ms.max(10_000),
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    cfg.validate().map(Arc::new).map_err(|e| GroupError::Raft(e.to_string()))
+}
+
+impl<S: GroupState> Group<S> {
+    pub async fn start(name: &str, store: Arc<Store>, transport: TransportRef, tuning: &RaftTuning, me: NodeId) -> Result<Self, GroupError> {
+        let config = raft_config(name, tuning)?;
+        let sm = GroupSm::<S>::open(store.clone(), name)?;
+        let reader = sm.reader();
+        let net = GroupNetwork::new(name, transport, store.incarnation(), Duration::from_secs(120));
+        let log = GroupLog::new(store, name);
+        let raft = openraft::Raft::new(me, config, net, log, sm).await.map_err(|e| GroupError::Raft(e.to_string()))?;
+        Ok(Self { name: name.to_string(), raft, sm: reader })
+    }
+
+    /// Initialises a new group with `voters`. Returns false when it was already initialised.
+    pub async fn initialize(&self, voters: &[NodeId]) -> Result<bool, GroupError> {
+        if self.raft.is_initialized().await.map_err(|e| GroupError::Raft(e.to_string()))? {
+            return Ok(false);
+        }
+        let members: BTreeMap<NodeId, EmptyNode> = voters.iter().map(|v| (*v, EmptyNode::default())).collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(GroupError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let m = {
+            use openraft_rt::WatchReceiver;
+            self.raft.metrics().borrow_watched().clone()
+        };
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = mem.learner_ids().collect();
+        GroupStatus {
+            leader: m.current_leader,
+            term: m.current_term,
+            is_leader: m.current_leader == Some(m.id),
+            last_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            matched: m.replication.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.map(|l| l.index))).collect(),
+            voters,
+            learners,
+        }
+    }
+
+    /// Proposes a command and waits until it is committed and applied here.
+    pub async fn write(&self, cmd: Command) -> Result<(Reply, u64, u64), WriteError> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok((resp.data, resp.log_id.leader_id.term, resp.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
+                Err(WriteError::OutcomeUnknown(format!("the leader changed while the write was in flight (new leader {:?})", f.leader_id)))
+            }
+            Err(RaftError::APIError(e)) => Err(WriteError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(WriteError::Unavailable(format!("group stopped: {e}"))),
+        }
+    }
+
+    /// Returns once this node's state machine reflects every write committed before the call,
+    /// confirmed with a quorum (ReadIndex). Fails on a node that does not lead.
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f))) => Err(WriteError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(e)) => Err(WriteError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(WriteError::Unavailable(format!("group stopped: {e}"))),
+        }
+    }
+
+    pub async fn add_learner(&self, node: NodeId) -> Result<(), WriteError> {
+        match self.raft.add_learner(node, EmptyNode::default(), false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader(f.leader_id)),
+            Err(e) => Err(WriteError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Answers a peer's Raft RPC.
+    pub async fn handle(&self, rpc: RaftRpc) -> wire::Reply {
+        let fail = |e: String| wire::Reply::Error(WireError::Failed(e));
+        match rpc {
+            RaftRpc::Append(r) => self.raft.append_entries(r).await.map(wire::Reply::Append).unwrap_or_else(|e| fail(e.to_string())),
+            RaftRpc::Vote(r) => self.raft.vote(r).await.map(wire::Reply::Vote).unwrap_or_else(|e| fail(e.to_string())),
+            RaftRpc::PreVote(r) => self.raft.pre_vote(r).await.map(wire::Reply::Vote).unwrap_or_else(|e| fail(e.to_string())),
+            RaftRpc::Snapshot { vote, meta, data } => self
+                .raft
+                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                .await
+                .map(wire::Reply::Snapshot)
+                .unwrap_or_else(|e| fail(e.to_string())),
+            RaftRpc::TransferLeader(r) => {
+                self.raft.handle_transfer_leader(r).await.map(wire::Reply::TransferLeader).unwrap_or_else(|e| fail(e.to_string()))
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(group = %self.name, error = %e, "raft shutdown reported an error");
+        }
+    }
+}

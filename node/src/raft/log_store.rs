@@ -1,0 +1,177 @@
+//! openraft's log storage for one group, over the node's shared [`Store`].
+//!
+//! Appends go through the store's writer, so they are fsync'd (and group-committed with other
+//! groups' appends) before openraft is told the I/O completed: a follower answers an append only
+//! after its entries are on stable storage.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+use redb::ReadableDatabase;
+
+use super::types::{Entry, LogId, TypeConfig, Vote};
+use crate::storage::store::{group_keys, Store, StoreError, TxnFn, KV, LOG};
+
+/// One group's log, vote and purge marker.
+#[derive(Clone)]
+pub struct GroupLog {
+    store: Arc<Store>,
+    group: Arc<str>,
+}
+
+impl GroupLog {
+    pub fn new(store: Arc<Store>, group: &str) -> Self {
+        Self { store, group: group.into() }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T, io::Error> {
+        postcard::from_bytes(bytes).map_err(|e| {
+            io::Error::from(StoreError::Corrupt { what: format!("{what} of group {}", self.group), detail: e.to_string() })
+        })
+    }
+
+    fn read_kv<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
+        match self.store.kv_get(&self.group, key)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(self.decode(key, &b)?)),
+        }
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, io::Error> {
+        let txn = self.store.db().begin_read().map_err(StoreError::db)?;
+        let log = txn.open_table(LOG).map_err(StoreError::db)?;
+        let mut it = log.range((&*self.group, 0u64)..=(&*self.group, u64::MAX)).map_err(StoreError::db)?;
+        match it.next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, v) = item.map_err(StoreError::db)?;
+                let e: Entry = self.decode("log entry", v.value())?;
+                Ok(Some(e.log_id))
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for GroupLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        use std::ops::Bound;
+        let lo = match range.start_bound() {
+            Bound::Included(&x) => x,
+            Bound::Excluded(&x) => x + 1,
+            Bound::Unbounded => 0,
+        };
+        let hi = match range.end_bound() {
+            Bound::Included(&x) => x,
+            Bound::Excluded(&x) if x == 0 => return Ok(vec![]),
+            Bound::Excluded(&x) => x - 1,
+            Bound::Unbounded => u64::MAX,
+        };
+        if lo > hi {
+            return Ok(vec![]);
+        }
+        let txn = self.store.db().begin_read().map_err(StoreError::db)?;
+        let log = txn.open_table(LOG).map_err(StoreError::db)?;
+        let mut out = vec![];
+        for item in log.range((&*self.group, lo)..=(&*self.group, hi)).map_err(StoreError::db)? {
+            let (_, v) = item.map_err(StoreError::db)?;
+            out.push(self.decode("log entry", v.value())?);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.read_kv("vote")
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for GroupLog {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let purged: Option<LogId> = self.read_kv("purged")?;
+        let last = self.last_entry_log_id()?.or(purged);
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let bytes = postcard::to_stdvec(vote).map_err(io::Error::other)?;
+        self.store.write(vec![Store::kv_put(&self.group, "vote", bytes)]).await?;
+        Ok(())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = vec![];
+        for e in entries {
+            rows.push((e.log_id.index, postcard::to_stdvec(&e).map_err(io::Error::other)?));
+        }
+        let group = self.group.clone();
+        let work: TxnFn = Box::new(move |txn| {
+            let mut log = txn.open_table(LOG).map_err(StoreError::db)?;
+            for (idx, bytes) in rows {
+                log.insert((&*group, idx), bytes.as_slice()).map_err(StoreError::db)?;
+            }
+            Ok(())
+        });
+        // The callback fires only after the batch containing these entries is durable.
+        let res = self.store.write(vec![work]).await;
+        match res {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = io::Error::from(e);
+                callback.io_completed(Err(io::Error::new(err.kind(), err.to_string())));
+                Err(err)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        let group = self.group.clone();
+        let work: TxnFn = Box::new(move |txn| {
+            let mut log = txn.open_table(LOG).map_err(StoreError::db)?;
+            for idx in group_keys(&log, &group, from..)? {
+                log.remove((&*group, idx)).map_err(StoreError::db)?;
+            }
+            Ok(())
+        });
+        self.store.write(vec![work]).await?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let group = self.group.clone();
+        let upto = log_id.index;
+        let marker = postcard::to_stdvec(&log_id).map_err(io::Error::other)?;
+        let work: TxnFn = Box::new(move |txn| {
+            {
+                let mut kv = txn.open_table(KV).map_err(StoreError::db)?;
+                kv.insert((&*group, "purged"), marker.as_slice()).map_err(StoreError::db)?;
+            }
+            let mut log = txn.open_table(LOG).map_err(StoreError::db)?;
+            for idx in group_keys(&log, &group, ..=upto)? {
+                log.remove((&*group, idx)).map_err(StoreError::db)?;
+            }
+            Ok(())
+        });
+        self.store.write(vec![work]).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! openraft's network for one group, over the transport seam.
+//!
+//! Every RPC is bounded by the deadline openraft gives it (the transport enforces it), so an RPC
+//! to a dead or partitioned peer ends instead of wedging replication. `pre_vote` and
+//! `transfer_leader` are real RPCs: openraft's defaults would grant every pre-vote and report
+//! every leader transfer as unreachable.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+
+use super::types::{Snapshot, TypeConfig, Vote};
+use super::wire::{self, Envelope, RaftRpc, Reply, Request, WireError};
+use crate::seams::net::{NodeId, TransportRef};
+
+/// Creates per-peer clients for one group.
+#[derive(Clone)]
+pub struct GroupNetwork {
+    group: Arc<str>,
+    transport: TransportRef,
+    incarnation: u64,
+    snapshot_timeout: Duration,
+}
+
+impl GroupNetwork {
+    pub fn new(group: &str, transport: TransportRef, incarnation: u64, snapshot_timeout: Duration) -> Self {
+        Self { group: group.into(), transport, incarnation, snapshot_timeout }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, _node: &openraft::EmptyNode) -> PeerClient {
+        PeerClient { net: self.clone(), target }
+    }
+}
+
+pub struct PeerClient {
+    net: GroupNetwork,
+    target: NodeId,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+fn unreachable<E: std::error::Error + 'static>(e: &E) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(e))
+}
+
+impl PeerClient {
+    async fn call(&self, rpc: RaftRpc, timeout: Duration) -> Result<Reply, RPCError<TypeConfig>> {
+        let env = Envelope { from_incarnation: self.net.incarnation, body: Request::Raft { group: self.net.group.to_string(), rpc } };
+        let bytes = Bytes::from(wire::encode(&env));
+        let reply = self.net.transport.call(self.target, bytes, timeout).await.map_err(|e| unreachable(&e))?;
+        let reply: Reply = wire::decode(&reply).map_err(|e| unreachable(&e))?;
+        match reply {
+            Reply::Error(e) => Err(unreachable(&e)),
+            r => Ok(r),
+        }
+    }
+}
+
+fn unexpected(r: Reply) -> RPCError<TypeConfig> {
+    unreachable(&WireError::Malformed(format!("unexpected reply {r:?}")))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(&mut self, rpc: wire::AppendRequest, option: RPCOption) -> Result<wire::AppendResponse, RPCError<TypeConfig>> {
+        match self.call(RaftRpc::Append(rpc), option.hard_ttl()).await? {
+            Reply::Append(r) => Ok(r),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn vote(&mut self, rpc: wire::VoteRequest, option: RPCOption) -> Result<wire::VoteResponse, RPCError<TypeConfig>> {
+        match self.call(RaftRpc::Vote(rpc), option.hard_ttl()).await? {
+            Reply::Vote(r) => Ok(r),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn pre_vote(&mut self, rpc: wire::VoteRequest, option: RPCOption) -> Result<wire::VoteResponse, RPCError<TypeConfig>> {
+        match self.call(RaftRpc::PreVote(rpc), option.hard_ttl()).await? {
+            Reply::Vote(r) => Ok(r),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<wire::SnapshotResponse, StreamingError<TypeConfig>> {
+        let rpc = RaftRpc::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let timeout = self.net.snapshot_timeout;
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = self.call(rpc, timeout) => match r {
+                Ok(Reply::Snapshot(s)) => Ok(s),
+                Ok(other) => Err(StreamingError::Unreachable(Unreachable::new(&Msg(format!("unexpected reply {other:?}"))))),
+                Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&Msg(e.to_string())))),
+            },
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: wire::TransferLeaderRequest,
+        option: RPCOption,
+    ) -> Result<wire::TransferLeaderResponse, RPCError<TypeConfig>> {
+        match self.call(RaftRpc::TransferLeader(req), option.hard_ttl()).await? {
+            Reply::TransferLeader(r) => Ok(r),
+            r => Err(unexpected(r)),
+        }
+    }
+}
