@@ -124,8 +124,8 @@ impl LivenessTuning {
 impl NodeConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path)
     }
 
@@ -199,9 +199,8 @@ mod tests {
             "name = \"eu-west-1\"\ndata_dir = \"/tmp/x\"\nmeta_voters = [\"eu-west-1\", \"us-east-1\", \"ap-south-1\"]\n\
              [tls]\nca_cert = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
         );
-        for (i, (n, r)) in [("eu-west-1", "eu-west"), ("us-east-1", "us-east"), ("ap-south-1", "ap-south")]
-            .iter()
-            .enumerate()
+        for (i, (n, r)) in
+            [("eu-west-1", "eu-west"), ("us-east-1", "us-east"), ("ap-south-1", "ap-south")].iter().enumerate()
         {
             s.push_str(&format!(
                 "[[nodes]]\nid = {}\nname = \"{n}\"\nregion = \"{r}\"\nraft_addr = \"127.0.0.1:{}\"\napi_addr = \"127.0.0.1:{}\"\n",

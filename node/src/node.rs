@@ -22,6 +22,9 @@ use crate::seams::net::{NodeId, RpcHandler, RpcHandlerRef, TransportRef};
 use crate::storage::store::{Store, StoreError};
 use crate::tenant::group_state::TenantState;
 
+/// How long shutdown waits for one group.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub use ops::{ApiError, ClusterStatus, NodeView, PushOutcome, TenantView};
 
 /// What a node needs from the outside world, all through the seams.
@@ -143,14 +146,16 @@ impl Node {
     pub async fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
         let groups: Vec<_> = self.inner.tenants.lock().expect("tenants lock").values().cloned().collect();
+        // A group whose core is wedged (its disk died under it, say) must not hold the node's
+        // shutdown forever: give each a bounded time.
         for g in groups {
-            g.shutdown().await;
+            if tokio::time::timeout(SHUTDOWN_GRACE, g.shutdown()).await.is_err() {
+                tracing::warn!(node = %self.name(), group = %g.name, "group did not shut down in time; abandoning it");
+            }
         }
-        self.inner.meta.shutdown().await;
-    }
-
-    pub(crate) fn name_of(&self, id: NodeId) -> String {
-        self.inner.cfg.nodes.iter().find(|p| p.id == id).map(|p| p.name.clone()).unwrap_or_else(|| format!("node-{id}"))
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.meta.shutdown()).await.is_err() {
+            tracing::warn!(node = %self.name(), "meta group did not shut down in time; abandoning it");
+        }
     }
 
     pub(crate) fn region_of(&self, id: NodeId) -> Option<&str> {

@@ -12,5 +12,5 @@
 pub mod clock;
 pub mod disk;
 pub mod net;
-pub mod rng;
 mod os_disk;
+pub mod rng;

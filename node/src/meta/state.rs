@@ -108,11 +108,15 @@ pub enum MetaCommand {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaReply {
     HeartbeatAccepted,
-    HeartbeatRefused { reason: String },
+    HeartbeatRefused {
+        reason: String,
+    },
     TenantCreated(TenantRecord),
     /// The same tenant already exists with the same spec: an idempotent retry.
     TenantExists(TenantRecord),
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,7 +250,14 @@ mod group_state {
             }
         }
 
-        fn apply(&mut self, _store: &Arc<Store>, group: &str, _at: ApplyInfo, cmd: &Command, work: &mut Vec<TxnFn>) -> Result<Reply, StoreError> {
+        fn apply(
+            &mut self,
+            _store: &Arc<Store>,
+            group: &str,
+            _at: ApplyInfo,
+            cmd: &Command,
+            work: &mut Vec<TxnFn>,
+        ) -> Result<Reply, StoreError> {
             let Command::Meta(c) = cmd else {
                 return Ok(Reply::None);
             };
@@ -259,7 +270,13 @@ mod group_state {
             Ok(postcard::to_stdvec(self).expect("meta state encodes"))
         }
 
-        fn install(&mut self, _store: &Arc<Store>, group: &str, bytes: &[u8], work: &mut Vec<TxnFn>) -> Result<(), StoreError> {
+        fn install(
+            &mut self,
+            _store: &Arc<Store>,
+            group: &str,
+            bytes: &[u8],
+            work: &mut Vec<TxnFn>,
+        ) -> Result<(), StoreError> {
             *self = decode(bytes)?;
             work.push(Store::kv_put(group, "state", bytes.to_vec()));
             Ok(())

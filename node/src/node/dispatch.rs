@@ -56,6 +56,10 @@ async fn route(node: &Node, from: NodeId, env: Envelope) -> Reply {
             Some(p) => Reply::Probe(p),
             None => Reply::Error(WireError::UnknownGroup(group)),
         },
+        Request::TenantLookup { name } => match node.inner.meta.read_barrier().await {
+            Ok(()) => Reply::Tenant(node.inner.meta.sm.read().await.state.tenants.get(&name).cloned()),
+            Err(e) => write_err(e),
+        },
         Request::JoinMeta { node: joining } => {
             let st = node.inner.meta.status();
             if st.voters.contains(&joining) || st.learners.contains(&joining) {

@@ -165,7 +165,11 @@ impl Node {
     /// Bootstraps the meta group. Only a meta voter can; idempotent.
     pub async fn init_cluster(&self) -> Result<bool, ApiError> {
         if !self.inner.meta_voters.contains(&self.inner.me) {
-            return Err(ApiError::BadRequest(format!("{} is not a meta voter; ask one of {:?}", self.name(), self.inner.cfg.meta_voters)));
+            return Err(ApiError::BadRequest(format!(
+                "{} is not a meta voter; ask one of {:?}",
+                self.name(),
+                self.inner.cfg.meta_voters
+            )));
         }
         self.inner.meta.initialize(&self.inner.meta_voters).await.map_err(|e| ApiError::Internal(e.to_string()))
     }
@@ -201,7 +205,8 @@ impl Node {
         regions: &[String],
     ) -> Result<TenantRecord, ApiError> {
         valid_tenant_name(name)?;
-        let mode = Mode::parse(mode).ok_or_else(|| ApiError::BadRequest(format!("unknown mode {mode:?}: sync, near-sync or async")))?;
+        let mode = Mode::parse(mode)
+            .ok_or_else(|| ApiError::BadRequest(format!("unknown mode {mode:?}: sync, near-sync or async")))?;
         let on_lag = if on_lag.is_empty() { "block" } else { on_lag };
         if on_lag != "block" && on_lag != "degrade" {
             return Err(ApiError::BadRequest(format!("on_lag must be block or degrade, not {on_lag:?}")));
@@ -250,8 +255,31 @@ impl Node {
         }
     }
 
+    /// A tenant's record. This node's replica of the directory may trail the meta leader (a
+    /// tenant created a moment ago), so a miss is confirmed with the meta leader before the
+    /// tenant is called unknown.
     pub async fn tenant_record(&self, name: &str) -> Result<TenantRecord, ApiError> {
-        self.inner.meta.sm.read().await.state.tenants.get(name).cloned().ok_or_else(|| ApiError::UnknownTenant(name.to_string()))
+        if let Some(r) = self.inner.meta.sm.read().await.state.tenants.get(name).cloned() {
+            return Ok(r);
+        }
+        let unknown = || ApiError::UnknownTenant(name.to_string());
+        match self.inner.meta.read_barrier().await {
+            Ok(()) => return self.inner.meta.sm.read().await.state.tenants.get(name).cloned().ok_or_else(unknown),
+            Err(WriteError::NotLeader(hint)) => {
+                let mut order: Vec<NodeId> = hint.into_iter().collect();
+                order
+                    .extend(self.inner.meta_voters.iter().copied().filter(|v| Some(*v) != hint && *v != self.inner.me));
+                for to in order {
+                    match self.call_peer(to, Request::TenantLookup { name: name.to_string() }).await {
+                        Ok(Reply::Tenant(Some(r))) => return Ok(r),
+                        Ok(Reply::Tenant(None)) => return Err(unknown()),
+                        _ => continue,
+                    }
+                }
+                Err(ApiError::Unavailable(format!("cannot reach the meta leader to look tenant {name:?} up")))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn tenant_records(&self) -> Vec<TenantRecord> {
@@ -297,13 +325,22 @@ impl Node {
             return Err(ApiError::NotLeader { leader });
         }
         if !self.inner.liveness.is_valid() {
-            return Err(ApiError::Unavailable("this node's liveness lease is not valid; it acks nothing until it renews".into()));
+            return Err(ApiError::Unavailable(
+                "this node's liveness lease is not valid; it acks nothing until it renews".into(),
+            ));
         }
-        let cmd = TenantCommand::PutSegment { name: name.to_string(), blake3, data, proposed_at_ms: self.inner.clock.wall_now_ms() };
+        let cmd = TenantCommand::PutSegment {
+            name: name.to_string(),
+            blake3,
+            data,
+            proposed_at_ms: self.inner.clock.wall_now_ms(),
+        };
         let (reply, _, _) = g.write(Command::Tenant(cmd)).await?;
         // Fencing: checked after the write is durable and just before the ack.
         if !self.inner.liveness.is_valid() {
-            return Err(ApiError::OutcomeUnknown("the write committed, but this node's liveness lease lapsed before the ack".into()));
+            return Err(ApiError::OutcomeUnknown(
+                "the write committed, but this node's liveness lease lapsed before the ack".into(),
+            ));
         }
         match reply {
             crate::raft::Reply::Tenant(TenantReply::Stored { already_present, size, blake3, index, term }) => {
@@ -320,7 +357,10 @@ impl Node {
     }
 
     /// The group of a tenant when this node leads it, after a linearizable read barrier.
-    async fn leading_group_for_read(&self, tenant: &str) -> Result<std::sync::Arc<crate::raft::group::Group<crate::tenant::group_state::TenantState>>, ApiError> {
+    async fn leading_group_for_read(
+        &self,
+        tenant: &str,
+    ) -> Result<std::sync::Arc<crate::raft::group::Group<crate::tenant::group_state::TenantState>>, ApiError> {
         let rec = self.tenant_record(tenant).await?;
         let Some(g) = self.tenant_group(&rec.group()) else {
             return Err(ApiError::NotLeader { leader: self.locate_leader(&rec).await });
@@ -361,7 +401,14 @@ impl Node {
     pub async fn list(&self, tenant: &str, prefix: &str) -> Result<Vec<SegmentRecord>, ApiError> {
         let g = self.leading_group_for_read(tenant).await?;
         let sm = g.sm.read().await;
-        Ok(sm.state.catalog.segments.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect())
+        Ok(sm
+            .state
+            .catalog
+            .segments
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect())
     }
 
     /// What this node knows of a group it hosts (with lag per region if it leads).
@@ -377,7 +424,8 @@ impl Node {
             let members = st.voters.iter().chain(st.learners.iter());
             for m in members {
                 let Some(region) = self.region_of(*m) else { continue };
-                let matched = if *m == self.inner.me { Some(st.last_index) } else { st.matched.get(m).copied().flatten() };
+                let matched =
+                    if *m == self.inner.me { Some(st.last_index) } else { st.matched.get(m).copied().flatten() };
                 let e = best.entry(region.to_string()).or_insert(None);
                 *e = (*e).max(matched);
             }
@@ -436,7 +484,10 @@ impl Node {
         let period = self.inner.cfg.liveness.period_ms;
         let (records, beats): (Vec<TenantRecord>, BTreeMap<NodeId, u64>) = {
             let meta = self.inner.meta.sm.read().await;
-            (meta.state.tenants.values().cloned().collect(), meta.state.nodes.values().map(|r| (r.id, r.last_heartbeat_ms)).collect())
+            (
+                meta.state.tenants.values().cloned().collect(),
+                meta.state.nodes.values().map(|r| (r.id, r.last_heartbeat_ms)).collect(),
+            )
         };
         let nodes = self
             .inner
@@ -461,5 +512,36 @@ impl Node {
             tenants.push(TenantView { record: r, probe });
         }
         ClusterStatus { nodes, meta_leader: self.meta_leader(), tenants }
+    }
+}
+
+impl Node {
+    /// A digest of this replica's applied catalog for `group`: (applied index, segments, hash).
+    /// The simulator compares replicas with it after faults heal.
+    pub async fn replica_digest(&self, group: &str) -> Option<(u64, u64, [u8; 32])> {
+        let g = self.tenant_group(group)?;
+        let sm = g.sm.read().await;
+        let mut h = ::blake3::Hasher::new();
+        for (name, rec) in &sm.state.catalog.segments {
+            h.update(name.as_bytes());
+            h.update(&rec.blake3);
+        }
+        Some((
+            sm.applied.map(|l| l.index).unwrap_or(0),
+            sm.state.catalog.segments.len() as u64,
+            *h.finalize().as_bytes(),
+        ))
+    }
+
+    /// (term, leader) of every group this node runs, for the one-leader-per-term oracle.
+    pub fn group_leaders(&self) -> Vec<(String, u64, Option<NodeId>)> {
+        let mut out = vec![];
+        let m = self.inner.meta.status();
+        out.push((crate::meta::META_GROUP.to_string(), m.term, m.leader));
+        for (name, g) in self.inner.tenants.lock().expect("tenants lock").iter() {
+            let s = g.status();
+            out.push((name.clone(), s.term, s.leader));
+        }
+        out
     }
 }

@@ -78,7 +78,13 @@ pub fn raft_config(group: &str, t: &RaftTuning) -> Result<Arc<openraft::Config>,
 }
 
 impl<S: GroupState> Group<S> {
-    pub async fn start(name: &str, store: Arc<Store>, transport: TransportRef, tuning: &RaftTuning, me: NodeId) -> Result<Self, GroupError> {
+    pub async fn start(
+        name: &str,
+        store: Arc<Store>,
+        transport: TransportRef,
+        tuning: &RaftTuning,
+        me: NodeId,
+    ) -> Result<Self, GroupError> {
         let config = raft_config(name, tuning)?;
         let sm = GroupSm::<S>::open(store.clone(), name)?;
         let reader = sm.reader();
@@ -117,7 +123,13 @@ impl<S: GroupState> Group<S> {
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
-            matched: m.replication.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.map(|l| l.index))).collect(),
+            matched: m
+                .replication
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.map(|l| l.index)))
+                .collect(),
             voters,
             learners,
         }
@@ -128,9 +140,9 @@ impl<S: GroupState> Group<S> {
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok((resp.data, resp.log_id.leader_id.term, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader(f.leader_id)),
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                Err(WriteError::OutcomeUnknown(format!("the leader changed while the write was in flight (new leader {:?})", f.leader_id)))
-            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => Err(WriteError::OutcomeUnknown(
+                format!("the leader changed while the write was in flight (new leader {:?})", f.leader_id),
+            )),
             Err(RaftError::APIError(e)) => Err(WriteError::Unavailable(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(WriteError::Unavailable(format!("group stopped: {e}"))),
         }
@@ -141,7 +153,9 @@ impl<S: GroupState> Group<S> {
     pub async fn read_barrier(&self) -> Result<(), WriteError> {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f))) => Err(WriteError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f))) => {
+                Err(WriteError::NotLeader(f.leader_id))
+            }
             Err(RaftError::APIError(e)) => Err(WriteError::Unavailable(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(WriteError::Unavailable(format!("group stopped: {e}"))),
         }
@@ -159,18 +173,25 @@ impl<S: GroupState> Group<S> {
     pub async fn handle(&self, rpc: RaftRpc) -> wire::Reply {
         let fail = |e: String| wire::Reply::Error(WireError::Failed(e));
         match rpc {
-            RaftRpc::Append(r) => self.raft.append_entries(r).await.map(wire::Reply::Append).unwrap_or_else(|e| fail(e.to_string())),
+            RaftRpc::Append(r) => {
+                self.raft.append_entries(r).await.map(wire::Reply::Append).unwrap_or_else(|e| fail(e.to_string()))
+            }
             RaftRpc::Vote(r) => self.raft.vote(r).await.map(wire::Reply::Vote).unwrap_or_else(|e| fail(e.to_string())),
-            RaftRpc::PreVote(r) => self.raft.pre_vote(r).await.map(wire::Reply::Vote).unwrap_or_else(|e| fail(e.to_string())),
+            RaftRpc::PreVote(r) => {
+                self.raft.pre_vote(r).await.map(wire::Reply::Vote).unwrap_or_else(|e| fail(e.to_string()))
+            }
             RaftRpc::Snapshot { vote, meta, data } => self
                 .raft
                 .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
                 .await
                 .map(wire::Reply::Snapshot)
                 .unwrap_or_else(|e| fail(e.to_string())),
-            RaftRpc::TransferLeader(r) => {
-                self.raft.handle_transfer_leader(r).await.map(wire::Reply::TransferLeader).unwrap_or_else(|e| fail(e.to_string()))
-            }
+            RaftRpc::TransferLeader(r) => self
+                .raft
+                .handle_transfer_leader(r)
+                .await
+                .map(wire::Reply::TransferLeader)
+                .unwrap_or_else(|e| fail(e.to_string())),
         }
     }
 

@@ -30,7 +30,10 @@ impl GroupLog {
 
     fn decode<T: serde::de::DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T, io::Error> {
         postcard::from_bytes(bytes).map_err(|e| {
-            io::Error::from(StoreError::Corrupt { what: format!("{what} of group {}", self.group), detail: e.to_string() })
+            io::Error::from(StoreError::Corrupt {
+                what: format!("{what} of group {}", self.group),
+                detail: e.to_string(),
+            })
         })
     }
 
@@ -69,7 +72,7 @@ impl RaftLogReader<TypeConfig> for GroupLog {
         };
         let hi = match range.end_bound() {
             Bound::Included(&x) => x,
-            Bound::Excluded(&x) if x == 0 => return Ok(vec![]),
+            Bound::Excluded(&0) => return Ok(vec![]),
             Bound::Excluded(&x) => x - 1,
             Bound::Unbounded => u64::MAX,
         };

@@ -55,7 +55,10 @@ fn unreachable<E: std::error::Error + 'static>(e: &E) -> RPCError<TypeConfig> {
 
 impl PeerClient {
     async fn call(&self, rpc: RaftRpc, timeout: Duration) -> Result<Reply, RPCError<TypeConfig>> {
-        let env = Envelope { from_incarnation: self.net.incarnation, body: Request::Raft { group: self.net.group.to_string(), rpc } };
+        let env = Envelope {
+            from_incarnation: self.net.incarnation,
+            body: Request::Raft { group: self.net.group.to_string(), rpc },
+        };
         let bytes = Bytes::from(wire::encode(&env));
         let reply = self.net.transport.call(self.target, bytes, timeout).await.map_err(|e| unreachable(&e))?;
         let reply: Reply = wire::decode(&reply).map_err(|e| unreachable(&e))?;
@@ -73,21 +76,33 @@ fn unexpected(r: Reply) -> RPCError<TypeConfig> {
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = Vec<u8>;
 
-    async fn append_entries(&mut self, rpc: wire::AppendRequest, option: RPCOption) -> Result<wire::AppendResponse, RPCError<TypeConfig>> {
+    async fn append_entries(
+        &mut self,
+        rpc: wire::AppendRequest,
+        option: RPCOption,
+    ) -> Result<wire::AppendResponse, RPCError<TypeConfig>> {
         match self.call(RaftRpc::Append(rpc), option.hard_ttl()).await? {
             Reply::Append(r) => Ok(r),
             r => Err(unexpected(r)),
         }
     }
 
-    async fn vote(&mut self, rpc: wire::VoteRequest, option: RPCOption) -> Result<wire::VoteResponse, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        rpc: wire::VoteRequest,
+        option: RPCOption,
+    ) -> Result<wire::VoteResponse, RPCError<TypeConfig>> {
         match self.call(RaftRpc::Vote(rpc), option.hard_ttl()).await? {
             Reply::Vote(r) => Ok(r),
             r => Err(unexpected(r)),
         }
     }
 
-    async fn pre_vote(&mut self, rpc: wire::VoteRequest, option: RPCOption) -> Result<wire::VoteResponse, RPCError<TypeConfig>> {
+    async fn pre_vote(
+        &mut self,
+        rpc: wire::VoteRequest,
+        option: RPCOption,
+    ) -> Result<wire::VoteResponse, RPCError<TypeConfig>> {
         match self.call(RaftRpc::PreVote(rpc), option.hard_ttl()).await? {
             Reply::Vote(r) => Ok(r),
             r => Err(unexpected(r)),

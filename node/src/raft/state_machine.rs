@@ -32,11 +32,24 @@ pub trait GroupState: Sized + Send + Sync + 'static {
     fn load(store: &Arc<Store>, group: &str) -> Result<Self, StoreError>;
     /// Applies one command; rows to persist are staged in `work` (they commit before the reply
     /// is sent); other durable side effects (chunk files) happen here, synchronously.
-    fn apply(&mut self, store: &Arc<Store>, group: &str, at: ApplyInfo, cmd: &Command, work: &mut Vec<TxnFn>) -> Result<Reply, StoreError>;
+    fn apply(
+        &mut self,
+        store: &Arc<Store>,
+        group: &str,
+        at: ApplyInfo,
+        cmd: &Command,
+        work: &mut Vec<TxnFn>,
+    ) -> Result<Reply, StoreError>;
     /// The whole state as bytes, for a snapshot.
     fn snapshot_bytes(&self, store: &Arc<Store>) -> Result<Vec<u8>, StoreError>;
     /// Replaces the state from snapshot bytes, staging the rows to persist in `work`.
-    fn install(&mut self, store: &Arc<Store>, group: &str, bytes: &[u8], work: &mut Vec<TxnFn>) -> Result<(), StoreError>;
+    fn install(
+        &mut self,
+        store: &Arc<Store>,
+        group: &str,
+        bytes: &[u8],
+        work: &mut Vec<TxnFn>,
+    ) -> Result<(), StoreError>;
     /// Records that the entry at `at` was applied (for lag accounting); default: nothing.
     fn note_applied(&mut self, _at: ApplyInfo, _proposed_at_ms: Option<u64>) {}
 }

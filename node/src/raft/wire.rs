@@ -42,6 +42,8 @@ pub enum Request {
     GroupProbe { group: String },
     /// Ask the meta leader to add `node` to the meta group as a learner.
     JoinMeta { node: NodeId },
+    /// Ask the meta leader for a tenant's record (linearizable on the leader).
+    TenantLookup { name: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,6 +74,7 @@ pub enum Reply {
     Meta(MetaReply),
     Probe(GroupProbeReply),
     Joined,
+    Tenant(Option<crate::meta::state::TenantRecord>),
     Error(WireError),
 }
 

@@ -42,10 +42,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn wall_now_ms(&self) -> WallMillis {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 
     fn mono_now(&self) -> Duration {

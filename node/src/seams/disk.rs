@@ -23,7 +23,7 @@ pub trait Disk: Send + Sync + std::fmt::Debug + 'static {
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Whether a file exists.
     fn exists(&self, path: &Path) -> bool;
-    /// Removes a file; removing an absent file is not an error.
+    /// Removes a file durably (its directory is synced); removing an absent file is not an error.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Creates a directory and its parents, durably.
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
@@ -33,7 +33,7 @@ pub trait Disk: Send + Sync + std::fmt::Debug + 'static {
 
 pub type DiskRef = Arc<dyn Disk>;
 
-pub use super::os_disk::OsDisk;
+pub use super::os_disk::{DiskEvent, DiskLog, OsDisk};
 
 /// Joins a relative name under a root; used by callers that keep paths relative to a data dir.
 pub fn under(root: &Path, rel: &str) -> PathBuf {

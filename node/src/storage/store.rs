@@ -10,6 +10,7 @@
 //! A wiped node has no store; `Store::open` refuses it and `Store::init` gives it a new
 //! incarnation, under which it can only rejoin as a new member.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -93,6 +94,25 @@ impl redb::StorageBackend for DynBackend {
     fn close(&self) -> Result<(), std::io::Error> {
         self.0.close()
     }
+    // The locks keep a second process from opening a live database: forward them all.
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+        self.0.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+        self.0.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.0.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.0.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.0.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+        self.0.query_lock_range(start, end)
+    }
 }
 
 /// Runs blocking storage work: directly on a current-thread runtime (the simulator, whose disk is
@@ -161,12 +181,15 @@ impl Store {
         let inc = kv.get((NODE_GROUP, "incarnation")).map_err(StoreError::db)?.map(|v| v.value().to_vec());
         match (name, inc) {
             (Some(n), Some(i)) if i.len() == 8 => {
-                let name = String::from_utf8(n).map_err(|e| StoreError::Corrupt { what: "node name".into(), detail: e.to_string() })?;
+                let name = String::from_utf8(n)
+                    .map_err(|e| StoreError::Corrupt { what: "node name".into(), detail: e.to_string() })?;
                 let mut b = [0u8; 8];
                 b.copy_from_slice(&i);
                 Ok((name, u64::from_be_bytes(b)))
             }
-            _ => Err(StoreError::Corrupt { what: "node identity".into(), detail: "missing name or incarnation".into() }),
+            _ => {
+                Err(StoreError::Corrupt { what: "node identity".into(), detail: "missing name or incarnation".into() })
+            }
         }
     }
 
@@ -183,7 +206,14 @@ impl Store {
         }
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         tokio::spawn(run_writer(db.clone(), rx));
-        Ok(Arc::new(Store { db, writer: tx, disk, root: root.to_path_buf(), node_name: node_name.to_string(), incarnation }))
+        Ok(Arc::new(Store {
+            db,
+            writer: tx,
+            disk,
+            root: root.to_path_buf(),
+            node_name: node_name.to_string(),
+            incarnation,
+        }))
     }
 
     pub fn incarnation(&self) -> u64 {

@@ -87,13 +87,23 @@ pub enum PutDecision {
 
 impl Catalog {
     /// Decides what a `PutSegment` at (term, index) does. Pure.
-    pub fn decide_put(&self, name: &str, blake3: &Hash, data: &[u8], proposed_at_ms: u64, term: u64, index: u64) -> PutDecision {
+    pub fn decide_put(
+        &self,
+        name: &str,
+        blake3: &Hash,
+        data: &[u8],
+        proposed_at_ms: u64,
+        term: u64,
+        index: u64,
+    ) -> PutDecision {
         if let Err(reason) = validate_name(name) {
             return PutDecision::Reply(TenantReply::Invalid { reason });
         }
         let actual: Hash = *::blake3::hash(data).as_bytes();
         if &actual != blake3 {
-            return PutDecision::Reply(TenantReply::Invalid { reason: "segment bytes do not match their blake3".into() });
+            return PutDecision::Reply(TenantReply::Invalid {
+                reason: "segment bytes do not match their blake3".into(),
+            });
         }
         if let Some(existing) = self.segments.get(name) {
             if &existing.blake3 == blake3 {
@@ -105,7 +115,10 @@ impl Catalog {
                     term: existing.term,
                 });
             }
-            return PutDecision::Reply(TenantReply::Conflict { existing: existing.blake3, existing_size: existing.size });
+            return PutDecision::Reply(TenantReply::Conflict {
+                existing: existing.blake3,
+                existing_size: existing.size,
+            });
         }
         let chunks = crate::storage::chunks::split(data).map(|c| *::blake3::hash(c).as_bytes()).collect();
         PutDecision::Store(SegmentRecord {
@@ -144,7 +157,13 @@ mod tests {
         c.insert(rec);
         assert_eq!(
             c.decide_put("000000010000000000000001", &h(&d), &d, 6, 1, 4),
-            PutDecision::Reply(TenantReply::Stored { already_present: true, size: d.len() as u64, blake3: h(&d), index: 3, term: 1 })
+            PutDecision::Reply(TenantReply::Stored {
+                already_present: true,
+                size: d.len() as u64,
+                blake3: h(&d),
+                index: 3,
+                term: 1
+            })
         );
         let other = b"other".to_vec();
         assert_eq!(
@@ -159,7 +178,10 @@ mod tests {
         let c = Catalog::default();
         let d = b"x".to_vec();
         for bad in ["", ".", "..", "a/b", "a\0b"] {
-            assert!(matches!(c.decide_put(bad, &h(&d), &d, 0, 1, 1), PutDecision::Reply(TenantReply::Invalid { .. })), "{bad:?}");
+            assert!(
+                matches!(c.decide_put(bad, &h(&d), &d, 0, 1, 1), PutDecision::Reply(TenantReply::Invalid { .. })),
+                "{bad:?}"
+            );
         }
         assert!(matches!(c.decide_put("ok", &h(b"y"), &d, 0, 1, 1), PutDecision::Reply(TenantReply::Invalid { .. })));
     }

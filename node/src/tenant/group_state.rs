@@ -50,7 +50,12 @@ fn chunk_err(e: crate::storage::chunks::ChunkError) -> StoreError {
 
 impl TenantState {
     fn mark(&mut self, at: ApplyInfo, proposed_at_ms: Option<u64>) {
-        self.recent.push_back(AppliedMark { index: at.index, proposed_at_ms, writes: self.writes, bytes: self.catalog.bytes });
+        self.recent.push_back(AppliedMark {
+            index: at.index,
+            proposed_at_ms,
+            writes: self.writes,
+            bytes: self.catalog.bytes,
+        });
         while self.recent.len() > RECENT_ENTRIES {
             self.recent.pop_front();
         }
@@ -91,10 +96,22 @@ impl GroupState for TenantState {
             catalog.insert(rec);
         }
         let writes = catalog.segments.len() as u64;
-        Ok(TenantState { catalog, chunks: ChunkStore::new(store.disk().clone(), store.root()), recent: VecDeque::new(), writes })
+        Ok(TenantState {
+            catalog,
+            chunks: ChunkStore::new(store.disk().clone(), store.root()),
+            recent: VecDeque::new(),
+            writes,
+        })
     }
 
-    fn apply(&mut self, _store: &Arc<Store>, group: &str, at: ApplyInfo, cmd: &Command, work: &mut Vec<TxnFn>) -> Result<Reply, StoreError> {
+    fn apply(
+        &mut self,
+        _store: &Arc<Store>,
+        group: &str,
+        at: ApplyInfo,
+        cmd: &Command,
+        work: &mut Vec<TxnFn>,
+    ) -> Result<Reply, StoreError> {
         let Command::Tenant(TenantCommand::PutSegment { name, blake3, data, proposed_at_ms }) = cmd else {
             self.mark(at, None);
             return Ok(Reply::None);
@@ -112,7 +129,13 @@ impl GroupState for TenantState {
                     t.insert((g.as_str(), n.as_str()), row.as_slice()).map_err(StoreError::db)?;
                     Ok(())
                 }));
-                let r = TenantReply::Stored { already_present: false, size: rec.size, blake3: rec.blake3, index: at.index, term: at.term };
+                let r = TenantReply::Stored {
+                    already_present: false,
+                    size: rec.size,
+                    blake3: rec.blake3,
+                    index: at.index,
+                    term: at.term,
+                };
                 self.catalog.insert(rec);
                 self.writes += 1;
                 r
@@ -131,11 +154,20 @@ impl GroupState for TenantState {
                 }
             }
         }
-        let snap = TenantSnapshot { segments: self.catalog.segments.values().cloned().collect(), chunks: chunks.into_iter().collect() };
+        let snap = TenantSnapshot {
+            segments: self.catalog.segments.values().cloned().collect(),
+            chunks: chunks.into_iter().collect(),
+        };
         Ok(postcard::to_stdvec(&snap).expect("snapshot encodes"))
     }
 
-    fn install(&mut self, _store: &Arc<Store>, group: &str, bytes: &[u8], work: &mut Vec<TxnFn>) -> Result<(), StoreError> {
+    fn install(
+        &mut self,
+        _store: &Arc<Store>,
+        group: &str,
+        bytes: &[u8],
+        work: &mut Vec<TxnFn>,
+    ) -> Result<(), StoreError> {
         let snap: TenantSnapshot = postcard::from_bytes(bytes).map_err(|e| corrupt("tenant snapshot", e))?;
         for (h, data) in &snap.chunks {
             if blake3::hash(data).as_bytes() != h {

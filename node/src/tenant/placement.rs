@@ -30,7 +30,11 @@ pub fn regions_of(topology: &[NodeSlot]) -> Vec<String> {
 
 /// Picks the primary region when the operator gave none: the allowed region with the fewest
 /// primaries, earliest in topology order on ties.
-pub fn default_primary(topology: &[NodeSlot], allowed: &[String], primaries: &BTreeMap<String, usize>) -> Option<String> {
+pub fn default_primary(
+    topology: &[NodeSlot],
+    allowed: &[String],
+    primaries: &BTreeMap<String, usize>,
+) -> Option<String> {
     regions_of(topology)
         .into_iter()
         .filter(|r| allowed.is_empty() || allowed.contains(r))
@@ -50,9 +54,14 @@ pub fn place(spec: &TenantSpec, topology: &[NodeSlot], load: &BTreeMap<NodeId, u
             return Err(format!("region {r:?} does not exist (regions: {})", all.join(", ")));
         }
     }
-    let allowed: Vec<String> = all.iter().filter(|r| spec.regions.is_empty() || spec.regions.contains(r)).cloned().collect();
+    let allowed: Vec<String> =
+        all.iter().filter(|r| spec.regions.is_empty() || spec.regions.contains(r)).cloned().collect();
     if !allowed.contains(&spec.primary) {
-        return Err(format!("primary region {:?} is not among the tenant's allowed regions ({})", spec.primary, allowed.join(", ")));
+        return Err(format!(
+            "primary region {:?} is not among the tenant's allowed regions ({})",
+            spec.primary,
+            allowed.join(", ")
+        ));
     }
     let others: Vec<&String> = allowed.iter().filter(|r| **r != spec.primary).collect();
     match spec.mode {
@@ -84,14 +93,16 @@ pub fn place(spec: &TenantSpec, topology: &[NodeSlot], load: &BTreeMap<NodeId, u
                 *per_region.entry(region).or_insert(0) += 1;
             }
             if let Some((r, n)) = per_region.iter().find(|(_, n)| **n >= quorum) {
-                return Err(format!("region {r} would hold {n} of {} voters, a quorum; sync forbids that", voters.len()));
+                return Err(format!(
+                    "region {r} would hold {n} of {} voters, a quorum; sync forbids that",
+                    voters.len()
+                ));
             }
             Ok(Placement { voters, learners: vec![] })
         }
-        Mode::NearSync | Mode::Async => Err(format!(
-            "mode {} is not available yet in this build (only sync is); see issue #4",
-            spec.mode.as_str()
-        )),
+        Mode::NearSync | Mode::Async => {
+            Err(format!("mode {} is not available yet in this build (only sync is); see issue #4", spec.mode.as_str()))
+        }
     }
 }
 

@@ -1,0 +1,3 @@
+//! Production transports.
+
+pub mod quic;

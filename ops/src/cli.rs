@@ -1,0 +1,451 @@
+//! The command line: clap definitions and the dispatch from a parsed command to the library.
+//! Commands return values; printing happens here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Session;
+use crate::cluster_dir::{ClusterFile, Layout};
+use crate::exit::{CmdResult, Op, OrExit, FETCH_ABORT, NO_ANSWER, USAGE};
+use crate::local_cluster::{self, NodeAction, Target, UpArgs};
+use crate::tenant::{self, CreateArgs, Mode, OnLag};
+use crate::{process, status, wal};
+
+/// The deadline of a command when `--timeout` is not given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// `status` is read-only and asked interactively, so it gives up sooner by default.
+pub const DEFAULT_STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    wal fetch only: the segment does not exist
+  2    bad usage or input, unknown tenant, refused request (e.g. a segment conflict)
+  3    no answer: the cluster could not be reached, or a push's outcome is unknown
+  128  wal fetch only: any other failure (PostgreSQL aborts recovery on a status above 125)";
+
+/// tetradctl: operate a tetrad cluster and archive WAL into it.
+#[derive(Debug, Parser)]
+#[command(name = "tetradctl", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// The cluster directory; commands find the cluster through DIR/cluster.toml.
+    #[arg(long, global = true, env = "TETRAD_CLUSTER", default_value = "./tetrad-local", value_name = "DIR")]
+    pub cluster: PathBuf,
+
+    /// Overall deadline of the command, retries and redirects included (e.g. 30s, 2m)
+    /// [default: 60s; 10s for status].
+    #[arg(long, global = true, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole cluster on this machine and drill failures.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Show nodes, the meta leader and every tenant with its per-region lag.
+    #[command(long_about = "Show nodes, the meta leader and every tenant with its per-region lag.\n\n\
+        --json prints {\"nodes\":[{\"id\",\"region\",\"up\",\"api_addr\",\"last_heartbeat_ago_ms\"}], \
+        \"meta_leader\" (null when none), \"tenants\":[{\"name\",\"mode\",\"state\",\"epoch\",\"leader\",\"term\",\
+        \"primary\",\"voters\",\"segments\",\"lag\":[{\"region\",\"writes\",\"bytes\",\"seconds\"}]}]}; fields may be \
+        added, never renamed. Exits 3 if no node answers.")]
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create and inspect tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Archive and restore WAL segments (PostgreSQL archive_command / restore_command).
+    #[command(subcommand)]
+    Wal(WalCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Create and start a local cluster: four regions (eu-central, eu-west, us-east, ap-south).
+    Up {
+        /// Run every node on this machine, on free loopback ports (the only kind for now).
+        #[arg(long, required = true)]
+        local: bool,
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        nodes_per_region: u32,
+        /// TOML file with optional [raft] and [liveness] tables applied to every node.
+        #[arg(long, value_name = "FILE")]
+        tuning: Option<PathBuf>,
+        /// Wipe an existing, stopped cluster in DIR (its data included) and create a new one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop every node (SIGTERM, then SIGKILL after 10 s); the directory and data stay.
+    Down {
+        /// Also remove the cluster directory.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// SIGKILL every node of a region (a drill).
+    KillRegion { region: String },
+    /// Start the nodes of a region again.
+    StartRegion { region: String },
+    /// SIGKILL one node, e.g. eu-west-2.
+    KillNode { name: String },
+    /// Start one node again.
+    StartNode { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        name: String,
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// Where the tenant's leader lives when healthy [default: the cluster picks].
+        #[arg(long, value_name = "REGION")]
+        primary: Option<String>,
+        /// near-sync: the longest span of acked writes a region loss may lose (e.g. 1s, 500ms).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        rpo_target: Option<Duration>,
+        /// near-sync: when the lag gate closes, block writes or degrade to async.
+        #[arg(long, value_enum)]
+        on_lag: Option<OnLag>,
+        /// Keep the tenant's replicas in these regions only (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "R1,R2")]
+        regions: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TenantArg {
+    /// The tenant whose WAL archive this is.
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalCmd {
+    /// Archive one WAL segment; the segment's name is the file's name.
+    #[command(long_about = "Archive one WAL segment; the segment's name is the file's name.\n\n\
+        Use as PostgreSQL's archive_command: `tetradctl wal push --tenant T %p`. Pushing the same \
+        name with the same bytes again succeeds (\"already present\"); the same name with other bytes \
+        fails and changes nothing.\n\n\
+        Exit codes: 0 acked durable; 2 bad input (missing or unreadable file), unknown tenant, or a \
+        segment conflict; 3 outcome unknown or cluster unreachable: retry the same push, it is idempotent.")]
+    Push {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The segment file (PostgreSQL's %p); its file name is the segment's name.
+        file: PathBuf,
+    },
+    /// Restore one WAL segment to DEST.
+    #[command(long_about = "Restore one WAL segment to DEST, verified (size and blake3) and fsynced \
+        before it appears under its name.\n\n\
+        Use as PostgreSQL's restore_command: `tetradctl wal fetch --tenant T %f %p`.\n\n\
+        Exit codes: 0 restored; 1 the segment does not exist (PostgreSQL takes this as the end of the \
+        archive); 2 bad usage, unknown tenant, or DEST not writable; 128 any other failure, e.g. the \
+        cluster cannot be reached. PostgreSQL aborts recovery on an exit status above 125 instead of \
+        ending it early, so an unreachable cluster never makes a standby or a point-in-time recovery \
+        stop short of the archive's end.")]
+    Fetch {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The segment's name (PostgreSQL's %f).
+        name: String,
+        /// Where to write it (PostgreSQL's %p).
+        dest: PathBuf,
+    },
+    /// List a tenant's segments.
+    List {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Only segments whose name starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses a duration such as `1s`, `500ms` or `2m` (humantime); zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1s, 500ms, 2m)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+impl Cli {
+    /// The exit code for a failure before the command could start (e.g. no async runtime).
+    pub fn internal_failure_code(&self) -> u8 {
+        if self.op() == Op::Fetch {
+            FETCH_ABORT
+        } else {
+            NO_ANSWER
+        }
+    }
+
+    fn op(&self) -> Op {
+        match &self.command {
+            Command::Wal(WalCmd::Fetch { .. }) => Op::Fetch,
+            Command::Wal(WalCmd::Push { .. }) => Op::Push,
+            _ => Op::Other,
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        match (&self.command, self.timeout) {
+            (_, Some(t)) => t,
+            (Command::Status { .. }, None) => DEFAULT_STATUS_TIMEOUT,
+            (_, None) => DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// A session with the cluster in `layout`. A fetch that cannot find its cluster exits 128, not
+/// 2: PostgreSQL would take 2 as "no such segment" and could end recovery early.
+fn session(layout: &Layout, timeout: Duration, op: Op) -> CmdResult<Session> {
+    let code = if op == Op::Fetch { FETCH_ABORT } else { USAGE };
+    let cluster = ClusterFile::load(&layout.root).or_exit(code)?;
+    Ok(Session::new(cluster.api_addrs(), timeout))
+}
+
+fn cluster_file(layout: &Layout) -> CmdResult<ClusterFile> {
+    ClusterFile::load(&layout.root).or_exit(USAGE)
+}
+
+fn print_report(report: &[(String, NodeAction)]) {
+    for (name, action) in report {
+        println!("{name}: {}", action.describe());
+    }
+}
+
+pub async fn run(cli: Cli) -> CmdResult<()> {
+    let op = cli.op();
+    let timeout = cli.timeout();
+    let absolute_code = if op == Op::Fetch { FETCH_ABORT } else { USAGE };
+    let root = std::path::absolute(&cli.cluster).or_exit(absolute_code)?;
+    let layout = Layout::new(root);
+    match cli.command {
+        Command::Cluster(cmd) => run_cluster(cmd, &layout, timeout).await,
+        Command::Status { json } => {
+            let reply = status::fetch_status(&mut session(&layout, timeout, op)?).await?;
+            if json {
+                println!("{}", status::render_json(&reply));
+            } else {
+                print!("{}", status::render_table(&reply));
+            }
+            Ok(())
+        }
+        Command::Tenant(cmd) => run_tenant(cmd, &layout, timeout).await,
+        Command::Wal(cmd) => run_wal(cmd, &layout, timeout).await,
+    }
+}
+
+async fn run_cluster(cmd: ClusterCmd, layout: &Layout, timeout: Duration) -> CmdResult<()> {
+    match cmd {
+        ClusterCmd::Up { local, nodes_per_region, tuning, force } => {
+            assert!(local, "clap requires --local");
+            let report = local_cluster::up(layout, &UpArgs { nodes_per_region, tuning, force }, timeout).await?;
+            print!("{}", local_cluster::render_up(layout, &report));
+            Ok(())
+        }
+        ClusterCmd::Down { purge } => {
+            let report = local_cluster::down(layout, purge, local_cluster::STOP_GRACE)?;
+            print_report(&report);
+            if purge {
+                println!("removed {}", layout.root.display());
+            }
+            Ok(())
+        }
+        ClusterCmd::KillRegion { region } => {
+            print_report(&local_cluster::kill(layout, &cluster_file(layout)?, Target::Region(&region))?);
+            Ok(())
+        }
+        ClusterCmd::KillNode { name } => {
+            print_report(&local_cluster::kill(layout, &cluster_file(layout)?, Target::Node(&name))?);
+            Ok(())
+        }
+        ClusterCmd::StartRegion { region } => {
+            let cluster = cluster_file(layout)?;
+            let bin = process::tetrad_bin().or_exit(USAGE)?;
+            print_report(&local_cluster::start(layout, &cluster, Target::Region(&region), &bin, timeout).await?);
+            Ok(())
+        }
+        ClusterCmd::StartNode { name } => {
+            let cluster = cluster_file(layout)?;
+            let bin = process::tetrad_bin().or_exit(USAGE)?;
+            print_report(&local_cluster::start(layout, &cluster, Target::Node(&name), &bin, timeout).await?);
+            Ok(())
+        }
+    }
+}
+
+async fn run_tenant(cmd: TenantCmd, layout: &Layout, timeout: Duration) -> CmdResult<()> {
+    let mut s = session(layout, timeout, Op::Other)?;
+    match cmd {
+        TenantCmd::Create { name, mode, primary, rpo_target, on_lag, regions, json } => {
+            let info = tenant::create(&mut s, &CreateArgs { name, mode, primary, rpo_target, on_lag, regions }).await?;
+            if json {
+                println!("{}", tenant::render_json(&info));
+            } else {
+                print!("{}", tenant::render(&info));
+            }
+        }
+        TenantCmd::List { json } => {
+            let list = tenant::list(&mut s).await?;
+            if json {
+                println!("{}", tenant::render_list_json(&list));
+            } else {
+                print!("{}", tenant::render_list(&list));
+            }
+        }
+        TenantCmd::Show { name, json } => {
+            let info = tenant::show(&mut s, &name).await?;
+            if json {
+                println!("{}", tenant::render_json(&info));
+            } else {
+                print!("{}", tenant::render(&info));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_wal(cmd: WalCmd, layout: &Layout, timeout: Duration) -> CmdResult<()> {
+    match cmd {
+        WalCmd::Push { tenant, file } => {
+            // Read before contacting the cluster: bad input sends nothing.
+            let seg = wal::push::read_segment(&file)?;
+            let mut s = session(layout, timeout, Op::Push)?;
+            let reply = wal::push::push(&mut s, &tenant.tenant, &seg).await?;
+            println!("{}", wal::push::confirmation(&tenant.tenant, &reply));
+        }
+        WalCmd::Fetch { tenant, name, dest } => {
+            let mut s = session(layout, timeout, Op::Fetch)?;
+            let fetched = wal::fetch::fetch(&mut s, &tenant.tenant, &name, &dest).await?;
+            // stdout stays quiet on success for restore_command; the log gets one line on stderr.
+            eprintln!("{name}: restored to {} ({} bytes, blake3 {})", dest.display(), fetched.size, fetched.blake3);
+        }
+        WalCmd::List { tenant, prefix, json } => {
+            let mut s = session(layout, timeout, Op::Other)?;
+            let segments = wal::list(&mut s, &tenant.tenant, &prefix).await?;
+            if json {
+                println!("{}", wal::render_list_json(&segments));
+            } else {
+                print!("{}", wal::render_list(&segments));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_zero_or_bare_numbers_are_refused() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tetradctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn tenant_create_takes_every_option() {
+        let cli = parse(&[
+            "tenant",
+            "create",
+            "acme",
+            "--mode",
+            "near-sync",
+            "--primary",
+            "eu-west",
+            "--rpo-target",
+            "500ms",
+            "--on-lag",
+            "degrade",
+            "--regions",
+            "eu-west,eu-central",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Tenant(TenantCmd::Create { name, mode, primary, rpo_target, on_lag, regions, json }) => {
+                assert_eq!((name.as_str(), mode, primary.as_deref()), ("acme", Mode::NearSync, Some("eu-west")));
+                assert_eq!((rpo_target, on_lag, json), (Some(Duration::from_millis(500)), Some(OnLag::Degrade), false));
+                assert_eq!(regions, ["eu-west", "eu-central"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_up_requires_local() {
+        for args in [
+            &["cluster", "up"][..],
+            &["tenant", "create", "x", "--mode", "fast"],
+            &["wal", "push", "file"],
+            &["status", "--timeout", "soon"],
+            &["wal", "fetch", "--tenant", "t", "only-name"],
+        ] {
+            let err = parse(args).expect_err("usage error");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn global_flags_go_anywhere_and_status_defaults_to_a_shorter_deadline() {
+        let cli = parse(&["status", "--cluster", "/c"]).expect("parses");
+        assert_eq!(cli.cluster, PathBuf::from("/c"));
+        assert_eq!(cli.timeout(), DEFAULT_STATUS_TIMEOUT);
+        let cli = parse(&["--timeout", "5s", "wal", "list", "--tenant", "t"]).expect("parses");
+        assert_eq!(cli.timeout(), Duration::from_secs(5));
+        let cli = parse(&["wal", "list", "--tenant", "t"]).expect("parses");
+        assert_eq!(cli.timeout(), DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn fetch_help_documents_the_restore_command_exit_codes() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("wal")
+            .and_then(|w| w.find_subcommand_mut("fetch"))
+            .expect("exists")
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("restore_command") && help.contains("128") && help.contains("above 125"), "{help}");
+    }
+}

@@ -1,0 +1,185 @@
+//! The async shell around [`Route`]: connects to the cluster's nodes, runs attempts, follows
+//! leader redirects and backs off, all under one deadline per command.
+//!
+//! gRPC is plaintext HTTP/2 on loopback for now (`http://ADDR`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tetrad_proto::v1::tetrad_client::TetradClient;
+use tokio::time::{sleep_until, timeout_at, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::failure::Failure;
+use crate::route::{Decision, Route};
+
+/// How long to wait for a node to accept a connection before trying the next one.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one small request may take on one node before the next node is tried. Pushes and
+/// fetches are bounded by the command's deadline only: a push legitimately waits while the
+/// tenant applies back pressure.
+pub const UNARY_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message tetradctl accepts or sends. WAL data travels in 1 MiB messages.
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+pub type Client = TetradClient<Channel>;
+
+/// Why a command stopped talking to the cluster.
+#[derive(Debug, Clone)]
+pub enum GaveUp {
+    /// A node answered definitively (see [`Failure::decision`]).
+    Refused(Failure),
+    /// The command's deadline passed; `last` is the last failure seen, if any.
+    Deadline { last: Option<Failure> },
+}
+
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GaveUp::Refused(failure) => write!(f, "{failure}"),
+            GaveUp::Deadline { last: Some(last) } => {
+                write!(f, "no answer before the deadline; last error: {last}")
+            }
+            GaveUp::Deadline { last: None } => write!(f, "no answer before the deadline"),
+        }
+    }
+}
+
+/// One command's conversation with the cluster.
+#[derive(Debug)]
+pub struct Session {
+    route: Route,
+    deadline: Instant,
+    last: Option<Failure>,
+    /// The connection to the node that last answered, reused while it keeps answering.
+    channel: Option<(String, Channel)>,
+}
+
+impl Session {
+    /// `nodes`: api addresses (`host:port`) in the order to try them.
+    pub fn new(nodes: Vec<String>, timeout: Duration) -> Self {
+        Self { route: Route::new(nodes), deadline: Instant::now() + timeout, last: None, channel: None }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Connects to the node the route names next, waiting out any backoff first.
+    pub async fn connect(&mut self) -> Result<(String, Client), GaveUp> {
+        loop {
+            let next = self.route.next_attempt();
+            if Instant::now() + next.wait >= self.deadline {
+                return Err(self.deadline_passed());
+            }
+            sleep_until(Instant::now() + next.wait).await;
+            if let Some((addr, channel)) = &self.channel {
+                if *addr == next.addr {
+                    return Ok((next.addr, client(channel.clone())));
+                }
+            }
+            match connect(&next.addr, self.deadline).await {
+                Ok(channel) => {
+                    self.channel = Some((next.addr.clone(), channel.clone()));
+                    return Ok((next.addr, client(channel)));
+                }
+                Err(failure) => self.failed(failure)?,
+            }
+        }
+    }
+
+    /// Records an attempt that succeeded, so the next one goes to the same node.
+    pub fn succeeded(&mut self, addr: &str) {
+        self.route.succeeded(addr);
+    }
+
+    /// Records a failed attempt. Errs when the command should stop: a definitive answer, or the
+    /// deadline has passed.
+    pub fn failed(&mut self, failure: Failure) -> Result<(), GaveUp> {
+        let decision = failure.decision();
+        if decision == Decision::Stop {
+            return Err(GaveUp::Refused(failure));
+        }
+        if matches!(decision, Decision::TryElsewhere | Decision::Redirect(_))
+            && self.channel.as_ref().is_some_and(|(a, _)| a == failure.addr())
+        {
+            self.channel = None;
+        }
+        self.route.failed(failure.addr(), &decision);
+        self.last = Some(failure);
+        if Instant::now() >= self.deadline {
+            return Err(self.deadline_passed());
+        }
+        Ok(())
+    }
+
+    pub fn deadline_passed(&mut self) -> GaveUp {
+        GaveUp::Deadline { last: self.last.clone() }
+    }
+
+    /// Runs a unary request until a node answers it, following redirects.
+    pub async fn unary<T, F, Fut>(&mut self, mut call: F) -> Result<T, GaveUp>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        loop {
+            let (addr, client) = self.connect().await?;
+            let limit = self.deadline.min(Instant::now() + UNARY_ATTEMPT_TIMEOUT);
+            match timeout_at(limit, call(client)).await {
+                Ok(Ok(reply)) => {
+                    self.succeeded(&addr);
+                    return Ok(reply.into_inner());
+                }
+                Ok(Err(status)) => self.failed(Failure::from_status(&addr, &status))?,
+                Err(_) => self.failed(Failure::AttemptTimeout { addr })?,
+            }
+        }
+    }
+}
+
+/// Opens a connection to one node, giving up after [`CONNECT_TIMEOUT`] or at `deadline`.
+pub async fn connect(addr: &str, deadline: Instant) -> Result<Channel, Failure> {
+    let fail = |reason: String| Failure::Connect { addr: addr.to_owned(), reason };
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| fail(format!("not a valid address: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        // Notices a node that vanished mid-stream (a killed region) without waiting for the
+        // command's deadline.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
+    match timeout_at(limit, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(fail(error_chain(&e))),
+        Err(_) => Err(fail("timed out".into())),
+    }
+}
+
+pub fn client(channel: Channel) -> Client {
+    TetradClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// Asks one node for its status, without retries: used to probe whether a node answers at all.
+pub async fn probe_status(addr: &str, timeout: Duration) -> Result<tetrad_proto::v1::StatusReply, Failure> {
+    let deadline = Instant::now() + timeout;
+    let mut c = client(connect(addr, deadline).await?);
+    match timeout_at(deadline, c.status(tetrad_proto::v1::StatusRequest {})).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) => Err(Failure::from_status(addr, &status)),
+        Err(_) => Err(Failure::AttemptTimeout { addr: addr.to_owned() }),
+    }
+}
+
+/// tonic's transport errors hide the useful part (e.g. "Connection refused") in their sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

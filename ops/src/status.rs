@@ -1,0 +1,244 @@
+//! `tetradctl status`: the cluster's nodes, meta leader and tenants, as a table or as JSON.
+//!
+//! The JSON shape is stable (fields may be added, never renamed or removed):
+//!
+//! ```json
+//! {"nodes": [{"id": "eu-central-1", "region": "eu-central", "up": true,
+//!             "api_addr": "127.0.0.1:4001", "last_heartbeat_ago_ms": 120}],
+//!  "meta_leader": "eu-central-1",
+//!  "tenants": [{"name": "acme", "mode": "near-sync", "state": "healthy", "epoch": 1,
+//!               "leader": "eu-west-1", "term": 3, "primary": "eu-west",
+//!               "voters": ["..."], "segments": 12,
+//!               "lag": [{"region": "us-east", "writes": 0, "bytes": 0, "seconds": 0.0}]}]}
+//! ```
+//!
+//! `meta_leader` is null while no meta leader is known; `last_heartbeat_ago_ms` is null when the
+//! node was never heard from.
+
+use serde::Serialize;
+use tetrad_proto::v1::{StatusReply, StatusRequest};
+
+use crate::client::Session;
+use crate::exit::{gave_up, CmdResult, Op};
+use crate::table::{bytes, Table};
+
+pub async fn fetch_status(session: &mut Session) -> CmdResult<StatusReply> {
+    session
+        .unary(|mut c| async move { c.status(StatusRequest {}).await })
+        .await
+        .map_err(|g| gave_up(Op::Other, "status", g))
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    pub nodes: Vec<NodeJson>,
+    pub meta_leader: Option<String>,
+    pub tenants: Vec<TenantStatusJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeJson {
+    pub id: String,
+    pub region: String,
+    pub up: bool,
+    pub api_addr: String,
+    pub last_heartbeat_ago_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantStatusJson {
+    pub name: String,
+    pub mode: String,
+    pub state: String,
+    pub epoch: u64,
+    pub leader: String,
+    pub term: u64,
+    pub primary: String,
+    pub voters: Vec<String>,
+    pub segments: u64,
+    pub lag: Vec<LagJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LagJson {
+    pub region: String,
+    pub writes: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl From<&StatusReply> for StatusJson {
+    fn from(r: &StatusReply) -> Self {
+        StatusJson {
+            nodes: r
+                .nodes
+                .iter()
+                .map(|n| NodeJson {
+                    id: n.id.clone(),
+                    region: n.region.clone(),
+                    up: n.up,
+                    api_addr: n.api_addr.clone(),
+                    last_heartbeat_ago_ms: u64::try_from(n.last_heartbeat_ago_ms).ok(),
+                })
+                .collect(),
+            meta_leader: Some(r.meta_leader.clone()).filter(|l| !l.is_empty()),
+            tenants: r
+                .tenants
+                .iter()
+                .map(|t| TenantStatusJson {
+                    name: t.name.clone(),
+                    mode: t.mode.clone(),
+                    state: t.state.clone(),
+                    epoch: t.epoch,
+                    leader: t.leader.clone(),
+                    term: t.term,
+                    primary: t.primary.clone(),
+                    voters: t.voters.clone(),
+                    segments: t.segments,
+                    lag: t
+                        .lag
+                        .iter()
+                        .map(|l| LagJson {
+                            region: l.region.clone(),
+                            writes: l.writes,
+                            bytes: l.bytes,
+                            seconds: l.seconds,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub fn render_json(r: &StatusReply) -> String {
+    serde_json::to_string_pretty(&StatusJson::from(r)).expect("status JSON always serializes")
+}
+
+pub fn render_table(r: &StatusReply) -> String {
+    let mut out = format!("meta leader: {}\n\n", if r.meta_leader.is_empty() { "(none)" } else { &r.meta_leader });
+    let mut nodes = Table::new(["NODE", "REGION", "STATE", "API", "LAST HEARTBEAT"]);
+    for n in &r.nodes {
+        let heartbeat = match u64::try_from(n.last_heartbeat_ago_ms) {
+            Ok(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            Err(_) => "never".to_owned(),
+        };
+        nodes.row([n.id.as_str(), &n.region, if n.up { "up" } else { "DOWN" }, &n.api_addr, &heartbeat]);
+    }
+    out.push_str(&nodes.render());
+    if r.tenants.is_empty() {
+        out.push_str("\nno tenants\n");
+        return out;
+    }
+    let mut tenants = Table::new(["TENANT", "MODE", "STATE", "EPOCH", "LEADER", "TERM", "PRIMARY", "SEGMENTS"]);
+    for t in &r.tenants {
+        tenants.row([
+            t.name.clone(),
+            t.mode.clone(),
+            t.state.clone(),
+            t.epoch.to_string(),
+            t.leader.clone(),
+            t.term.to_string(),
+            t.primary.clone(),
+            t.segments.to_string(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&tenants.render());
+    let mut lag = Table::new(["TENANT", "REGION", "LAG WRITES", "LAG BYTES", "LAG SECONDS"]);
+    for t in &r.tenants {
+        for l in &t.lag {
+            lag.row([
+                t.name.clone(),
+                l.region.clone(),
+                l.writes.to_string(),
+                bytes(l.bytes),
+                format!("{:.3}", l.seconds),
+            ]);
+        }
+    }
+    out.push('\n');
+    out.push_str(&lag.render());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use tetrad_proto::v1::{NodeStatus, RegionLag, TenantStatus};
+
+    use super::*;
+
+    fn sample() -> StatusReply {
+        StatusReply {
+            nodes: vec![
+                NodeStatus {
+                    id: "eu-central-1".into(),
+                    region: "eu-central".into(),
+                    up: true,
+                    api_addr: "127.0.0.1:1".into(),
+                    last_heartbeat_ago_ms: 250,
+                },
+                NodeStatus {
+                    id: "us-east-1".into(),
+                    region: "us-east".into(),
+                    up: false,
+                    api_addr: "127.0.0.1:2".into(),
+                    last_heartbeat_ago_ms: -1,
+                },
+            ],
+            meta_leader: "eu-central-1".into(),
+            tenants: vec![TenantStatus {
+                name: "acme".into(),
+                mode: "near-sync".into(),
+                state: "degraded".into(),
+                epoch: 2,
+                leader: "eu-central-1".into(),
+                term: 7,
+                lag: vec![RegionLag { region: "us-east".into(), writes: 3, bytes: 48 << 20, seconds: 1.5 }],
+                primary: "eu-central".into(),
+                voters: vec!["eu-central-1".into()],
+                segments: 9,
+            }],
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let v: serde_json::Value = serde_json::from_str(&render_json(&sample())).expect("json");
+        assert_eq!(v["meta_leader"], "eu-central-1");
+        assert_eq!(v["nodes"][0]["id"], "eu-central-1");
+        assert_eq!(v["nodes"][0]["region"], "eu-central");
+        assert_eq!(v["nodes"][1]["up"], false);
+        assert!(v["nodes"][1]["last_heartbeat_ago_ms"].is_null());
+        let t = &v["tenants"][0];
+        for (key, want) in [("name", "acme"), ("mode", "near-sync"), ("state", "degraded"), ("leader", "eu-central-1")]
+        {
+            assert_eq!(t[key], want, "{key}");
+        }
+        assert_eq!((t["epoch"].as_u64(), t["term"].as_u64()), (Some(2), Some(7)));
+        let lag = &t["lag"][0];
+        assert_eq!(
+            (lag["region"].as_str(), lag["writes"].as_u64(), lag["bytes"].as_u64()),
+            (Some("us-east"), Some(3), Some(48 << 20))
+        );
+        assert_eq!(lag["seconds"].as_f64(), Some(1.5));
+    }
+
+    #[test]
+    fn no_meta_leader_is_null_in_json_and_named_in_the_table() {
+        let mut r = sample();
+        r.meta_leader.clear();
+        let v: serde_json::Value = serde_json::from_str(&render_json(&r)).expect("json");
+        assert!(v["meta_leader"].is_null());
+        assert!(render_table(&r).starts_with("meta leader: (none)\n"));
+    }
+
+    #[test]
+    fn the_table_shows_down_nodes_and_lag() {
+        let text = render_table(&sample());
+        assert!(text.contains("us-east-1     us-east     DOWN"), "{text}");
+        assert!(text.contains("never"), "{text}");
+        assert!(text.contains("0.2s ago") || text.contains("0.3s ago"), "{text}");
+        assert!(text.contains("acme    us-east  3           48.0 MiB   1.500"), "{text}");
+    }
+}

@@ -1,0 +1,282 @@
+//! A fake tetrad node: a real tonic server on 127.0.0.1:0 implementing the `Tetrad` service with
+//! an in-memory segment store, whose answers a test scripts per method (serve, redirect, fail
+//! with a `tetrad-error`, fail without metadata, drop the connection, hang, corrupt a fetch).
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tetrad_proto::v1::tetrad_server::{Tetrad, TetradServer};
+use tetrad_proto::v1::*;
+use tetrad_proto::{ERROR_KIND_KEY, LEADER_API_KEY};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+/// The tenant every fake knows; any other is `unknown-tenant`.
+pub const TENANT: &str = "acme";
+
+#[derive(Debug, Clone)]
+pub enum Act {
+    /// Answer as a healthy leader would.
+    Serve,
+    /// `not-leader`, with the leader's api address if given.
+    NotLeader(Option<String>),
+    /// Fail with this `tetrad-error` kind.
+    Fail(&'static str),
+    /// Fail with a status that has no tetrad metadata (as the transport would).
+    Bare(Code),
+    /// Shut the TCP connections down (after reading a push whole).
+    DropConnection,
+    /// Never answer.
+    Hang,
+    /// Fetch: serve the header, then bytes that do not match it.
+    Corrupt,
+}
+
+#[derive(Default)]
+struct Inner {
+    name: String,
+    script: Mutex<HashMap<&'static str, VecDeque<Act>>>,
+    fallback: Mutex<Option<Act>>,
+    calls: Mutex<Vec<&'static str>>,
+    /// Every push received whole: (tenant, name, bytes).
+    pushes: Mutex<Vec<(String, String, Vec<u8>)>>,
+    segments: Mutex<HashMap<String, Vec<u8>>>,
+    conns: Mutex<Vec<std::net::TcpStream>>,
+}
+
+#[derive(Clone)]
+pub struct FakeNode(Arc<Inner>);
+
+impl FakeNode {
+    /// Starts a fake on a free loopback port; returns it and its `host:port`.
+    pub async fn start(name: &str) -> (FakeNode, String) {
+        let fake = FakeNode(Arc::new(Inner { name: name.to_owned(), ..Default::default() }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let me = fake.clone();
+        let incoming = futures::stream::unfold((listener, me), |(listener, me)| async move {
+            let conn = match listener.accept().await {
+                Ok((stream, _)) => me.track(stream),
+                Err(e) => Err(e),
+            };
+            Some((conn, (listener, me)))
+        });
+        let service = TetradServer::new(fake.clone());
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        (fake, addr)
+    }
+
+    /// Keeps a second handle on every accepted socket, so [`Act::DropConnection`] can shut it.
+    fn track(&self, stream: tokio::net::TcpStream) -> std::io::Result<tokio::net::TcpStream> {
+        let std_stream = stream.into_std()?;
+        self.0.conns.lock().unwrap().push(std_stream.try_clone()?);
+        tokio::net::TcpStream::from_std(std_stream)
+    }
+
+    /// Queues answers for `method`; once they are used up the fallback (default: serve) applies.
+    pub fn script(&self, method: &'static str, acts: impl IntoIterator<Item = Act>) {
+        self.0.script.lock().unwrap().entry(method).or_default().extend(acts);
+    }
+
+    pub fn always(&self, act: Act) {
+        *self.0.fallback.lock().unwrap() = Some(act);
+    }
+
+    pub fn calls(&self, method: &str) -> usize {
+        self.0.calls.lock().unwrap().iter().filter(|m| **m == method).count()
+    }
+
+    pub fn pushes(&self) -> Vec<(String, String, Vec<u8>)> {
+        self.0.pushes.lock().unwrap().clone()
+    }
+
+    pub fn put_segment(&self, name: &str, data: &[u8]) {
+        self.0.segments.lock().unwrap().insert(name.to_owned(), data.to_vec());
+    }
+
+    pub fn segment(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.segments.lock().unwrap().get(name).cloned()
+    }
+
+    fn next_act(&self, method: &'static str) -> Act {
+        self.0.calls.lock().unwrap().push(method);
+        let queued = self.0.script.lock().unwrap().get_mut(method).and_then(|q| q.pop_front());
+        queued.or_else(|| self.0.fallback.lock().unwrap().clone()).unwrap_or(Act::Serve)
+    }
+
+    fn drop_connections(&self) {
+        for c in self.0.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Carries out every act but `Serve` and `Corrupt`, which the handler does itself.
+    async fn act(&self, act: &Act) -> Result<(), Status> {
+        match act {
+            Act::Serve | Act::Corrupt => Ok(()),
+            Act::NotLeader(leader) => {
+                let mut s = error("not-leader", "not the leader");
+                if let Some(l) = leader {
+                    s.metadata_mut().insert(LEADER_API_KEY, l.parse().unwrap());
+                }
+                Err(s)
+            }
+            Act::Fail(kind) => Err(error(kind, "scripted failure")),
+            Act::Bare(code) => Err(Status::new(*code, "scripted transport failure")),
+            Act::DropConnection => {
+                self.drop_connections();
+                std::future::pending().await
+            }
+            Act::Hang => std::future::pending().await,
+        }
+    }
+
+    fn known_tenant(tenant: &str) -> Result<(), Status> {
+        if tenant == TENANT {
+            Ok(())
+        } else {
+            Err(error("unknown-tenant", &format!("no tenant {tenant}")))
+        }
+    }
+}
+
+pub fn error(kind: &str, message: &str) -> Status {
+    let code = match kind {
+        "unknown-tenant" | "unknown-segment" => Code::NotFound,
+        "segment-conflict" => Code::AlreadyExists,
+        "bad-request" => Code::InvalidArgument,
+        "not-leader" => Code::FailedPrecondition,
+        "unavailable" | "outcome-unknown" => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    let mut s = Status::new(code, message);
+    s.metadata_mut().insert(ERROR_KIND_KEY, kind.parse().unwrap());
+    s
+}
+
+type FetchStream = futures::stream::BoxStream<'static, Result<FetchWalReply, Status>>;
+
+#[tonic::async_trait]
+impl Tetrad for FakeNode {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        self.act(&self.next_act("status")).await?;
+        Ok(Response::new(StatusReply { meta_leader: self.0.name.clone(), ..Default::default() }))
+    }
+
+    async fn init_cluster(&self, _: Request<InitClusterRequest>) -> Result<Response<InitClusterReply>, Status> {
+        self.act(&self.next_act("init_cluster")).await?;
+        Ok(Response::new(InitClusterReply { already_initialized: false, meta_leader: self.0.name.clone() }))
+    }
+
+    async fn create_tenant(&self, req: Request<CreateTenantRequest>) -> Result<Response<TenantInfo>, Status> {
+        self.act(&self.next_act("create_tenant")).await?;
+        let r = req.into_inner();
+        Ok(Response::new(TenantInfo { name: r.name, mode: r.mode, primary: r.primary, epoch: 1, ..Default::default() }))
+    }
+
+    async fn list_tenants(&self, _: Request<ListTenantsRequest>) -> Result<Response<ListTenantsReply>, Status> {
+        self.act(&self.next_act("list_tenants")).await?;
+        Ok(Response::new(ListTenantsReply { tenants: vec![TenantInfo { name: TENANT.into(), ..Default::default() }] }))
+    }
+
+    async fn get_tenant(&self, req: Request<GetTenantRequest>) -> Result<Response<TenantInfo>, Status> {
+        self.act(&self.next_act("get_tenant")).await?;
+        let name = req.into_inner().name;
+        Self::known_tenant(&name)?;
+        Ok(Response::new(TenantInfo { name, ..Default::default() }))
+    }
+
+    async fn push_wal(&self, req: Request<Streaming<PushWalRequest>>) -> Result<Response<PushWalReply>, Status> {
+        // Read the whole push first, so every scripted act happens "after receiving the push".
+        let mut stream = req.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.msg) {
+            Some(push_wal_request::Msg::Header(h)) => h,
+            _ => return Err(error("bad-request", "header first")),
+        };
+        let mut data = Vec::new();
+        while let Some(m) = stream.message().await? {
+            match m.msg {
+                Some(push_wal_request::Msg::Data(d)) => data.extend_from_slice(&d),
+                _ => return Err(error("bad-request", "data after the header")),
+            }
+        }
+        let act = self.next_act("push_wal");
+        if data.len() as u64 != header.size || blake3::hash(&data).to_hex().as_str() != header.blake3 {
+            return Err(error("bad-request", "size or blake3 does not match the header"));
+        }
+        self.0.pushes.lock().unwrap().push((header.tenant.clone(), header.name.clone(), data.clone()));
+        self.act(&act).await?;
+        Self::known_tenant(&header.tenant)?;
+        let mut segments = self.0.segments.lock().unwrap();
+        let already_present = match segments.get(&header.name) {
+            Some(existing) if *existing == data => true,
+            Some(_) => return Err(error("segment-conflict", "a different segment has this name")),
+            None => {
+                segments.insert(header.name.clone(), data);
+                false
+            }
+        };
+        Ok(Response::new(PushWalReply {
+            name: header.name,
+            size: header.size,
+            blake3: header.blake3,
+            already_present,
+            epoch: 1,
+            term: 2,
+            index: 3,
+        }))
+    }
+
+    type FetchWalStream = FetchStream;
+
+    async fn fetch_wal(&self, req: Request<FetchWalRequest>) -> Result<Response<FetchStream>, Status> {
+        let act = self.next_act("fetch_wal");
+        self.act(&act).await?;
+        let r = req.into_inner();
+        Self::known_tenant(&r.tenant)?;
+        let Some(mut data) = self.segment(&r.name) else {
+            return Err(error("unknown-segment", &format!("no segment {}", r.name)));
+        };
+        let header =
+            SegmentHeader { name: r.name, size: data.len() as u64, blake3: blake3::hash(&data).to_hex().to_string() };
+        if matches!(act, Act::Corrupt) {
+            if let Some(b) = data.first_mut() {
+                *b ^= 0xff;
+            }
+        }
+        let mut messages = vec![Ok(FetchWalReply { msg: Some(fetch_wal_reply::Msg::Header(header)) })];
+        for chunk in data.chunks(1 << 20) {
+            messages.push(Ok(FetchWalReply { msg: Some(fetch_wal_reply::Msg::Data(chunk.to_vec())) }));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
+    }
+
+    async fn list_wal(&self, req: Request<ListWalRequest>) -> Result<Response<ListWalReply>, Status> {
+        self.act(&self.next_act("list_wal")).await?;
+        let r = req.into_inner();
+        Self::known_tenant(&r.tenant)?;
+        let mut segments: Vec<SegmentInfo> = self
+            .0
+            .segments
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n.starts_with(&r.prefix))
+            .map(|(n, d)| SegmentInfo {
+                name: n.clone(),
+                size: d.len() as u64,
+                blake3: blake3::hash(d).to_hex().to_string(),
+                proposed_at_ms: 0,
+            })
+            .collect();
+        segments.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListWalReply { segments }))
+    }
+}
+
+/// A loopback address nothing listens on: bound, then released.
+pub fn closed_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
