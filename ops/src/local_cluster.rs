@@ -426,7 +426,7 @@ pub fn render_up(layout: &Layout, report: &UpReport) -> String {
     format!(
         "tetrad cluster up in {dir}: {} nodes in {} regions, in {:.1}s\nmeta leader: {}\nmeta voters: {}\n\n{}\n\
          next:\n  tetradctl {cluster_arg} status\n  \
-         tetradctl {cluster_arg} tenant create demo --mode near-sync --primary eu-central --rpo-target 1s\n  \
+         tetradctl {cluster_arg} tenant create demo --mode sync --primary eu-central\n  \
          tetradctl {cluster_arg} wal push --tenant demo ./000000010000000000000001\n  \
          tetradctl {cluster_arg} wal fetch --tenant demo 000000010000000000000001 /tmp/000000010000000000000001\n  \
          tetradctl {cluster_arg} cluster kill-region eu-central\n  \

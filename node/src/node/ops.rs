@@ -18,6 +18,10 @@ use crate::tenant::placement::{self, NodeSlot};
 
 /// How long a node waits for a peer when routing a client's request.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one meta proposal may wait on one candidate leader: a meta commit is one WAN quorum
+/// round trip (150-300 ms), and a liveness renewal must get past a dead former leader quickly
+/// enough to try the next candidate within one renewal interval.
+const META_PROPOSE_TIMEOUT: Duration = Duration::from_millis(800);
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ApiError {
@@ -98,14 +102,14 @@ fn valid_tenant_name(name: &str) -> Result<(), ApiError> {
 
 impl Node {
     async fn call_peer(&self, to: NodeId, body: Request) -> Result<Reply, ApiError> {
+        self.call_peer_within(to, body, PEER_TIMEOUT).await
+    }
+
+    async fn call_peer_within(&self, to: NodeId, body: Request, timeout: Duration) -> Result<Reply, ApiError> {
         let env = Envelope { from_incarnation: self.inner.store.incarnation(), body };
         let bytes = Bytes::from(wire::encode(&env));
-        let reply = self
-            .inner
-            .transport
-            .call(to, bytes, PEER_TIMEOUT)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let reply =
+            self.inner.transport.call(to, bytes, timeout).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
         wire::decode::<Reply>(&reply).map_err(|e| ApiError::Internal(e.to_string()))
     }
 
@@ -129,7 +133,7 @@ impl Node {
             if !tried.insert(to) {
                 continue;
             }
-            match self.call_peer(to, Request::MetaPropose { cmd: cmd.clone() }).await {
+            match self.call_peer_within(to, Request::MetaPropose { cmd: cmd.clone() }, META_PROPOSE_TIMEOUT).await {
                 Ok(Reply::Meta(r)) => return Ok(r),
                 Ok(Reply::Error(WireError::NotLeader(Some(l)))) => {
                     candidates.insert(i, l);
