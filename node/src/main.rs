@@ -43,14 +43,14 @@ enum Cmd {
     },
 }
 
-fn load(path: &PathBuf) -> Result<NodeConfig, ExitCode> {
+fn load(path: &std::path::Path) -> Result<NodeConfig, ExitCode> {
     NodeConfig::load(path).map_err(|e| {
         eprintln!("tetrad: {e}");
         ExitCode::from(2)
     })
 }
 
-fn read(path: &PathBuf, what: &str) -> Result<String, ExitCode> {
+fn read(path: &std::path::Path, what: &str) -> Result<String, ExitCode> {
     std::fs::read_to_string(path).map_err(|e| {
         eprintln!("tetrad: cannot read {what} {}: {e}", path.display());
         ExitCode::from(2)

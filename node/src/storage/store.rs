@@ -328,3 +328,71 @@ pub fn group_keys<R: std::ops::RangeBounds<u64>>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seams::disk::{DiskEvent, OsDisk};
+
+    fn is_sync_of_db(e: &DiskEvent) -> bool {
+        matches!(e, DiskEvent::Fdatasync(p) | DiskEvent::FsyncFile(p) if p.ends_with(DB_FILE))
+    }
+
+    #[tokio::test]
+    async fn a_write_returns_only_after_the_database_file_was_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, log) = OsDisk::recording();
+        let disk: DiskRef = Arc::new(disk);
+        Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
+        let store = Store::open(disk, dir.path(), "n1").unwrap();
+        log.take();
+        store.write(vec![Store::kv_put("g", "k", b"v".to_vec())]).await.unwrap();
+        let events = log.take();
+        let last_write = events.iter().rposition(|e| matches!(e, DiskEvent::Write(p) if p.ends_with(DB_FILE)));
+        let last_sync = events.iter().rposition(is_sync_of_db);
+        assert!(last_write.is_some(), "the commit wrote the database: {events:?}");
+        assert!(
+            last_sync > last_write,
+            "a sync of the database follows its last write before write() returned: {events:?}"
+        );
+        assert_eq!(store.kv_get("g", "k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_of_many_groups_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, log) = OsDisk::recording();
+        let disk: DiskRef = Arc::new(disk);
+        Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
+        let store = Store::open(disk, dir.path(), "n1").unwrap();
+        log.take();
+        let mut tasks = vec![];
+        for g in 0..64 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.write(vec![Store::kv_put(&format!("g{g}"), "k", vec![g as u8])]).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let syncs = log.take().iter().filter(|e| is_sync_of_db(e)).count();
+        assert!(syncs >= 1 && syncs < 64, "64 concurrent writes took {syncs} syncs; group commit should fold them");
+        for g in 0..64u8 {
+            assert_eq!(store.kv_get(&format!("g{g}"), "k").unwrap(), Some(vec![g]));
+        }
+    }
+
+    #[tokio::test]
+    async fn identity_is_checked_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let empty = dir.path().join("wiped");
+        assert!(matches!(Store::open(disk.clone(), &empty, "n1"), Err(StoreError::Missing(_))));
+        Store::init(disk.clone(), dir.path(), "n1", 42).unwrap();
+        assert!(matches!(Store::init(disk.clone(), dir.path(), "n1", 43), Err(StoreError::AlreadyInitialised(_, _))));
+        assert!(matches!(Store::open(disk.clone(), dir.path(), "n2"), Err(StoreError::WrongNode { .. })));
+        let s = Store::open(disk, dir.path(), "n1").unwrap();
+        assert_eq!(s.incarnation(), 42, "a second init must not have replaced the incarnation");
+    }
+}
