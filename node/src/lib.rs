@@ -6,6 +6,7 @@ pub mod config;
 pub mod meta;
 pub mod net;
 pub mod node;
+pub mod planted;
 pub mod raft;
 pub mod seams;
 pub mod storage;

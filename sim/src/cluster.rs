@@ -1,15 +1,17 @@
 //! A simulated tetrad cluster: real `tetrad_node::node::Node`s over the simulated network, disks
-//! and clocks, all on one seeded, paused-time tokio runtime.
+//! and clocks, all on one seeded, paused-time tokio runtime, and the node-level faults: power loss,
+//! graceful restart, pause, disk wipe and the operator's re-initialisation of a wiped node.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::{RngExt, SeedableRng};
 use tetrad_node::config::{LivenessTuning, NodeConfig, PeerConfig, RaftTuning, TlsConfig};
-use tetrad_node::node::{Node, NodeDeps};
+use tetrad_node::node::{Node, NodeDeps, StartError};
 use tetrad_node::seams::net::NodeId;
-use tetrad_node::storage::store::Store;
+use tetrad_node::storage::store::{Store, StoreError};
 
 use crate::clock::{ClockSettings, SimClock};
 use crate::disk::SimDisk;
@@ -17,6 +19,9 @@ use crate::net::SimNet;
 use crate::trace::Trace;
 
 pub const REGIONS: [&str; 4] = ["eu-central", "eu-west", "us-east", "ap-south"];
+
+/// The running nodes, shared with client tasks (which must not hold the cluster itself).
+pub type Handles = Arc<Mutex<BTreeMap<NodeId, Node>>>;
 
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
@@ -33,6 +38,8 @@ impl ClusterSpec {
             seed,
             nodes_per_region: 3,
             one_way_ms: crate::net::DEFAULT_ONE_WAY_MS.iter().map(|r| r.to_vec()).collect(),
+            // Snapshots every few hundred entries, so that a region that was down catches up
+            // by snapshot within one run.
             raft: RaftTuning {
                 snapshot_logs_since_last: 200,
                 max_in_snapshot_log_to_keep: 50,
@@ -43,12 +50,41 @@ impl ClusterSpec {
     }
 }
 
+/// What the simulator did to a node last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NodeState {
+    Up,
+    /// Lost power: only synced bytes survive.
+    Crashed,
+    /// Shut down on purpose (rolling restart): the page cache survives.
+    Stopped,
+    /// Frozen: unreachable and its clock stands still.
+    Paused,
+    /// Its disk was wiped; not running.
+    Wiped,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Crashed => "crashed",
+            NodeState::Stopped => "stopped",
+            NodeState::Paused => "paused",
+            NodeState::Wiped => "wiped",
+        }
+    }
+}
+
 pub struct SimNode {
     pub cfg: NodeConfig,
     pub region: usize,
     pub disk: SimDisk,
     pub clock: Arc<SimClock>,
     pub running: Option<Node>,
+    pub state: NodeState,
+    /// Re-initialised by the operator after a wipe: it runs under a new storage incarnation.
+    pub replaced: bool,
 }
 
 pub struct SimCluster {
@@ -56,9 +92,10 @@ pub struct SimCluster {
     pub net: SimNet,
     pub trace: Trace,
     pub nodes: BTreeMap<NodeId, SimNode>,
-    /// The running nodes, shared with client tasks (which must not hold the cluster itself).
-    pub handles: Arc<std::sync::Mutex<BTreeMap<NodeId, Node>>>,
+    pub handles: Handles,
     rng: rand::rngs::SmallRng,
+    /// Shutdowns of crashed nodes, run in the background so a fault lands at its instant.
+    zombies: Vec<tokio::task::JoinHandle<()>>,
 }
 
 fn node_config(spec: &ClusterSpec, me: &PeerConfig, all: &[PeerConfig], meta_voters: &[String]) -> NodeConfig {
@@ -73,14 +110,36 @@ fn node_config(spec: &ClusterSpec, me: &PeerConfig, all: &[PeerConfig], meta_vot
     }
 }
 
+/// Cuts power to nodes synchronously, from anywhere (an ack hook runs inside a client task).
+#[derive(Clone)]
+pub struct PowerSwitch {
+    net: SimNet,
+    handles: Handles,
+    disks: BTreeMap<NodeId, SimDisk>,
+}
+
+impl PowerSwitch {
+    /// Power loss (or, with `wipe`, power loss and a wiped disk) at this very instant: the node
+    /// drops off the network, its packets in flight die, and its disk keeps only what was synced.
+    pub fn cut(&self, id: NodeId, wipe: bool, seed: u64) {
+        self.net.detach(id);
+        self.handles.lock().expect("handles lock").remove(&id);
+        if let Some(d) = self.disks.get(&id) {
+            d.crash_with(seed);
+            if wipe {
+                d.wipe();
+            }
+        }
+    }
+}
+
 impl SimCluster {
     /// Builds and starts the cluster, bootstraps the meta group and waits until every node is
     /// live (bounded).
     pub async fn boot(spec: ClusterSpec) -> Result<SimCluster, String> {
-        use rand::{RngExt, SeedableRng};
         let trace = Trace::new();
         let net = SimNet::new(spec.seed, spec.one_way_ms.clone(), trace.clone());
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(spec.seed ^ 0x636c_7573_7465_72);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(spec.seed ^ 0x0063_6c75_7374_6572);
         let mut peers = vec![];
         for (ri, r) in REGIONS.iter().enumerate() {
             for k in 1..=spec.nodes_per_region {
@@ -111,9 +170,12 @@ impl SimCluster {
             let clock = Arc::new(SimClock::new(ClockSettings::default()));
             Store::init(Arc::new(disk.clone()), &cfg.data_dir, &cfg.name, rng.random())
                 .map_err(|e| format!("init {}: {e}", cfg.name))?;
-            nodes.insert(p.id, SimNode { cfg, region, disk, clock, running: None });
+            nodes.insert(
+                p.id,
+                SimNode { cfg, region, disk, clock, running: None, state: NodeState::Up, replaced: false },
+            );
         }
-        let mut c = SimCluster { spec, net, trace, nodes, handles: Default::default(), rng };
+        let mut c = SimCluster { spec, net, trace, nodes, handles: Default::default(), rng, zombies: vec![] };
         let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
         for id in &ids {
             c.start(*id).await?;
@@ -133,8 +195,31 @@ impl SimCluster {
         self.nodes.get(&id).and_then(|n| n.running.clone())
     }
 
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn region_of(&self, id: NodeId) -> usize {
+        self.nodes[&id].region
+    }
+
+    /// Running nodes (paused ones included: they run, but nothing reaches them).
     pub fn running(&self) -> Vec<Node> {
         self.nodes.values().filter_map(|n| n.running.clone()).collect()
+    }
+
+    /// Running, reachable nodes (re-initialised ones included).
+    pub fn reachable(&self) -> Vec<Node> {
+        self.nodes.values().filter(|n| n.state == NodeState::Up).filter_map(|n| n.running.clone()).collect()
+    }
+
+    /// Running, reachable nodes that the cluster still knows under their original identity.
+    pub fn serving(&self) -> Vec<Node> {
+        self.nodes
+            .values()
+            .filter(|n| n.state == NodeState::Up && !n.replaced)
+            .filter_map(|n| n.running.clone())
+            .collect()
     }
 
     pub fn all_live(&self) -> bool {
@@ -145,52 +230,126 @@ impl SimCluster {
         self.nodes.iter().filter(|(_, n)| n.region == region).map(|(id, _)| *id).collect()
     }
 
+    pub fn power_switch(&self) -> PowerSwitch {
+        PowerSwitch {
+            net: self.net.clone(),
+            handles: self.handles.clone(),
+            disks: self.nodes.iter().map(|(id, n)| (*id, n.disk.clone())).collect(),
+        }
+    }
+
+    pub fn draw_seed(&mut self) -> u64 {
+        self.rng.random()
+    }
+
+    /// Starts a node that is not running. A node whose store is gone (wiped) is re-initialised
+    /// first, as the operator would (`tetrad init`): a new storage incarnation, under which the
+    /// product must keep it from voting as its old self.
     pub async fn start(&mut self, id: NodeId) -> Result<(), String> {
         let n = self.nodes.get(&id).ok_or("unknown node")?;
         if n.running.is_some() {
             return Ok(());
         }
+        // Whatever identity it comes back under, a wiped node lost everything it held.
+        let wiped = n.state == NodeState::Wiped;
+        let node = match self.start_once(id).await {
+            Err(StartError::Store(StoreError::Missing(_))) => {
+                let incarnation: u64 = self.rng.random();
+                let n = &self.nodes[&id];
+                Store::init(Arc::new(n.disk.clone()), &n.cfg.data_dir, &n.cfg.name, incarnation)
+                    .map_err(|e| format!("re-init {}: {e}", n.cfg.name))?;
+                self.nodes.get_mut(&id).expect("exists").replaced = true;
+                self.trace.event(&format!("re-init {id} incarnation {incarnation:016x}"));
+                self.start_once(id).await
+            }
+            other => other,
+        }
+        .map_err(|e| format!("start {id}: {e}"))?;
+        self.trace.event(&format!("start {id}"));
+        self.handles.lock().expect("handles lock").insert(id, node.clone());
+        let n = self.nodes.get_mut(&id).expect("exists");
+        n.running = Some(node);
+        n.state = NodeState::Up;
+        n.replaced |= wiped;
+        Ok(())
+    }
+
+    async fn start_once(&self, id: NodeId) -> Result<Node, StartError> {
+        let n = &self.nodes[&id];
         let deps = NodeDeps { clock: n.clock.clone(), disk: Arc::new(n.disk.clone()) };
         let net = self.net.clone();
-        let node = Node::start(n.cfg.clone(), deps, move |handler| {
+        Node::start(n.cfg.clone(), deps, move |handler| {
             net.attach(id, handler);
             Ok(net.transport_for(id) as tetrad_node::seams::net::TransportRef)
         })
         .await
-        .map_err(|e| format!("start {}: {e}", n.cfg.name))?;
-        self.trace.event(&format!("start {id}"));
-        self.handles.lock().expect("handles lock").insert(id, node.clone());
-        self.nodes.get_mut(&id).expect("exists").running = Some(node);
-        Ok(())
+    }
+
+    /// Finishes a power loss that a [`PowerSwitch`] began: the node's tasks are stopped in the
+    /// background (they can no longer reach the network or the disk).
+    pub fn reap(&mut self, id: NodeId, state: NodeState) {
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        n.state = state;
+        n.clock.thaw();
+        if let Some(node) = n.running.take() {
+            self.zombies.push(tokio::spawn(async move { node.shutdown().await }));
+        }
+        self.trace.event(&format!("{} {id}", state.as_str()));
     }
 
     /// Power loss: the node stops at once and its disk keeps only what was synced.
-    pub async fn crash(&mut self, id: NodeId) {
-        use rand::RngExt;
-        let seed: u64 = self.rng.random();
-        let Some(n) = self.nodes.get_mut(&id) else { return };
-        self.net.detach(id);
+    pub fn crash(&mut self, id: NodeId) {
+        let seed = self.draw_seed();
+        self.power_switch().cut(id, false, seed);
+        self.reap(id, NodeState::Crashed);
+    }
+
+    /// Power loss and a wiped disk.
+    pub fn wipe(&mut self, id: NodeId) {
+        let seed = self.draw_seed();
+        self.power_switch().cut(id, true, seed);
+        self.reap(id, NodeState::Wiped);
+    }
+
+    /// A graceful stop: the node shuts down, the machine keeps its page cache.
+    pub async fn stop(&mut self, id: NodeId) {
         self.handles.lock().expect("handles lock").remove(&id);
-        // Power loss first: the disk keeps only what was synced and refuses the dead node's
-        // further writes; only then are the node's tasks stopped.
-        n.disk.crash_with(seed);
-        if let Some(node) = n.running.take() {
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let node = n.running.take();
+        n.state = NodeState::Stopped;
+        self.net.detach(id);
+        if let Some(node) = node {
             node.shutdown().await;
         }
-        self.trace.event(&format!("crash {id}"));
+        self.nodes[&id].disk.kill_backends();
+        self.trace.event(&format!("stop {id}"));
     }
 
-    pub async fn crash_region(&mut self, region: usize) {
-        for id in self.region_nodes(region) {
-            self.crash(id).await;
+    /// Freezes a running node: nothing reaches it or leaves it, and its clocks stand still.
+    pub fn pause(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        if n.state != NodeState::Up || n.running.is_none() {
+            return;
         }
+        n.state = NodeState::Paused;
+        n.clock.freeze();
+        self.net.set_reachable(id, false);
+        self.handles.lock().expect("handles lock").remove(&id);
+        self.trace.event(&format!("pause {id}"));
     }
 
-    pub async fn restart_region(&mut self, region: usize) -> Result<(), String> {
-        for id in self.region_nodes(region) {
-            self.start(id).await?;
+    pub fn resume(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        if n.state != NodeState::Paused {
+            return;
         }
-        Ok(())
+        n.state = NodeState::Up;
+        n.clock.thaw();
+        self.net.set_reachable(id, true);
+        if let Some(node) = n.running.clone() {
+            self.handles.lock().expect("handles lock").insert(id, node);
+        }
+        self.trace.event(&format!("resume {id}"));
     }
 
     /// Advances simulated time until `cond` holds, checking every 100 ms; Err on timeout.
@@ -208,12 +367,14 @@ impl SimCluster {
     }
 
     pub async fn shutdown(&mut self) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
+        for id in self.ids() {
             if let Some(node) = self.nodes.get_mut(&id).and_then(|n| n.running.take()) {
                 self.handles.lock().expect("handles lock").remove(&id);
                 node.shutdown().await;
             }
+        }
+        for z in std::mem::take(&mut self.zombies) {
+            let _ = tokio::time::timeout(Duration::from_secs(30), z).await;
         }
     }
 }

@@ -317,6 +317,23 @@ impl SimDisk {
         self.lock().crash_at_sync = Some((nth - 1, seed));
     }
 
+    /// The process using the disk exits, the machine does not: every open backend dies, but the
+    /// page cache keeps what was written, synced or not (a graceful restart).
+    pub fn kill_backends(&self) {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.crash_at_sync = None;
+        state.inodes.retain(|_, inode| inode.linked);
+        for inode in state.inodes.values_mut() {
+            inode.open_backends = 0;
+        }
+    }
+
+    /// Disarms a power loss armed by [`Self::crash_at_sync`] that has not happened yet.
+    pub fn disarm_crash_at_sync(&self) {
+        self.lock().crash_at_sync = None;
+    }
+
     /// Every file and directory is gone and every open backend dies.
     pub fn wipe(&self) {
         let mut state = self.lock();

@@ -1,10 +1,12 @@
-//! `tetrad-sim`: run one seed or sweep a range; see README.md "The simulator".
+//! `tetrad-sim`: run one seed or sweep a range; see sim/README.md.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use tetrad_sim::run::{run, RunOptions, RunReport, Scenario};
+use tetrad_node::planted::Bug;
+use tetrad_sim::run::{run, RunOptions, RunReport, Scenario, Without, CLIENTS};
 
 #[derive(Parser)]
 #[command(name = "tetrad-sim", about = "Deterministic simulation of a tetrad cluster against its claims")]
@@ -19,24 +21,42 @@ enum Cmd {
     Run {
         #[arg(long)]
         seed: u64,
-        #[arg(long, default_value = "region-outage")]
+        #[arg(long, default_value = "mixed")]
         scenario: String,
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
         /// Run the seed twice in this process and compare the trace hashes.
         #[arg(long)]
         check_determinism: bool,
+        /// Plant a deliberate bug (needs the `planted-bugs` feature).
+        #[arg(long)]
+        plant: Option<String>,
+        /// Leave these fault kinds (comma-separated) out of the plan.
+        #[arg(long, default_value = "")]
+        without: String,
+        /// Client tasks pushing segments (0 measures an idle cluster).
+        #[arg(long, default_value_t = CLIENTS)]
+        clients: u32,
+        /// Write an HTML report of the run here.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Run seeds A..B inclusive.
     Sweep {
         #[arg(long)]
         seeds: String,
-        #[arg(long, default_value = "region-outage")]
+        #[arg(long, default_value = "mixed")]
         scenario: String,
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
         #[arg(long)]
         stop_at_first: bool,
+        /// Plant a deliberate bug (needs the `planted-bugs` feature).
+        #[arg(long)]
+        plant: Option<String>,
+        /// Leave these fault kinds (comma-separated) out of every plan.
+        #[arg(long, default_value = "")]
+        without: String,
     },
 }
 
@@ -44,7 +64,20 @@ fn scenario(s: &str) -> Result<Scenario, String> {
     Scenario::parse(s).ok_or_else(|| format!("unknown scenario {s:?}; known: {}", Scenario::names().join(", ")))
 }
 
+fn plant(p: Option<&str>) -> Result<Option<Bug>, String> {
+    let Some(p) = p else { return Ok(None) };
+    let known: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+    let bug = Bug::parse(p).ok_or_else(|| format!("unknown planted bug {p:?}; known: {}", known.join(", ")))?;
+    if !tetrad_node::planted::ENABLED {
+        return Err(format!(
+            "--plant {p} needs a build with the planted-bugs feature: cargo run --release -p tetrad-sim --features planted-bugs -- ..."
+        ));
+    }
+    Ok(Some(bug))
+}
+
 fn guarded(opts: &RunOptions) -> RunReport {
+    let wall = Instant::now();
     match std::panic::catch_unwind(|| run(opts)) {
         Ok(r) => r,
         Err(p) => {
@@ -53,19 +86,55 @@ fn guarded(opts: &RunOptions) -> RunReport {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            RunReport { seed: opts.seed, violations: vec![format!("panic: {msg}")], ..Default::default() }
+            let _ = tetrad_node::planted::plant(None);
+            RunReport {
+                seed: opts.seed,
+                scenario: opts.scenario.name().to_string(),
+                violations: vec![format!("panic: {msg}")],
+                wall_secs: wall.elapsed().as_secs_f64(),
+                ..Default::default()
+            }
         }
     }
 }
 
-fn print_report(r: &RunReport, scenario: &str, duration: Duration) {
-    println!("seed: {} scenario: {scenario}", r.seed);
+fn replay(opts: &RunOptions) -> String {
+    let feature = if opts.plant.is_some() { " --features planted-bugs" } else { "" };
+    let plant = opts.plant.map(|b| format!(" --plant {}", b.name())).unwrap_or_default();
+    let without = if opts.without.is_empty() { String::new() } else { format!(" --without {}", opts.without.list()) };
+    format!(
+        "cargo run --release -p tetrad-sim{feature} -- run --seed {} --scenario {} --duration {}{plant}{without}",
+        opts.seed,
+        opts.scenario.name(),
+        humantime::format_duration(opts.duration)
+    )
+}
+
+fn print_report(r: &RunReport, opts: &RunOptions) {
+    println!("seed: {} scenario: {}", r.seed, opts.scenario.name());
+    if let Some(p) = &r.plant {
+        println!("plant: {p}");
+    }
     for f in &r.faults {
         println!("fault: {f}");
     }
     println!("acked: {} lost: {} messages: {}", r.acked, r.lost, r.messages);
+    println!(
+        "disk: {} syncs, {} file writes, {:.1} MiB written",
+        r.disk_syncs,
+        r.disk_file_writes,
+        r.disk_bytes as f64 / (1 << 20) as f64
+    );
     if !r.rto_ms.is_empty() {
         println!("rto-ms: {:?}", r.rto_ms);
+    }
+    if !r.max_lag.is_empty() {
+        let lag: Vec<String> = r.max_lag.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("max-lag-writes: {}", lag.join(" "));
+    }
+    match &r.budget_breach {
+        None => println!("budget: within"),
+        Some((t, why)) => println!("budget: beyond (from t={:.1}s: {why}; only safety is checked)", *t as f64 / 1000.0),
     }
     println!(
         "simulated: {:.1}s wall: {:.2}s speed: {:.1}x",
@@ -73,16 +142,21 @@ fn print_report(r: &RunReport, scenario: &str, duration: Duration) {
         r.wall_secs,
         r.sim_secs / r.wall_secs.max(1e-9)
     );
-    println!("oracles: sync-no-acked-loss, one-leader-per-term, served-bytes-match, convergence, liveness-after-heal");
+    let phases: Vec<String> = r
+        .phases
+        .iter()
+        .map(|(p, sim, wall)| format!("{p} {sim:.1}s/{wall:.2}s ({:.0}x)", sim / wall.max(1e-9)))
+        .collect();
+    println!("phases: {}", phases.join(" "));
+    println!("oracles: {}", r.checked.join(", "));
+    for n in &r.notes {
+        println!("note: {n}");
+    }
     for v in &r.violations {
         println!("VIOLATION: {v}");
     }
     if !r.ok() {
-        println!(
-            "replay: cargo run --release -p tetrad-sim -- run --seed {} --scenario {scenario} --duration {}",
-            r.seed,
-            humantime::format_duration(duration)
-        );
+        println!("replay: {}", replay(opts));
     }
     println!("trace-hash: {}", r.trace_hash);
 }
@@ -95,19 +169,33 @@ fn main() -> ExitCode {
             .init();
     }
     let cli = Cli::parse();
+    let parsed = match &cli.cmd {
+        Cmd::Run { scenario: s, plant: p, without: w, .. } | Cmd::Sweep { scenario: s, plant: p, without: w, .. } => {
+            scenario(s).and_then(|sc| plant(p.as_deref()).and_then(|b| Without::parse(w).map(|w| (sc, b, w))))
+        }
+    };
+    let (sc, bug, without) = match parsed {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.cmd {
-        Cmd::Run { seed, scenario: s, duration, check_determinism } => {
-            let sc = match scenario(&s) {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let opts = RunOptions { seed, duration, scenario: sc };
+        Cmd::Run { seed, duration, check_determinism, report, clients, .. } => {
+            let opts = RunOptions { seed, duration, scenario: sc, plant: bug, without: without.clone(), clients };
             let r = guarded(&opts);
-            print_report(&r, &s, duration);
+            print_report(&r, &opts);
             let mut ok = r.ok();
+            if let Some(path) = report {
+                match std::fs::write(&path, tetrad_sim::report::html(&r)) {
+                    Ok(()) => println!("report: {}", path.display()),
+                    Err(e) => {
+                        eprintln!("cannot write report {}: {e}", path.display());
+                        ok = false;
+                    }
+                }
+            }
             if check_determinism {
                 let again = guarded(&opts);
                 if again.trace_hash == r.trace_hash {
@@ -123,40 +211,38 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Cmd::Sweep { seeds, scenario: s, duration, stop_at_first } => {
-            let sc = match scenario(&s) {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
+        Cmd::Sweep { seeds, duration, stop_at_first, .. } => {
             let Some((a, b)) =
                 seeds.split_once("..").and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
             else {
                 eprintln!("--seeds takes A..B, e.g. 1..100");
                 return ExitCode::from(2);
             };
-            let (mut n, mut bad, mut sim, mut wall) = (0u64, 0u64, 0.0, 0.0);
+            let (mut n, mut bad, mut beyond, mut sim, mut wall) = (0u64, 0u64, 0u64, 0.0, 0.0);
             for seed in a..=b {
-                let r = guarded(&RunOptions { seed, duration, scenario: sc });
+                let opts =
+                    RunOptions { seed, duration, scenario: sc, plant: bug, without: without.clone(), clients: CLIENTS };
+                let r = guarded(&opts);
                 n += 1;
                 sim += r.sim_secs;
                 wall += r.wall_secs;
+                if !r.within_budget {
+                    beyond += 1;
+                }
                 if !r.ok() {
                     bad += 1;
                     println!("seed {seed} FAILED:");
                     for v in &r.violations {
                         println!("  {v}");
                     }
-                    println!(
-                        "  replay: cargo run --release -p tetrad-sim -- run --seed {seed} --scenario {s} --duration {}",
-                        humantime::format_duration(duration)
-                    );
+                    println!("  replay: {}", replay(&opts));
                     if stop_at_first {
                         break;
                     }
                 }
+            }
+            if beyond > 0 {
+                println!("beyond-budget seeds: {beyond} (safety only)");
             }
             println!("seeds: {n} violations: {bad} speed: {:.1}x", sim / f64::max(wall, 1e-9));
             if bad > 0 {

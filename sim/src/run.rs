@@ -1,58 +1,86 @@
-//! One simulated run of a seed: boot, load, faults from the scenario, heal, then the oracles.
+//! One simulated run of a seed: boot, create the tenant, put clients to work, carry out the
+//! scenario's plan, heal, then check the oracles. Everything runs on one seeded, paused-time,
+//! current-thread tokio runtime, so a seed always gives the same run.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use tetrad_node::node::Node;
-use tetrad_node::seams::net::NodeId;
+use tetrad_node::planted::Bug;
 
-use crate::cluster::{ClusterSpec, SimCluster};
-use crate::workload::{run_client, AckLog, ClientSpec};
+use crate::budget::Budget;
+use crate::cluster::{ClusterSpec, SimCluster, REGIONS};
+use crate::episode;
+use crate::fault::{Driver, TenantInfo};
+use crate::monitor::monitor;
+use crate::oracle;
+use crate::timeline::{Timeline, TimelineData};
+use crate::workload::{run_client, Ack, AckLog, ClientSpec};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scenario {
-    /// No faults: the baseline.
-    Calm,
-    RegionOutage,
-    NodeCrash,
-}
+pub use crate::scenario::{Scenario, Without};
 
-impl Scenario {
-    pub fn parse(s: &str) -> Option<Scenario> {
-        match s {
-            "calm" => Some(Scenario::Calm),
-            "region-outage" => Some(Scenario::RegionOutage),
-            "node-crash" => Some(Scenario::NodeCrash),
-            _ => None,
-        }
-    }
-    pub fn names() -> &'static [&'static str] {
-        &["calm", "region-outage", "node-crash"]
-    }
-}
+/// The client load: this many clients, each pushing segments in the size range (see
+/// `workload::segment_size`), pausing between an ack and its next push for a time drawn from the
+/// think range.
+pub const CLIENTS: u32 = 3;
+const SEGMENT_BYTES: (usize, usize) = (1 << 10, 256 << 10);
+const THINK_MS: (u64, u64) = (100, 800);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub seed: u64,
     pub duration: Duration,
     pub scenario: Scenario,
+    /// A planted bug (needs the `planted-bugs` feature).
+    pub plant: Option<Bug>,
+    /// Fault kinds left out of the plan.
+    pub without: Without,
+    /// Client tasks pushing segments (0: an idle cluster, to measure what the load costs).
+    pub clients: u32,
+}
+
+impl RunOptions {
+    pub fn new(seed: u64, duration: Duration, scenario: Scenario) -> Self {
+        Self { seed, duration, scenario, plant: None, without: Without::default(), clients: CLIENTS }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct RunReport {
     pub seed: u64,
+    pub scenario: String,
+    pub plant: Option<String>,
     pub trace_hash: String,
     pub acked: usize,
     pub lost: usize,
     pub violations: Vec<String>,
+    /// The plan's episodes and overlays, then every fault as it happened.
     pub faults: Vec<String>,
-    /// Time from each region failure to the next ack (ms of simulated time).
+    /// Time from each disruption (a region or the leader taken away) to the next ack (ms).
     pub rto_ms: Vec<u64>,
     pub sim_secs: f64,
     pub wall_secs: f64,
     pub messages: u64,
+    /// Over all nodes: redb syncs (one per durable commit), durable file writes (chunks,
+    /// snapshots) and bytes written, as the simulated disks counted them.
+    pub disk_syncs: u64,
+    pub disk_file_writes: u64,
+    pub disk_bytes: u64,
+    /// Whether the run stayed within the fault budget, and if not, when and why it left it.
+    pub within_budget: bool,
+    pub budget_breach: Option<(u64, String)>,
+    pub checked: Vec<&'static str>,
+    pub notes: Vec<String>,
+    /// Largest replication lag seen per region (writes behind the leader).
+    pub max_lag: BTreeMap<String, u64>,
+    /// (phase, simulated s, wall s) for boot, load (the plan), and check (heal and oracles).
+    pub phases: Vec<(&'static str, f64, f64)>,
+    pub timeline: TimelineData,
+    pub acks: Vec<Ack>,
+    pub lost_acks: Vec<Ack>,
+    pub duration_ms: u64,
 }
 
 impl RunReport {
@@ -61,8 +89,29 @@ impl RunReport {
     }
 }
 
-/// Runs a seed on a fresh seeded runtime. Panics inside the run are caught by the caller.
+/// Panics of this process since the last run began. A panic in any task of a run (a node's
+/// assertion, say) fails the run, even though the task's runtime swallows it.
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn record_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.lock().unwrap_or_else(|p| p.into_inner()).push(info.to_string());
+            prev(info);
+        }));
+    });
+    PANICS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+/// Runs a seed on a fresh seeded runtime. A panic of the run itself unwinds to the caller; a
+/// panic in one of its tasks is reported as a violation.
 pub fn run(opts: &RunOptions) -> RunReport {
+    if let Err(e) = tetrad_node::planted::plant(opts.plant) {
+        return RunReport { seed: opts.seed, violations: vec![e], ..Default::default() };
+    }
+    record_panics();
     tetrad_node::raft::runtime::seed_thread_rng(opts.seed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -72,38 +121,74 @@ pub fn run(opts: &RunOptions) -> RunReport {
         .expect("a current-thread runtime builds");
     let wall = Instant::now();
     let mut report = rt.block_on(run_async(opts.clone()));
+    // Stop every task of the run before the next seed starts.
+    drop(rt);
     report.wall_secs = wall.elapsed().as_secs_f64();
+    let _ = tetrad_node::planted::plant(None);
+    for p in std::mem::take(&mut *PANICS.lock().unwrap_or_else(|p| p.into_inner())) {
+        report.violations.push(format!("panic in a task: {p}"));
+    }
     report
 }
 
 async fn run_async(opts: RunOptions) -> RunReport {
-    let origin = tokio::time::Instant::now();
-    let mut report = RunReport { seed: opts.seed, ..Default::default() };
+    let boot_origin = tokio::time::Instant::now();
+    // Wall time only measures phases; nothing in the run depends on it.
+    let wall = Instant::now();
+    let mut phase = (boot_origin, wall);
+    let mut end_phase = |name: &'static str, report: &mut RunReport| {
+        let (sim, w) = (tokio::time::Instant::now(), Instant::now());
+        report.phases.push((name, (sim - phase.0).as_secs_f64(), (w - phase.1).as_secs_f64()));
+        phase = (sim, w);
+    };
+    let mut report = RunReport {
+        seed: opts.seed,
+        scenario: opts.scenario.name().to_string(),
+        plant: opts.plant.map(|b| b.name().to_string()),
+        duration_ms: opts.duration.as_millis() as u64,
+        ..Default::default()
+    };
     let mut rng = SmallRng::seed_from_u64(opts.seed ^ 0x7363_656e_6172_696f);
-    let mut c = match SimCluster::boot(ClusterSpec::new(opts.seed)).await {
+    let spec = ClusterSpec::new(opts.seed);
+    let liveness = spec.liveness.clone();
+    let mut c = match SimCluster::boot(spec).await {
         Ok(c) => c,
         Err(e) => {
             report.violations.push(format!("liveness: cluster did not boot: {e}"));
             return report;
         }
     };
-    let tenant = "t1".to_string();
-    if let Err(e) = create_tenant(&c, &tenant).await {
-        report.violations.push(format!("liveness: tenant not created: {e}"));
-        c.shutdown().await;
-        return report;
+    let primary = REGIONS[rng.random_range(0..REGIONS.len())];
+    let tenant = match create_tenant(&c, "t1", primary).await {
+        Ok(t) => t,
+        Err(e) => {
+            report.violations.push(format!("liveness: tenant not created: {e}"));
+            c.shutdown().await;
+            return report;
+        }
+    };
+    c.trace.event(&format!("tenant {} primary {primary} voters {:?}", tenant.name, tenant.voters));
+
+    end_phase("boot", &mut report);
+    let origin = tokio::time::Instant::now();
+    let tl = Timeline::new(origin);
+    for id in c.ids() {
+        tl.node_state(id, "up");
     }
+    tl.log(format!("tenant {} (sync, primary {primary}) on voters {:?}", tenant.name, tenant.voters));
+    let region_of = c.nodes.iter().map(|(id, n)| (*id, n.region)).collect();
+    let budget = Arc::new(Mutex::new(Budget::new(region_of, &liveness)));
     let acks = AckLog::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut clients = vec![];
-    for i in 0..3u32 {
+    for i in 0..opts.clients {
         let spec = ClientSpec {
             id: i,
-            tenant: tenant.clone(),
+            tenant: tenant.name.clone(),
             seed: rng.random(),
-            min_bytes: 512,
-            max_bytes: 48 << 10,
-            think: Duration::from_millis(rng.random_range(20..200)),
+            min_bytes: SEGMENT_BYTES.0,
+            max_bytes: SEGMENT_BYTES.1,
+            think_ms: THINK_MS,
         };
         clients.push(tokio::spawn(run_client(
             spec,
@@ -114,222 +199,104 @@ async fn run_async(opts: RunOptions) -> RunReport {
             stop_rx.clone(),
         )));
     }
-    let monitor = tokio::spawn(leader_monitor(c.handles.clone(), stop_rx.clone()));
+    let watcher = tokio::spawn(monitor(c.handles.clone(), tenant.group.clone(), tl.clone(), stop_rx.clone()));
 
-    // Faults.
-    let start = tokio::time::Instant::now();
-    let end = start + opts.duration;
-    match opts.scenario {
-        Scenario::Calm => tokio::time::sleep_until(end).await,
-        Scenario::RegionOutage => {
-            let region = rng.random_range(0..4usize);
-            let at = Duration::from_millis(rng.random_range(8_000..15_000));
-            let down_for = Duration::from_millis(rng.random_range(8_000..20_000));
-            tokio::time::sleep_until(start + at).await;
-            let acked_before = acks.all().len();
-            report.faults.push(format!("t={:.1}s crash region {}", at.as_secs_f64(), crate::cluster::REGIONS[region]));
-            let failed_at = tokio::time::Instant::now();
-            c.crash_region(region).await;
-            let rto_deadline = failed_at + down_for;
-            // RTO: from the failure to the first new ack.
-            while tokio::time::Instant::now() < rto_deadline {
-                if acks.all().len() > acked_before {
-                    report.rto_ms.push(failed_at.elapsed().as_millis() as u64);
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep_until(rto_deadline).await;
-            report.faults.push(format!(
-                "t={:.1}s restart region {}",
-                (at + down_for).as_secs_f64(),
-                crate::cluster::REGIONS[region]
-            ));
-            if let Err(e) = c.restart_region(region).await {
-                report.violations.push(format!("restart failed: {e}"));
-            }
-            tokio::time::sleep_until(end.max(tokio::time::Instant::now())).await;
-        }
-        Scenario::NodeCrash => {
-            let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
-            let victim = ids[rng.random_range(0..ids.len())];
-            let at = Duration::from_millis(rng.random_range(5_000..15_000));
-            let down_for = Duration::from_millis(rng.random_range(3_000..20_000));
-            tokio::time::sleep_until(start + at).await;
-            report.faults.push(format!("t={:.1}s crash node {victim}", at.as_secs_f64()));
-            c.crash(victim).await;
-            tokio::time::sleep(down_for).await;
-            report.faults.push(format!("restart node {victim}"));
-            if let Err(e) = c.start(victim).await {
-                report.violations.push(format!("restart failed: {e}"));
-            }
-            tokio::time::sleep_until(end.max(tokio::time::Instant::now())).await;
-        }
+    let plan = crate::scenario::Plan::draw(opts.scenario, opts.duration, &opts.without, &mut rng);
+    report.faults.extend(plan.describe().into_iter().map(|p| format!("plan: {p}")));
+    let mut overlays = vec![];
+    if let Some(w) = plan.flaky_wan.clone() {
+        overlays.push(tokio::spawn(episode::flaky_wan(c.net.clone(), tl.clone(), origin, w, rng.random())));
+    }
+    if let Some((w, beyond)) = plan.clock_skew.clone() {
+        let clocks = c.nodes.iter().map(|(id, n)| (*id, n.clock.clone())).collect();
+        overlays.push(tokio::spawn(episode::clock_skew(
+            clocks,
+            tl.clone(),
+            budget.clone(),
+            origin,
+            w,
+            beyond,
+            rng.random(),
+        )));
+    }
+
+    let driver_rng = SmallRng::seed_from_u64(rng.random());
+    let mut d = Driver::new(&mut c, driver_rng, origin, tl.clone(), budget.clone(), acks.clone(), tenant.clone());
+    for (w, e) in &plan.episodes {
+        d.episode(w, *e).await;
+    }
+    d.at(opts.duration).await;
+    for o in &overlays {
+        o.abort();
     }
     let _ = stop_tx.send(true);
     for cl in clients {
         let _ = cl.await;
     }
-    if let Ok(v) = monitor.await {
+    if let Ok(v) = watcher.await {
         report.violations.extend(v);
     }
+    end_phase("load", &mut report);
+    d.heal_all().await;
+    let problems = std::mem::take(&mut d.problems);
+    drop(d);
+    report.violations.extend(problems);
 
-    // Heal and settle, then check every claim.
-    let healed_at = tokio::time::Instant::now();
-    let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
-    for id in ids {
-        if let Err(e) = c.start(id).await {
-            report.violations.push(format!("restart failed: {e}"));
+    let (within, breach) = {
+        let b = budget.lock().expect("budget lock");
+        (b.within(), b.breach().cloned())
+    };
+    report.within_budget = within;
+    report.budget_breach = breach;
+    let findings = oracle::after_heal(&c, &tenant, &acks, within).await;
+    report.violations.extend(findings.violations);
+    report.notes = findings.notes;
+    report.checked = findings.checked;
+    report.checked.insert(0, "one-leader-per-term");
+    report.lost = findings.lost.len();
+    report.lost_acks = findings.lost;
+    report.acks = acks.all();
+    report.acked = report.acks.len();
+
+    let data = tl.data();
+    report.faults.extend(data.log.iter().map(|(t, s)| format!("t={:.1}s {s}", *t as f64 / 1000.0)));
+    for d in &data.disruptions {
+        if let Some(a) = report.acks.iter().find(|a| a.acked_at_ms > *d) {
+            report.rto_ms.push(a.acked_at_ms - d);
         }
     }
-    let acked = acks.all();
-    report.acked = acked.len();
-    check_liveness_and_durability(&c, &tenant, &acked, &mut report).await;
-    check_convergence(&c, &tenant, &mut report).await;
-    report.sim_secs = origin.elapsed().as_secs_f64();
-    report.messages = c.net.counts().0;
-    c.trace.event(&format!(
-        "end acked={} lost={} healed_after={}",
-        report.acked,
-        report.lost,
-        healed_at.elapsed().as_millis()
-    ));
+    for s in &data.lag {
+        for (region, writes, _) in &s.regions {
+            let e = report.max_lag.entry(region.clone()).or_insert(0);
+            *e = (*e).max(*writes);
+        }
+    }
+    report.timeline = data;
+    end_phase("check", &mut report);
+    report.sim_secs = boot_origin.elapsed().as_secs_f64();
+    report.messages = c.net.counts().delivered;
+    for n in c.nodes.values() {
+        let st = n.disk.stats();
+        report.disk_syncs += st.backend_syncs;
+        report.disk_file_writes += st.durable_file_writes;
+        report.disk_bytes += st.bytes_written;
+    }
+    c.trace.event(&format!("end acked={} lost={}", report.acked, report.lost));
     report.trace_hash = c.trace.hex();
     c.shutdown().await;
     report
 }
 
-async fn create_tenant(c: &SimCluster, name: &str) -> Result<(), String> {
+async fn create_tenant(c: &SimCluster, name: &str, primary: &str) -> Result<TenantInfo, String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let node = c.running().into_iter().next().ok_or("no node runs")?;
-        match node.create_tenant(name, "sync", Some("eu-central"), 0, "block", &[]).await {
-            Ok(_) => return Ok(()),
+        match node.create_tenant(name, "sync", Some(primary), 0, "block", &[]).await {
+            Ok(rec) => {
+                return Ok(TenantInfo { name: name.to_string(), group: rec.group(), voters: rec.voters.clone() })
+            }
             Err(e) if tokio::time::Instant::now() > deadline => return Err(e.to_string()),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
-/// Finds the tenant's leader among running nodes (bounded wait).
-async fn leader_of(c: &SimCluster, tenant: &str, limit: Duration) -> Option<Node> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        for n in c.running() {
-            if n.list(tenant, "").await.is_ok() {
-                return Some(n);
-            }
-        }
-        if tokio::time::Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Liveness: once faults heal, the tenant acks a new write within the bound. Durability (sync):
-/// every acked write is served with its exact bytes.
-async fn check_liveness_and_durability(
-    c: &SimCluster,
-    tenant: &str,
-    acked: &[crate::workload::Ack],
-    report: &mut RunReport,
-) {
-    const LIVENESS_BOUND: Duration = Duration::from_secs(30);
-    let Some(leader) = leader_of(c, tenant, LIVENESS_BOUND).await else {
-        report.violations.push(format!("liveness: no leader for {tenant} within {LIVENESS_BOUND:?} after healing"));
-        return;
-    };
-    let probe = b"post-heal probe".to_vec();
-    let h = *blake3::hash(&probe).as_bytes();
-    let deadline = tokio::time::Instant::now() + LIVENESS_BOUND;
-    loop {
-        let mut ok = false;
-        for n in c.running() {
-            if n.push(tenant, "zz-probe", h, probe.clone()).await.is_ok() {
-                ok = true;
-                break;
-            }
-        }
-        if ok {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            report
-                .violations
-                .push(format!("liveness: {tenant} acked no write within {LIVENESS_BOUND:?} after healing"));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let leader = leader_of(c, tenant, LIVENESS_BOUND).await.unwrap_or(leader);
-    for a in acked {
-        match leader.fetch(tenant, &a.name).await {
-            Ok((rec, data)) => {
-                if rec.blake3 != a.blake3 || blake3::hash(&data).as_bytes() != &a.blake3 {
-                    report.lost += 1;
-                    report.violations.push(format!("safety: acked segment {} is served with different bytes", a.name));
-                }
-            }
-            Err(e) => {
-                report.lost += 1;
-                report
-                    .violations
-                    .push(format!("sync claim: acked write {} (acked at {} ms) is lost: {e}", a.name, a.acked_at_ms));
-            }
-        }
-    }
-}
-
-/// Replicas converge to identical state once faults heal.
-async fn check_convergence(c: &SimCluster, tenant: &str, report: &mut RunReport) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let group = format!("t/{tenant}/1");
-    loop {
-        let mut digests = BTreeMap::new();
-        for n in c.running() {
-            if let Some(d) = n.replica_digest(&group).await {
-                digests.insert(n.id(), d);
-            }
-        }
-        let distinct: std::collections::BTreeSet<_> = digests.values().map(|(_, n, h)| (*n, *h)).collect();
-        if distinct.len() == 1 && digests.len() >= 4 {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            report.violations.push(format!("convergence: replicas of {group} differ after healing: {digests:?}"));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Safety: at most one leader per term per group, sampled every 50 ms of simulated time.
-async fn leader_monitor(
-    handles: std::sync::Arc<std::sync::Mutex<BTreeMap<NodeId, Node>>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<String> {
-    let mut seen: BTreeMap<(String, u64), NodeId> = BTreeMap::new();
-    let mut violations = vec![];
-    loop {
-        let nodes: Vec<Node> = handles.lock().expect("handles lock").values().cloned().collect();
-        for n in nodes {
-            for (group, term, leader) in n.group_leaders() {
-                if leader != Some(n.id()) {
-                    continue;
-                }
-                match seen.get(&(group.clone(), term)) {
-                    Some(other) if *other != n.id() => violations
-                        .push(format!("safety: group {group} has two leaders in term {term}: {other} and {}", n.id())),
-                    _ => {
-                        seen.insert((group, term), n.id());
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = stop.changed() => return violations,
         }
     }
 }

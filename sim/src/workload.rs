@@ -1,6 +1,12 @@
 //! Simulated clients: they push WAL segments and remember exactly which pushes were acked, when,
-//! and with what bytes. A push that got no answer is retried with the same bytes (pushes are
-//! idempotent) and counts only once acked.
+//! by which node and with what bytes, and every segment they ever tried to write (acked or not),
+//! so that the oracles can tell a lost ack from a byte that was never written. A push that got no
+//! answer is retried with the same bytes (pushes are idempotent) and counts only once acked.
+//!
+//! The ack log can carry a one-shot hook that runs at the very instant of an ack, before any other
+//! task moves: that is how a fault lands "right after an ack" (the leader's region loses power
+//! with the acked entry possibly durable nowhere else), which is what catches a leader that acks
+//! too early.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,19 +28,81 @@ pub struct Ack {
     /// Simulated time of the ack, ms since the run started.
     pub acked_at_ms: u64,
     pub epoch: u64,
+    /// The entry's term and index as the leader reported them (0 when unknown).
+    pub term: u64,
+    pub index: u64,
+    /// The node that answered.
+    pub by: NodeId,
+}
+
+/// Runs once, at the instant of the next ack.
+pub type AckHook = Box<dyn FnOnce(&Ack) + Send>;
+
+#[derive(Default)]
+struct Inner {
+    acks: Vec<Ack>,
+    /// Every segment a client tried to write: name -> blake3 of its bytes.
+    written: BTreeMap<String, [u8; 32]>,
+    hook: Option<AckHook>,
 }
 
 #[derive(Clone, Default)]
 pub struct AckLog {
-    inner: Arc<Mutex<Vec<Ack>>>,
+    inner: Arc<Mutex<Inner>>,
+    fired: Arc<tokio::sync::Notify>,
 }
 
 impl AckLog {
-    pub fn push(&self, a: Ack) {
-        self.inner.lock().expect("ack log").push(a);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("ack log")
     }
+
+    pub fn push(&self, a: Ack) {
+        let hook = {
+            let mut g = self.lock();
+            g.acks.push(a.clone());
+            g.hook.take()
+        };
+        if let Some(h) = hook {
+            h(&a);
+            self.fired.notify_one();
+        }
+    }
+
+    /// Records a write attempt before its first push.
+    pub fn attempt(&self, name: &str, blake3: [u8; 32]) {
+        self.lock().written.insert(name.to_string(), blake3);
+    }
+
     pub fn all(&self) -> Vec<Ack> {
-        self.inner.lock().expect("ack log").clone()
+        self.lock().acks.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().acks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn written(&self) -> BTreeMap<String, [u8; 32]> {
+        self.lock().written.clone()
+    }
+
+    /// Arms `hook` for the next ack (replacing an armed one).
+    pub fn arm(&self, hook: AckHook) {
+        self.lock().hook = Some(hook);
+    }
+
+    /// Disarms the hook; true if it had not fired.
+    pub fn disarm(&self) -> bool {
+        self.lock().hook.take().is_some()
+    }
+
+    /// Waits until an armed hook fires.
+    pub async fn fired(&self) {
+        self.fired.notified().await
     }
 }
 
@@ -44,8 +112,8 @@ pub struct ClientSpec {
     pub seed: u64,
     pub min_bytes: usize,
     pub max_bytes: usize,
-    /// Pause between one ack and the next push.
-    pub think: Duration,
+    /// Pause between one ack and the next push, drawn from this range.
+    pub think_ms: (u64, u64),
 }
 
 /// Picks the node to ask: the hinted leader if it runs, else the first running node after it.
@@ -57,6 +125,27 @@ fn pick(handles: &Arc<Mutex<BTreeMap<NodeId, Node>>>, hint: NodeId) -> Option<(N
 fn next_after(handles: &Arc<Mutex<BTreeMap<NodeId, Node>>>, id: NodeId) -> NodeId {
     let h = handles.lock().expect("handles lock");
     h.range(id + 1..).next().or_else(|| h.iter().next()).map(|(k, _)| *k).unwrap_or(id)
+}
+
+/// One segment in this many is large (`max_bytes / 4` to `max_bytes`); the rest are small.
+const LARGE_ONE_IN: u32 = 100;
+/// The largest small segment.
+const SMALL_MAX_BYTES: usize = 16 << 10;
+
+/// A segment size: mostly small (log-uniform from `min` to 16 KiB), one in a hundred large
+/// (`max / 4` to `max`). Large segments cost the simulator in proportion to their bytes (they
+/// are encoded, copied and hashed on every replica), small ones exercise the same paths cheaply.
+fn segment_size(rng: &mut SmallRng, min: usize, max: usize) -> usize {
+    let log_uniform = |rng: &mut SmallRng, a: usize, b: usize| {
+        let (lo, hi) = ((a.max(1) as f64).ln(), (b.max(a).max(1) as f64).ln());
+        let x: f64 = rng.random();
+        ((lo + (hi - lo) * x).exp() as usize).clamp(a, b.max(a))
+    };
+    if rng.random_range(0..LARGE_ONE_IN) == 0 {
+        log_uniform(rng, max / 4, max)
+    } else {
+        log_uniform(rng, min, SMALL_MAX_BYTES.min(max))
+    }
 }
 
 /// Runs one client until `stop` flips; returns how many pushes it abandoned unacked.
@@ -74,11 +163,12 @@ pub async fn run_client(
     let mut abandoned = 0;
     'outer: loop {
         seq += 1;
-        let size = rng.random_range(spec.min_bytes..=spec.max_bytes);
+        let size = segment_size(&mut rng, spec.min_bytes, spec.max_bytes);
         let mut data = vec![0u8; size];
         rng.fill(&mut data[..]);
         let name = format!("c{:02}-{:010}", spec.id, seq);
         let hash = *blake3::hash(&data).as_bytes();
+        acks.attempt(&name, hash);
         loop {
             if *stop.borrow() {
                 abandoned += 1;
@@ -101,6 +191,9 @@ pub async fn run_client(
                         size: size as u64,
                         acked_at_ms: at,
                         epoch: out.epoch,
+                        term: out.term,
+                        index: out.index,
+                        by: id,
                     });
                     hint = id;
                     break;
@@ -128,8 +221,9 @@ pub async fn run_client(
                 }
             }
         }
+        let think = Duration::from_millis(rng.random_range(spec.think_ms.0..=spec.think_ms.1));
         tokio::select! {
-            _ = tokio::time::sleep(spec.think) => {}
+            _ = tokio::time::sleep(think) => {}
             _ = stop.changed() => {}
         }
     }

@@ -22,6 +22,16 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// round trip (150-300 ms), and a liveness renewal must get past a dead former leader quickly
 /// enough to try the next candidate within one renewal interval.
 const META_PROPOSE_TIMEOUT: Duration = Duration::from_millis(800);
+/// How long a probe of a group's members waits: one WAN round trip with room to spare.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// The leader the probes point at: one that says it leads, else the hint of the highest term.
+fn best_leader(probes: &[(NodeId, GroupProbeReply)]) -> Option<NodeId> {
+    if let Some((id, _)) = probes.iter().find(|(_, p)| p.is_leader) {
+        return Some(*id);
+    }
+    probes.iter().filter(|(_, p)| p.leader.is_some()).max_by_key(|(_, p)| p.term).and_then(|(_, p)| p.leader)
+}
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ApiError {
@@ -297,14 +307,23 @@ impl Node {
                 return Some(l);
             }
         }
-        for m in rec.members().filter(|m| *m != self.inner.me) {
-            if let Ok(Reply::Probe(p)) = self.call_peer(m, Request::GroupProbe { group: rec.group() }).await {
-                if p.leader.is_some() {
-                    return p.leader;
+        best_leader(&self.probe_members(rec).await)
+    }
+
+    /// Asks every other member of a tenant's group what it knows, all at once, so that dead
+    /// members cost one short timeout in total rather than one each.
+    async fn probe_members(&self, rec: &TenantRecord) -> Vec<(NodeId, GroupProbeReply)> {
+        let group = rec.group();
+        let asks = rec.members().filter(|m| *m != self.inner.me).map(|m| {
+            let group = group.clone();
+            async move {
+                match self.call_peer_within(m, Request::GroupProbe { group }, PROBE_TIMEOUT).await {
+                    Ok(Reply::Probe(p)) => Some((m, p)),
+                    _ => None,
                 }
             }
-        }
-        None
+        });
+        futures::future::join_all(asks).await.into_iter().flatten().collect()
     }
 
     /// Stores one WAL segment. Answers only once it is durable as the tenant's mode promises and
@@ -339,6 +358,10 @@ impl Node {
             data,
             proposed_at_ms: self.inner.clock.wall_now_ms(),
         };
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::on(crate::planted::Bug::AckBeforeCommit) {
+            return crate::planted::ack_before_commit(&g, cmd, rec.epoch).await;
+        }
         let (reply, _, _) = g.write(Command::Tenant(cmd)).await?;
         // Fencing: checked after the write is durable and just before the ack.
         if !self.inner.liveness.is_valid() {
@@ -461,26 +484,17 @@ impl Node {
 
     /// The leader's probe of a tenant's group, asking members when needed.
     async fn probe_tenant(&self, rec: &TenantRecord) -> Option<GroupProbeReply> {
-        let group = rec.group();
-        let mut hint = None;
-        if let Some(p) = self.probe_local(&group).await {
+        let local = self.probe_local(&rec.group()).await;
+        if let Some(p) = &local {
             if p.is_leader {
-                return Some(p);
-            }
-            hint = p.leader;
-        }
-        let mut order: Vec<NodeId> = hint.into_iter().collect();
-        order.extend(rec.members().filter(|m| Some(*m) != hint && *m != self.inner.me));
-        let mut fallback = None;
-        for m in order {
-            if let Ok(Reply::Probe(p)) = self.call_peer(m, Request::GroupProbe { group: group.clone() }).await {
-                if p.is_leader {
-                    return Some(p);
-                }
-                fallback.get_or_insert(p);
+                return local;
             }
         }
-        fallback
+        let probes = self.probe_members(rec).await;
+        if let Some((_, p)) = probes.iter().find(|(_, p)| p.is_leader) {
+            return Some(p.clone());
+        }
+        local.or_else(|| probes.into_iter().max_by_key(|(_, p)| p.term).map(|(_, p)| p))
     }
 
     pub async fn status(&self) -> ClusterStatus {

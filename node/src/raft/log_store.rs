@@ -131,6 +131,11 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             Ok(())
         });
         // The callback fires only after the batch containing these entries is durable.
+        #[cfg(feature = "planted-bugs")]
+        let (work, callback) = match crate::planted::append_unsynced(&self.store, work, callback) {
+            Ok(done) => return done,
+            Err(back) => back,
+        };
         let res = self.store.write(vec![work]).await;
         match res {
             Ok(()) => {

@@ -1,0 +1,163 @@
+//! Deliberate bugs for the simulator (`tetrad-sim run|sweep --plant NAME`): each is a mistake a
+//! developer could really make, and the simulator's oracles must catch every one of them (a
+//! planted bug that no oracle catches means an oracle is wrong).
+//!
+//! This module owns the switch and the buggy code paths; the product code carries only one-line
+//! hooks that call [`on`]. Without the cargo feature `planted-bugs`, [`on`] is a constant `false`,
+//! the buggy paths are not compiled, and every hook folds away.
+
+/// The bugs that can be planted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// The push path acks as soon as the leader accepted the write, before it is committed.
+    AckBeforeCommit,
+    /// The log store reports appended entries flushed after a commit without fsync
+    /// (`Durability::None`), so a follower answers an append before the entries are durable.
+    AckBeforeFsync,
+    /// A node whose disk was wiped silently re-creates an empty store under its old name, and peers
+    /// stop checking the storage incarnation, so its empty log votes.
+    WipedNodeVotes,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 3] = [Bug::AckBeforeCommit, Bug::AckBeforeFsync, Bug::WipedNodeVotes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeCommit => "ack-before-commit",
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::WipedNodeVotes => "wiped-node-votes",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == s)
+    }
+}
+
+/// Whether this build can plant bugs at all.
+pub const ENABLED: bool = cfg!(feature = "planted-bugs");
+
+/// Whether `bug` is planted now. A constant `false` without the feature.
+#[inline(always)]
+pub fn on(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        imp::active() == Some(bug)
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+/// Plants `bug` (or none) for the whole process. Fails in a build without the feature.
+pub fn plant(bug: Option<Bug>) -> Result<(), String> {
+    #[cfg(feature = "planted-bugs")]
+    {
+        imp::set(bug);
+        Ok(())
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    match bug {
+        None => Ok(()),
+        Some(b) => Err(format!("cannot plant {}: this build lacks the cargo feature planted-bugs", b.name())),
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+pub use imp::{ack_before_commit, append_unsynced, reinit_if_wiped};
+
+#[cfg(feature = "planted-bugs")]
+mod imp {
+    use std::io;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    use openraft::storage::IOFlushed;
+
+    use super::Bug;
+    use crate::node::{ApiError, PushOutcome};
+    use crate::raft::group::Group;
+    use crate::raft::types::TypeConfig;
+    use crate::raft::Command;
+    use crate::seams::disk::DiskRef;
+    use crate::storage::store::{Store, StoreError, TxnFn};
+    use crate::tenant::catalog::TenantCommand;
+    use crate::tenant::group_state::TenantState;
+
+    /// 0: none; otherwise the index in `Bug::ALL` plus one. A process-wide switch: the simulator
+    /// runs one seed at a time.
+    static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+    pub(super) fn active() -> Option<Bug> {
+        match ACTIVE.load(Ordering::Relaxed) {
+            0 => None,
+            i => Bug::ALL.get(usize::from(i) - 1).copied(),
+        }
+    }
+
+    pub(super) fn set(bug: Option<Bug>) {
+        let i = bug.and_then(|b| Bug::ALL.iter().position(|x| *x == b)).map_or(0, |p| p as u8 + 1);
+        ACTIVE.store(i, Ordering::Relaxed);
+    }
+
+    /// `ack-before-commit`: hands the write to Raft fire-and-forget and acks at once. The term and
+    /// index of the entry are unknown at that point and reported as 0.
+    pub async fn ack_before_commit(
+        g: &Group<TenantState>,
+        cmd: TenantCommand,
+        epoch: u64,
+    ) -> Result<PushOutcome, ApiError> {
+        let TenantCommand::PutSegment { blake3, data, .. } = &cmd;
+        let (size, blake3) = (data.len() as u64, *blake3);
+        g.raft
+            .client_write_ff(Command::Tenant(cmd), None)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("group stopped: {e}")))?;
+        Ok(PushOutcome { already_present: false, size, blake3, epoch, term: 0, index: 0 })
+    }
+
+    /// `ack-before-fsync`: commits an append with `Durability::None` instead of through the
+    /// store's fsyncing writer, then reports the I/O flushed. When the bug is not planted the work
+    /// and the callback come back in `Err`, untouched.
+    #[allow(clippy::type_complexity)]
+    pub fn append_unsynced(
+        store: &Store,
+        work: TxnFn,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<Result<(), io::Error>, (TxnFn, IOFlushed<TypeConfig>)> {
+        if !super::on(Bug::AckBeforeFsync) {
+            return Err((work, callback));
+        }
+        let commit = || -> Result<(), StoreError> {
+            // The simulator's runtime has one thread and the writer task never holds a write
+            // transaction across an await, so this cannot wait on the writer's transaction.
+            let mut txn = store.db().begin_write().map_err(StoreError::db)?;
+            txn.set_durability(redb::Durability::None).map_err(StoreError::db)?;
+            work(&txn)?;
+            txn.commit().map_err(StoreError::db)
+        };
+        Ok(match commit() {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = io::Error::from(e);
+                callback.io_completed(Err(io::Error::new(err.kind(), err.to_string())));
+                Err(err)
+            }
+        })
+    }
+
+    /// `wiped-node-votes`: where the product refuses to open a missing store
+    /// (`StoreError::Missing`), silently creates an empty one under the node's old name.
+    pub fn reinit_if_wiped(disk: &DiskRef, root: &Path, node_name: &str) {
+        if super::on(Bug::WipedNodeVotes) {
+            // An existing store makes `init` refuse, which is the no-op wanted here.
+            let _ = Store::init(disk.clone(), root, node_name, 0x0bad_0000_0000_0000 | node_name.len() as u64);
+        }
+    }
+}

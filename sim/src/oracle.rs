@@ -1,0 +1,348 @@
+//! The oracles checked once the faults heal, from the clients' ack log against what the cluster
+//! serves:
+//!
+//! - liveness (within the budget): the tenant acks a new write within [`LIVENESS_BOUND`];
+//! - sync claim (within the budget): every acked write is served, with its exact bytes. A replica
+//!   whose copy rotted does not make a write lost when a healthy replica still has it; a write
+//!   served with bytes that do not match its blake3 is a safety violation at any budget;
+//! - safety (always): nothing is served that no client wrote, and every segment is served with
+//!   the blake3 its writer sent; no two writes were acked at one log position (two leaders); no two
+//!   epochs of a tenant acked at overlapping times;
+//! - convergence (within the budget): the tenant's replicas that still have their identity hold
+//!   identical catalogs.
+//!
+//! One leader per term is checked during the run (`monitor.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use tetrad_node::node::{ApiError, Node};
+
+use crate::cluster::SimCluster;
+use crate::fault::TenantInfo;
+use crate::workload::{Ack, AckLog};
+
+/// How long after healing the tenant has to ack a new write (and to elect a leader).
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(30);
+/// How long after healing the replicas have to converge.
+const CONVERGENCE_BOUND: Duration = Duration::from_secs(60);
+/// Acked writes read at once by the durability oracle.
+const READS_IN_FLIGHT: usize = 64;
+/// Most lines one oracle reports; the rest are counted.
+const MAX_LINES: usize = 8;
+
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub violations: Vec<String>,
+    /// Acked writes that are not served.
+    pub lost: Vec<Ack>,
+    /// Things worth knowing that break no claim (bit rot served around, say).
+    pub notes: Vec<String>,
+    pub checked: Vec<&'static str>,
+}
+
+/// Collects the lines of one oracle, keeping at most [`MAX_LINES`].
+struct Lines {
+    kept: Vec<String>,
+    more: usize,
+}
+
+impl Lines {
+    fn new() -> Self {
+        Self { kept: vec![], more: 0 }
+    }
+    fn push(&mut self, s: String) {
+        if self.kept.len() < MAX_LINES {
+            self.kept.push(s);
+        } else {
+            self.more += 1;
+        }
+    }
+    fn into_vec(mut self, what: &str) -> Vec<String> {
+        if self.more > 0 {
+            self.kept.push(format!("{what}: and {} more like these", self.more));
+        }
+        self.kept
+    }
+}
+
+/// A leader of the tenant among the nodes that serve, waiting at most `limit`.
+pub async fn leader_of(c: &SimCluster, tenant: &str, limit: Duration) -> Option<Node> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        for n in c.reachable() {
+            if n.list(tenant, "zz").await.is_ok() {
+                return Some(n);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn is_corruption(e: &ApiError) -> bool {
+    matches!(e, ApiError::Internal(m) if m.contains("corrupt") || m.contains("blake3 check"))
+}
+
+/// How reading one acked write ended.
+#[derive(Default)]
+enum Read {
+    #[default]
+    Served,
+    Lost(String),
+    /// No answer either way.
+    Unknown(String),
+}
+
+pub async fn after_heal(c: &SimCluster, tenant: &TenantInfo, acks: &AckLog, within: bool) -> Findings {
+    let mut f = Findings::default();
+    let name = tenant.name.as_str();
+
+    // Liveness.
+    let probe = b"post-heal probe".to_vec();
+    let h = *blake3::hash(&probe).as_bytes();
+    acks.attempt("zz-probe", h);
+    let live = async {
+        let deadline = tokio::time::Instant::now() + LIVENESS_BOUND;
+        loop {
+            for n in c.reachable() {
+                if n.push(name, "zz-probe", h, probe.clone()).await.is_ok() {
+                    return true;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let acked_again = live.await;
+    f.checked.push("liveness-after-heal");
+    if !acked_again {
+        let msg = format!("liveness: {name} acked no write within {LIVENESS_BOUND:?} after healing");
+        if within {
+            f.violations.push(msg);
+        } else {
+            f.notes.push(msg);
+        }
+    }
+    let Some(leader) = leader_of(c, name, LIVENESS_BOUND).await else {
+        let msg =
+            format!("liveness: no leader for {name} within {LIVENESS_BOUND:?} after healing; nothing could be read");
+        if within {
+            f.violations.push(msg);
+        } else {
+            f.notes.push(msg);
+        }
+        return f;
+    };
+
+    // Every acked write, with its bytes: many reads at once, as many clients would, so that the
+    // check costs little simulated time.
+    let acked = acks.all();
+    let mut safety = Lines::new();
+    let mut lost_lines = Lines::new();
+    let mut unread = Lines::new();
+    let reads = futures::stream::iter(acked.iter().map(|a| {
+        let leader = leader.clone();
+        async move {
+            let mut leader = leader;
+            let mut out = Checked::default();
+            for _ in 0..3 {
+                out = read_acked(c, &leader, name, a, &tenant.voters).await;
+                if !matches!(out.read, Read::Unknown(_)) {
+                    break;
+                }
+                if let Some(l) = leader_of(c, name, Duration::from_secs(10)).await {
+                    leader = l;
+                }
+            }
+            out
+        }
+    }))
+    .buffered(READS_IN_FLIGHT)
+    .collect::<Vec<Checked>>()
+    .await;
+    for (a, out) in acked.iter().zip(reads) {
+        out.safety.into_iter().for_each(|s| safety.push(s));
+        f.notes.extend(out.notes);
+        match out.read {
+            Read::Served => {}
+            Read::Lost(e) => {
+                f.lost.push(a.clone());
+                lost_lines.push(format!(
+                    "sync claim: acked write {} (acked at {} ms by node {}) is lost: {e}",
+                    a.name, a.acked_at_ms, a.by
+                ));
+            }
+            Read::Unknown(e) => unread.push(format!("liveness: acked write {} could not be read: {e}", a.name)),
+        }
+    }
+    f.checked.push("sync-no-acked-loss");
+    f.checked.push("acked-bytes-match");
+    if within {
+        f.violations.extend(lost_lines.into_vec("sync claim"));
+        f.violations.extend(unread.into_vec("liveness"));
+    } else if !f.lost.is_empty() {
+        f.notes.push(format!("{} acked writes lost beyond the budget (not a violation)", f.lost.len()));
+    }
+
+    // Nothing served that was not written.
+    let written = acks.written();
+    match leader.list(name, "").await {
+        Ok(list) => {
+            let acked_names: BTreeSet<&str> = acked.iter().map(|a| a.name.as_str()).collect();
+            for rec in list {
+                match written.get(&rec.name) {
+                    None => safety.push(format!("safety: segment {} is served but no client ever wrote it", rec.name)),
+                    Some(b) if *b != rec.blake3 => safety
+                        .push(format!("safety: segment {} is served with a blake3 its writer never sent", rec.name)),
+                    Some(b) if !acked_names.contains(rec.name.as_str()) => {
+                        if let Ok((_, data)) = leader.fetch(name, &rec.name).await {
+                            if blake3::hash(&data).as_bytes() != b {
+                                safety.push(format!("safety: unacked segment {} is served with wrong bytes", rec.name));
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Err(e) => f.notes.push(format!("could not list {name} to check what it serves: {e}")),
+    }
+    f.checked.push("nothing-served-unwritten");
+
+    // One write per acked log position, and no two epochs acking at once.
+    let mut at: BTreeMap<(u64, u64, u64), &str> = BTreeMap::new();
+    let mut spans: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for a in &acked {
+        let s = spans.entry(a.epoch).or_insert((a.acked_at_ms, a.acked_at_ms));
+        s.0 = s.0.min(a.acked_at_ms);
+        s.1 = s.1.max(a.acked_at_ms);
+        if a.term == 0 || a.index == 0 {
+            continue;
+        }
+        match at.get(&(a.epoch, a.term, a.index)) {
+            Some(other) if *other != a.name => safety.push(format!(
+                "safety: writes {other} and {} were both acked at epoch {} term {} index {}",
+                a.name, a.epoch, a.term, a.index
+            )),
+            _ => {
+                at.insert((a.epoch, a.term, a.index), &a.name);
+            }
+        }
+    }
+    let spans: Vec<_> = spans.into_iter().collect();
+    for w in spans.windows(2) {
+        if w[1].1 .0 <= w[0].1 .1 {
+            safety.push(format!("safety: epochs {} and {} of {name} acked at overlapping times", w[0].0, w[1].0));
+        }
+    }
+    f.checked.push("one-write-per-log-position");
+    f.violations.extend(safety.into_vec("safety"));
+
+    if within {
+        check_convergence(c, tenant, &mut f).await;
+    }
+    f
+}
+
+/// What reading one acked write found.
+#[derive(Default)]
+struct Checked {
+    read: Read,
+    safety: Vec<String>,
+    notes: Vec<String>,
+}
+
+/// Reads one acked write from `leader`; on a rotten copy there, from the other replicas.
+async fn read_acked(c: &SimCluster, leader: &Node, tenant: &str, a: &Ack, voters: &[u64]) -> Checked {
+    let mut out = Checked::default();
+    out.read = match leader.fetch(tenant, &a.name).await {
+        Ok((rec, data)) => {
+            if rec.blake3 != a.blake3 {
+                out.safety.push(format!("safety: acked segment {} is served with a different blake3", a.name));
+            } else if blake3::hash(&data).as_bytes() != &a.blake3 {
+                out.safety.push(format!("safety: acked segment {} is served with bytes that fail its blake3", a.name));
+            }
+            Read::Served
+        }
+        Err(ApiError::UnknownSegment(_)) => Read::Lost("the cluster does not know it".into()),
+        Err(e) if is_corruption(&e) => read_around_rot(c, leader, tenant, a, voters, &mut out.notes).await,
+        Err(e) => Read::Unknown(e.to_string()),
+    };
+    out
+}
+
+/// The leader's copy rotted; the write is safe if a healthy replica has every chunk.
+async fn read_around_rot(
+    c: &SimCluster,
+    leader: &Node,
+    tenant: &str,
+    a: &Ack,
+    voters: &[u64],
+    notes: &mut Vec<String>,
+) -> Read {
+    let rec = match leader.segment(tenant, &a.name).await {
+        Ok(r) => r,
+        Err(e) => return Read::Unknown(e.to_string()),
+    };
+    let replicas: Vec<Node> = c.serving().into_iter().filter(|n| voters.contains(&n.id())).collect();
+    let mut served_by = BTreeSet::new();
+    for h in &rec.chunks {
+        let mut ok = false;
+        for n in &replicas {
+            if let Ok(bytes) = n.read_chunk(tenant, h).await {
+                if blake3::hash(&bytes).as_bytes() == h {
+                    served_by.insert(n.id());
+                    ok = true;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            return Read::Lost("every replica's copy of a chunk is corrupt or missing".into());
+        }
+    }
+    notes.push(format!(
+        "bit rot: node {}'s copy of {} is corrupt (refused, not served); intact on {served_by:?}",
+        leader.id(),
+        a.name
+    ));
+    Read::Served
+}
+
+async fn check_convergence(c: &SimCluster, tenant: &TenantInfo, f: &mut Findings) {
+    f.checked.push("convergence");
+    let deadline = tokio::time::Instant::now() + CONVERGENCE_BOUND;
+    loop {
+        let members: Vec<Node> = c.serving().into_iter().filter(|n| tenant.voters.contains(&n.id())).collect();
+        let mut digests = BTreeMap::new();
+        for n in &members {
+            if let Some((_, segments, hash)) = n.replica_digest(&tenant.group).await {
+                digests.insert(n.id(), (segments, hash));
+            }
+        }
+        let distinct: BTreeSet<_> = digests.values().collect();
+        if distinct.len() == 1 && digests.len() == members.len() && members.len() > tenant.voters.len() / 2 {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let summary: Vec<String> =
+                digests.iter().map(|(id, (n, h))| format!("{id}: {n} segments {:02x}{:02x}", h[0], h[1])).collect();
+            f.violations.push(format!(
+                "convergence: replicas of {} differ {CONVERGENCE_BOUND:?} after healing ({} of {} members answer): {}",
+                tenant.group,
+                digests.len(),
+                members.len(),
+                summary.join(", ")
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,166 @@
+//! A small gRPC client that pushes segments without starting a `tetradctl` process per segment,
+//! for tests that push thousands. It follows the API contract of proto/tetrad.proto on its own
+//! (it shares no code with tetradctl): a `not-leader` answer is followed to `tetrad-leader-api`
+//! (or to the next node), `unavailable` and `outcome-unknown` are retried on the same node (a push
+//! is idempotent), an answer without `tetrad-error` metadata came from the transport and moves
+//! on to the next node, and every other kind is definitive.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tetrad_proto::v1::push_wal_request::Msg;
+use tetrad_proto::v1::tetrad_client::TetradClient;
+use tetrad_proto::v1::{PushHeader, PushWalReply, PushWalRequest};
+use tetrad_proto::{ERROR_KIND_KEY, LEADER_API_KEY};
+use tokio::time::{sleep, timeout_at, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// Bytes per data message, as tetradctl sends them.
+const DATA_MESSAGE_BYTES: usize = 1 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// An acked push.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    pub reply: PushWalReply,
+    /// The failed attempts before the ack, `not-leader` redirects included.
+    pub failed_attempts: Vec<String>,
+    /// Whether an earlier attempt may have stored the segment (it ended without a definitive
+    /// answer): only then may the ack say "already present".
+    pub maybe_stored_before: bool,
+}
+
+/// Why a push did not succeed.
+#[derive(Debug, Clone)]
+pub enum PushError {
+    /// A node answered definitively (e.g. `segment-conflict`, `unknown-tenant`, `internal`).
+    Refused { kind: String, message: String },
+    /// No definitive answer before the deadline; the push's outcome is unknown.
+    Deadline { last: String },
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Refused { kind, message } => write!(f, "refused ({kind}): {message}"),
+            PushError::Deadline { last } => write!(f, "no definitive answer before the deadline; last: {last}"),
+        }
+    }
+}
+
+/// Pushes to a cluster, remembering the last node that acked so that the next push goes there
+/// first. Cheap to share between tasks (`&Pusher`).
+pub struct Pusher {
+    addrs: Vec<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    leader_hint: Mutex<Option<String>>,
+}
+
+impl Pusher {
+    /// `addrs`: every node's API address (`host:port`).
+    pub fn new(addrs: Vec<String>) -> Self {
+        assert!(!addrs.is_empty(), "a pusher needs at least one node address");
+        Self { addrs, channels: Mutex::new(HashMap::new()), leader_hint: Mutex::new(None) }
+    }
+
+    async fn channel(&self, addr: &str) -> Result<Channel, String> {
+        if let Some(c) = self.channels.lock().expect("channels lock").get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await.map_err(|e| format!("{addr}: {e}"))?;
+        self.channels.lock().expect("channels lock").insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.channels.lock().expect("channels lock").remove(addr);
+    }
+
+    fn next_addr(&self, after: &str) -> String {
+        let i = self.addrs.iter().position(|a| a == after).map_or(0, |i| i + 1);
+        self.addrs[i % self.addrs.len()].clone()
+    }
+
+    /// Pushes one segment and waits for the ack, retrying until `bound` has passed.
+    pub async fn push(&self, tenant: &str, name: &str, data: &[u8], bound: Duration) -> Result<Pushed, PushError> {
+        let deadline = Instant::now() + bound;
+        let hint = self.leader_hint.lock().expect("hint lock").clone();
+        let mut addr = hint.unwrap_or_else(|| self.addrs[0].clone());
+        let mut backoff = Duration::from_millis(50);
+        let mut last = String::from("no attempt finished");
+        let mut failed_attempts = Vec::new();
+        let mut maybe_stored_before = false;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(PushError::Deadline { last });
+            }
+            let channel = match self.channel(&addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    addr = self.next_addr(&addr);
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let mut client = TetradClient::new(channel);
+            let header = PushWalRequest {
+                msg: Some(Msg::Header(PushHeader {
+                    tenant: tenant.to_owned(),
+                    name: name.to_owned(),
+                    size: data.len() as u64,
+                    blake3: blake3::hash(data).to_hex().to_string(),
+                })),
+            };
+            let body = data.chunks(DATA_MESSAGE_BYTES).map(|c| PushWalRequest { msg: Some(Msg::Data(c.to_vec())) });
+            let messages: Vec<PushWalRequest> = std::iter::once(header).chain(body).collect();
+            let status = match timeout_at(deadline, client.push_wal(futures::stream::iter(messages))).await {
+                Ok(Ok(reply)) => {
+                    *self.leader_hint.lock().expect("hint lock") = Some(addr);
+                    return Ok(Pushed { reply: reply.into_inner(), failed_attempts, maybe_stored_before });
+                }
+                Ok(Err(status)) => status,
+                Err(_) => return Err(PushError::Deadline { last: format!("the attempt on {addr} was still running") }),
+            };
+            let kind = status.metadata().get(ERROR_KIND_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            last = format!(
+                "{addr}: {:?} {} ({})",
+                status.code(),
+                status.message(),
+                kind.as_deref().unwrap_or("transport")
+            );
+            failed_attempts.push(last.clone());
+            match kind.as_deref() {
+                Some("not-leader") => {
+                    let leader = status.metadata().get(LEADER_API_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    addr = match leader {
+                        Some(l) if l != addr => l,
+                        _ => {
+                            sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            self.next_addr(&addr)
+                        }
+                    };
+                }
+                Some("unavailable" | "outcome-unknown") => {
+                    maybe_stored_before = true;
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Some(other) => {
+                    return Err(PushError::Refused { kind: other.to_owned(), message: status.message().to_owned() });
+                }
+                None => {
+                    maybe_stored_before = true;
+                    self.forget(&addr);
+                    addr = self.next_addr(&addr);
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
