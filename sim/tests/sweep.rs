@@ -25,11 +25,11 @@ fn sweep(seeds: &str) {
 }
 
 #[test]
-fn mixed_seeds_1_to_40_hold_every_oracle() {
-    sweep("1..40");
+fn mixed_seeds_1_to_50_hold_every_oracle() {
+    sweep("1..50");
 }
 
 #[test]
-fn mixed_seeds_41_to_80_hold_every_oracle() {
-    sweep("41..80");
+fn mixed_seeds_51_to_100_hold_every_oracle() {
+    sweep("51..100");
 }

@@ -148,6 +148,9 @@ impl Node {
                 Ok(Reply::Error(WireError::NotLeader(Some(l)))) => {
                     candidates.insert(i, l);
                 }
+                // A peer that refuses this node (its storage incarnation is not the one the
+                // directory knows) answers for the whole meta group: say so, don't retry.
+                Ok(Reply::Error(WireError::Refused(reason))) => return Ok(MetaReply::Refused { reason }),
                 Ok(Reply::Error(e)) => last = ApiError::Unavailable(e.to_string()),
                 Ok(other) => last = ApiError::Internal(format!("unexpected reply {other:?}")),
                 Err(e) => last = e,

@@ -27,7 +27,7 @@ async fn liveness_loop(node: Node) {
         };
         match tokio::time::timeout(every * 2, node.propose_meta(cmd)).await {
             Ok(Ok(MetaReply::HeartbeatAccepted)) => node.inner.liveness.renewed(sent_at),
-            Ok(Ok(MetaReply::HeartbeatRefused { reason })) => {
+            Ok(Ok(MetaReply::HeartbeatRefused { reason })) | Ok(Ok(MetaReply::Refused { reason })) => {
                 node.inner.liveness.revoke();
                 let mut r = node.inner.refused.lock().expect("refused lock");
                 if r.is_none() {

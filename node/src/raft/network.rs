@@ -60,6 +60,7 @@ impl PeerClient {
             body: Request::Raft { group: self.net.group.to_string(), rpc },
         };
         let bytes = Bytes::from(wire::encode(&env));
+        let timeout = deadline_for(timeout, bytes.len());
         let reply = self.net.transport.call(self.target, bytes, timeout).await.map_err(|e| unreachable(&e))?;
         let reply: Reply = wire::decode(&reply).map_err(|e| unreachable(&e))?;
         match reply {
@@ -67,6 +68,21 @@ impl PeerClient {
             r => Ok(r),
         }
     }
+}
+
+/// Bytes per second an append is assumed to need at worst: transfer plus fdatasync on a busy
+/// disk. openraft gives every append the heartbeat interval as its deadline (300 ms by
+/// default); an append carrying MiB-sized WAL entries cannot be written and synced that fast on
+/// a loaded disk, and resending the same batch after each timeout would stall the follower for
+/// good. Empty appends (heartbeats) keep openraft's deadline, so a dead peer is still noticed fast.
+const WORST_BYTES_PER_SEC: u64 = 4 << 20;
+const LARGE_MESSAGE_BYTES: usize = 64 << 10;
+
+fn deadline_for(given: Duration, bytes: usize) -> Duration {
+    if bytes < LARGE_MESSAGE_BYTES {
+        return given;
+    }
+    given.max(Duration::from_secs(2) + Duration::from_millis(bytes as u64 * 1000 / WORST_BYTES_PER_SEC))
 }
 
 fn unexpected(r: Reply) -> RPCError<TypeConfig> {
@@ -137,5 +153,18 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Reply::TransferLeader(r) => Ok(r),
             r => Err(unexpected(r)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_messages_keep_openraft_deadline_and_large_ones_get_time_to_be_synced() {
+        let hb = Duration::from_millis(300);
+        assert_eq!(deadline_for(hb, 200), hb);
+        assert_eq!(deadline_for(hb, 16 << 20), Duration::from_secs(6));
+        assert_eq!(deadline_for(Duration::from_secs(30), 16 << 20), Duration::from_secs(30));
     }
 }
