@@ -40,6 +40,9 @@ openraft::declare_raft_types!(
         R = Reply,
         Node = openraft::EmptyNode,
         AsyncRuntime = TetradRuntime,
+        // Standard Raft: one leader per term (openraft's default, leader_id_adv, lets several nodes
+        // lead one term in turn; the simulator's oracle and DESIGN.md speak of one leader per term).
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
 
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
