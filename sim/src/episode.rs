@@ -130,7 +130,7 @@ impl Driver<'_> {
     }
 
     /// Torn writes on every crash from now on; a torn power loss of the leader's region right
-    /// after an ack; a power loss in the middle of a commit; bit rot on one replica.
+    /// after an ack; bit rot on one replica; a power loss in the middle of a commit.
     async fn disk_faults(&mut self, w: &Window, rot: bool) {
         let unit = 1usize << self.rng.random_range(0..=12u32);
         for n in self.c.nodes.values() {
@@ -155,7 +155,15 @@ impl Driver<'_> {
         for id in down {
             self.restart(id).await;
         }
-        // 2: power loss during a commit.
+        // 2: bit rot on one replica, early enough that the replicas snapshot after it.
+        if rot {
+            let voters: Vec<NodeId> =
+                self.tenant.voters.iter().copied().filter(|v| self.up_nodes().contains(v)).collect();
+            if let Some(victim) = self.pick(&voters) {
+                self.rot(victim, &[]);
+            }
+        }
+        // 3: power loss during a commit.
         let up = self.up_nodes();
         if let Some(victim) = self.pick(&up) {
             let disk = self.c.nodes[&victim].disk.clone();
@@ -164,7 +172,7 @@ impl Driver<'_> {
             let seed: u64 = self.rng.random();
             disk.crash_at_sync(nth, seed);
             self.log(format!("power loss armed on {} at its sync #{nth}", self.name(victim)));
-            let until = self.origin + (w.start + third * 2);
+            let until = self.origin + (w.end - third / 3);
             while tokio::time::Instant::now() < until && disk.stats().crashes == before {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -175,15 +183,6 @@ impl Driver<'_> {
                 self.wait_between(Duration::from_secs(1), Duration::from_secs(4)).await;
                 self.restart(victim).await;
             }
-        }
-        // 3: bit rot on one replica.
-        if !rot {
-            return;
-        }
-        self.at_between(w.start + third * 2, w.end).await;
-        let voters: Vec<NodeId> = self.tenant.voters.iter().copied().filter(|v| self.up_nodes().contains(v)).collect();
-        if let Some(victim) = self.pick(&voters) {
-            self.rot(victim, &[]);
         }
     }
 

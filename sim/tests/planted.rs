@@ -20,6 +20,13 @@ fn without_for(bug: &str) -> String {
 }
 
 fn caught(bug: &str) {
+    caught_despite(bug, None);
+}
+
+/// Like `caught`, but the bug-free control run may fail with `open`, the violation of a real
+/// open bug that the planted one imitates (listed in sim/README.md "Open findings"); any other
+/// failure of the control still fails the test. Drop the exception once the real bug is fixed.
+fn caught_despite(bug: &str, open: Option<&str>) {
     let without = without_for(bug);
     let swept = sim(&["sweep", "--seeds", "1..200", "--plant", bug, "--stop-at-first", "--without", &without]);
     let out = stdout(&swept);
@@ -28,6 +35,12 @@ fn caught(bug: &str) {
     eprintln!("{bug}: caught at seed {seed}");
     let seed = seed.to_string();
     let control = sim(&["run", "--seed", &seed, "--without", &without]);
+    if let (Some(open), Some(1)) = (open, control.status.code()) {
+        let out = stdout(&control);
+        assert!(out.contains(open), "seed {seed} fails without {bug}, and not only by the open bug:\n{out}");
+        eprintln!("{bug}: seed {seed} also fails without the plant, by the open bug ({open})");
+        return;
+    }
     assert_eq!(
         control.status.code(),
         Some(0),
@@ -48,5 +61,7 @@ fn ack_before_fsync_is_caught() {
 
 #[test]
 fn wiped_node_votes_is_caught() {
-    caught("wiped-node-votes");
+    // The product still has the real form of this bug (a candidate counts a re-initialised
+    // node's vote reply; sim/tests/regression.rs pins seed 2 of wiped-region).
+    caught_despite("wiped-node-votes", Some("sync claim: acked write"));
 }
