@@ -44,8 +44,8 @@ impl Driver<'_> {
         let t0 = self.between(w.start, w.start + (w.end - w.start) / 4);
         self.at(t0).await;
         let struck = if at_ack { self.strike_at_ack(false, plus_node, STRIKE_WAIT).await } else { None };
-        let (region, extra) = match struck {
-            Some(s) => s,
+        let (region, extra, leader) = match struck {
+            Some(s) => (s.region, s.extra, Some(s.leader)),
             None => {
                 let region = self.rng.random_range(0..REGIONS.len());
                 let extra = if plus_node { self.nearest_voter_outside(region) } else { None };
@@ -56,15 +56,24 @@ impl Driver<'_> {
                     self.crash(x);
                 }
                 self.tl.disruption();
-                (region, extra)
+                (region, extra, None)
             }
         };
         let now = self.now();
         let back = self.between(now + (w.end - now.min(w.end)) * 2 / 5, now + (w.end - now.min(w.end)) * 4 / 5);
         let extra_back = self.between(now + Duration::from_secs(1), w.end);
-        let mut restarts = vec![(back, self.c.region_nodes(region))];
+        let mut restarts =
+            vec![(back, self.c.region_nodes(region).into_iter().filter(|id| Some(*id) != leader).collect())];
         if let Some(x) = extra {
             restarts.push((extra_back, vec![x]));
+        }
+        // The leader that acked comes back last, after the others may have elected a leader
+        // without it: machines never return from a power loss all at once, and an entry that only
+        // the old leader made durable is lost exactly then.
+        if let Some(l) = leader {
+            let last = back.max(if extra.is_some() { extra_back } else { back });
+            let at = self.between(last + Duration::from_secs(1), last + Duration::from_secs(5)).min(w.end.max(last));
+            restarts.push((at, vec![l]));
         }
         restarts.sort();
         for (at, ids) in restarts {
@@ -142,18 +151,23 @@ impl Driver<'_> {
         self.at_between(w.start, w.start + third / 4).await;
         let plus_node = self.rng.random_bool(0.5);
         let struck = self.strike_at_ack(false, plus_node, STRIKE_WAIT).await;
-        let down: Vec<NodeId> = match struck {
-            Some((region, extra)) => self.c.region_nodes(region).into_iter().chain(extra).collect(),
+        let (down, leader): (Vec<NodeId>, Option<NodeId>) = match struck {
+            Some(s) => (self.c.region_nodes(s.region).into_iter().chain(s.extra).collect(), Some(s.leader)),
             None => {
                 let victim = self.leader_or_random(0.5);
                 victim.iter().for_each(|v| self.crash(*v));
-                victim.into_iter().collect()
+                (victim.into_iter().collect(), None)
             }
         };
         let now = self.now();
         self.at_between(now + Duration::from_secs(2), (w.start + third).max(now + Duration::from_secs(3))).await;
-        for id in down {
+        // As in a region outage, the leader that acked comes back last.
+        for id in down.iter().copied().filter(|id| Some(*id) != leader) {
             self.restart(id).await;
+        }
+        if let Some(l) = leader.filter(|l| down.contains(l)) {
+            self.wait_between(Duration::from_secs(1), Duration::from_secs(4)).await;
+            self.restart(l).await;
         }
         // 2: bit rot on one replica, early enough that the replicas snapshot after it.
         if rot {
@@ -212,7 +226,7 @@ impl Driver<'_> {
     async fn wiped_region(&mut self, w: &Window, plus_node: bool) {
         self.at_between(w.start, w.start + (w.end - w.start) / 5).await;
         let (region, extra) = match self.strike_at_ack(true, plus_node, STRIKE_WAIT).await {
-            Some(s) => s,
+            Some(s) => (s.region, s.extra),
             None => {
                 let region = self.rng.random_range(0..REGIONS.len());
                 let extra = if plus_node { self.nearest_voter_outside(region) } else { None };

@@ -27,8 +27,14 @@ pub struct TenantInfo {
     pub voters: Vec<NodeId>,
 }
 
-/// What a strike hit: a region, and maybe one more node.
-type Struck = (usize, Option<NodeId>);
+/// What a strike hit: the acking leader's region, and maybe one more node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strike {
+    pub region: usize,
+    pub extra: Option<NodeId>,
+    /// The node that had just acked.
+    pub leader: NodeId,
+}
 
 /// How a region is cut off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,20 +262,15 @@ impl<'a> Driver<'a> {
 
     /// Right after the next ack (waiting at most `limit`), cuts power to the acking node's region
     /// (wiping its disks with `wipe`) and, with `plus_node`, to the nearest voter outside it.
-    /// Returns the region and the extra node, or `None` when no ack came.
-    pub async fn strike_at_ack(
-        &mut self,
-        wipe: bool,
-        plus_node: bool,
-        limit: Duration,
-    ) -> Option<(usize, Option<NodeId>)> {
+    /// Returns what it hit, or `None` when no ack came.
+    pub async fn strike_at_ack(&mut self, wipe: bool, plus_node: bool, limit: Duration) -> Option<Strike> {
         let switch = self.c.power_switch();
         let region_of: BTreeMap<NodeId, usize> = self.c.nodes.iter().map(|(id, n)| (*id, n.region)).collect();
         let voters = self.tenant.voters.clone();
         let matrix = self.c.spec.one_way_ms.clone();
         let handles = self.c.handles.clone();
         let seed: u64 = self.rng.random();
-        let struck: Arc<Mutex<Option<Struck>>> = Arc::default();
+        let struck: Arc<Mutex<Option<Strike>>> = Arc::default();
         let out = struck.clone();
         self.acks.arm(Box::new(move |ack| {
             let Some(&region) = region_of.get(&ack.by) else { return };
@@ -282,7 +283,7 @@ impl<'a> Driver<'a> {
             if let Some(x) = extra {
                 switch.cut(x, false, seed ^ x);
             }
-            *out.lock().expect("strike lock") = Some((region, extra));
+            *out.lock().expect("strike lock") = Some(Strike { region, extra, leader: ack.by });
         }));
         let fired = tokio::select! {
             _ = self.acks.fired() => true,
@@ -295,7 +296,8 @@ impl<'a> Driver<'a> {
             self.log("no ack came to strike after".to_string());
             return None;
         }
-        let (region, extra) = struck.lock().expect("strike lock").take()?;
+        let strike = struck.lock().expect("strike lock").take()?;
+        let Strike { region, extra, .. } = strike;
         let what = if wipe { "wipe" } else { "power loss" };
         self.log(format!("right after an ack: {what} in region {}", REGIONS[region]));
         for id in self.c.region_nodes(region) {
@@ -308,7 +310,7 @@ impl<'a> Driver<'a> {
             self.note(x);
         }
         self.tl.disruption();
-        Some((region, extra))
+        Some(strike)
     }
 
     /// Flips one bit in one chunk file of `node`; the same file on every node in `also`.
