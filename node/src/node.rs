@@ -16,6 +16,7 @@ use crate::meta::liveness::Liveness;
 use crate::meta::state::MetaState;
 use crate::meta::META_GROUP;
 use crate::raft::group::Group;
+use crate::raft::peers::PeerBook;
 use crate::seams::clock::ClockRef;
 use crate::seams::disk::DiskRef;
 use crate::seams::net::{NodeId, RpcHandler, RpcHandlerRef, TransportRef};
@@ -57,6 +58,8 @@ pub(crate) struct Inner {
     pub tenants: Mutex<BTreeMap<String, Arc<Group<TenantState>>>>,
     /// Why the meta group refused this node's heartbeats, if it did.
     pub refused: Mutex<Option<String>>,
+    /// The directory's storage incarnation of every peer; replies from any other are ignored.
+    pub peers: PeerBook,
     pub stop: watch::Sender<bool>,
 }
 
@@ -98,9 +101,11 @@ impl Node {
         let store = Store::open(deps.disk.clone(), &cfg.data_dir, &cfg.name)?;
         let slot = Arc::new(Mutex::new(Weak::new()));
         let transport = make_transport(Arc::new(LateHandler { node: slot.clone() })).map_err(StartError::Transport)?;
-        let meta = Group::<MetaState>::start(META_GROUP, store.clone(), transport.clone(), &cfg.raft, me)
-            .await
-            .map_err(|e| StartError::Meta(e.to_string()))?;
+        let peers = PeerBook::default();
+        let meta =
+            Group::<MetaState>::start(META_GROUP, store.clone(), transport.clone(), &cfg.raft, me, peers.clone())
+                .await
+                .map_err(|e| StartError::Meta(e.to_string()))?;
         let meta_voters =
             cfg.meta_voters.iter().filter_map(|n| cfg.nodes.iter().find(|p| &p.name == n).map(|p| p.id)).collect();
         let liveness = Liveness::new(deps.clock.clone(), cfg.liveness.period());
@@ -115,6 +120,7 @@ impl Node {
             meta_voters,
             tenants: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(None),
+            peers,
             stop,
             cfg,
         });

@@ -7,6 +7,7 @@
 pub mod group;
 pub mod log_store;
 pub mod network;
+pub mod peers;
 pub mod runtime;
 pub mod state_machine;
 pub mod types;

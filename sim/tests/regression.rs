@@ -1,5 +1,5 @@
-//! Seeds that once failed, pinned. The first two reproduce node
-//! bugs that the simulator found and that are still open (sim/README.md, "Open findings") and
+//! Seeds that once failed, pinned. The first reproduces a node
+//! bug that the simulator found and that is still open (sim/README.md, "Open findings") and
 //! assert that they still do, so a fix flips them; the rest must hold every oracle.
 
 mod common;
@@ -34,12 +34,13 @@ fn open_bug_one_rotten_chunk_stops_a_replica() {
     still_reproduces(&["run", "--seed", "1", "--scenario", "disk-faults"], "convergence: replicas of t/t1/1 differ");
 }
 
-/// A wiped and re-initialised node must not vote under its old identity: peers refuse its
-/// requests, but a candidate counted its vote *replies*, so a candidate lacking an acked write
-/// was elected with the wiped node's empty vote, and the write was lost.
+/// Found by the simulator: a wiped and re-initialised node must not vote under its old identity.
+/// Peers refused its requests, but a candidate counted its vote *replies*, so a candidate lacking
+/// an acked write was elected with the wiped node's empty vote, and the write was lost. Replies
+/// now carry the responder's incarnation and are checked against the directory (`PeerBook`).
 #[test]
-fn open_bug_a_wiped_region_votes_away_an_acked_write() {
-    still_reproduces(&["run", "--seed", "2", "--scenario", "wiped-region"], "sync claim: acked write");
+fn a_wiped_region_cannot_vote_away_an_acked_write() {
+    holds(&["run", "--seed", "2", "--scenario", "wiped-region"]);
 }
 
 /// Found in the simulator itself: a lost snapshot RPC waited for its whole 120 s deadline (the

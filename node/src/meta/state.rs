@@ -243,6 +243,10 @@ mod group_state {
     }
 
     impl GroupState for MetaState {
+        fn incarnations(&self) -> Vec<(super::NodeId, u64)> {
+            self.nodes.iter().map(|(id, r)| (*id, r.incarnation)).collect()
+        }
+
         fn load(store: &Arc<Store>, group: &str) -> Result<Self, StoreError> {
             match store.kv_get(group, "state")? {
                 Some(b) => decode(&b),

@@ -5,16 +5,16 @@ use bytes::Bytes;
 use super::Node;
 use crate::meta::META_GROUP;
 use crate::raft::group::WriteError;
-use crate::raft::wire::{self, Envelope, Reply, Request, WireError};
+use crate::raft::wire::{self, Envelope, Reply, ReplyEnvelope, Request, WireError};
 use crate::raft::Command;
 use crate::seams::net::NodeId;
 
 pub(super) async fn handle(node: Node, from: NodeId, request: Bytes) -> Bytes {
-    let reply = match wire::decode::<Envelope>(&request) {
+    let body = match wire::decode::<Envelope>(&request) {
         Ok(env) => route(&node, from, env).await,
         Err(e) => Reply::Error(e),
     };
-    Bytes::from(wire::encode(&reply))
+    Bytes::from(wire::encode(&ReplyEnvelope { from_incarnation: node.inner.store.incarnation(), body }))
 }
 
 fn write_err(e: WriteError) -> Reply {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::Node;
 use crate::meta::state::{MetaCommand, MetaReply, Mode, TenantRecord, TenantSpec, TenantState as TState};
 use crate::raft::group::WriteError;
-use crate::raft::wire::{self, Envelope, GroupProbeReply, RegionLagWire, Reply, Request, WireError};
+use crate::raft::wire::{self, Envelope, GroupProbeReply, RegionLagWire, Reply, ReplyEnvelope, Request, WireError};
 use crate::raft::Command;
 use crate::seams::net::NodeId;
 use crate::storage::chunks::Hash;
@@ -120,7 +120,9 @@ impl Node {
         let bytes = Bytes::from(wire::encode(&env));
         let reply =
             self.inner.transport.call(to, bytes, timeout).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        wire::decode::<Reply>(&reply).map_err(|e| ApiError::Internal(e.to_string()))
+        let reply = wire::decode::<ReplyEnvelope>(&reply).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.inner.peers.check(to, reply.from_incarnation).map_err(ApiError::Unavailable)?;
+        Ok(reply.body)
     }
 
     /// Proposes a meta command through whichever node leads the meta group.

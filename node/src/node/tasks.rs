@@ -79,6 +79,7 @@ async fn reconcile_tenants(node: &Node) {
                     node.inner.transport.clone(),
                     &node.inner.cfg.raft,
                     node.inner.me,
+                    node.inner.peers.clone(),
                 )
                 .await
                 {

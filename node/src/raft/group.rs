@@ -11,6 +11,7 @@ use tokio::sync::RwLock;
 
 use super::log_store::GroupLog;
 use super::network::GroupNetwork;
+use super::peers::PeerBook;
 use super::state_machine::{GroupSm, GroupState, SmInner};
 use super::types::{Command, Reply, Snapshot, TypeConfig};
 use super::wire::{self, RaftRpc, WireError};
@@ -84,11 +85,12 @@ impl<S: GroupState> Group<S> {
         transport: TransportRef,
         tuning: &RaftTuning,
         me: NodeId,
+        peers: PeerBook,
     ) -> Result<Self, GroupError> {
         let config = raft_config(name, tuning)?;
-        let sm = GroupSm::<S>::open(store.clone(), name)?;
+        let sm = GroupSm::<S>::open(store.clone(), name, peers.clone())?;
         let reader = sm.reader();
-        let net = GroupNetwork::new(name, transport, store.incarnation(), Duration::from_secs(120));
+        let net = GroupNetwork::new(name, transport, store.incarnation(), Duration::from_secs(120), peers);
         let log = GroupLog::new(store, name);
         let raft = openraft::Raft::new(me, config, net, log, sm).await.map_err(|e| GroupError::Raft(e.to_string()))?;
         Ok(Self { name: name.to_string(), raft, sm: reader })

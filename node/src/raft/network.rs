@@ -13,8 +13,9 @@ use bytes::Bytes;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 
+use super::peers::PeerBook;
 use super::types::{Snapshot, TypeConfig, Vote};
-use super::wire::{self, Envelope, RaftRpc, Reply, Request, WireError};
+use super::wire::{self, Envelope, RaftRpc, Reply, ReplyEnvelope, Request, WireError};
 use crate::seams::net::{NodeId, TransportRef};
 
 /// Creates per-peer clients for one group.
@@ -24,11 +25,18 @@ pub struct GroupNetwork {
     transport: TransportRef,
     incarnation: u64,
     snapshot_timeout: Duration,
+    peers: PeerBook,
 }
 
 impl GroupNetwork {
-    pub fn new(group: &str, transport: TransportRef, incarnation: u64, snapshot_timeout: Duration) -> Self {
-        Self { group: group.into(), transport, incarnation, snapshot_timeout }
+    pub fn new(
+        group: &str,
+        transport: TransportRef,
+        incarnation: u64,
+        snapshot_timeout: Duration,
+        peers: PeerBook,
+    ) -> Self {
+        Self { group: group.into(), transport, incarnation, snapshot_timeout, peers }
     }
 }
 
@@ -62,8 +70,10 @@ impl PeerClient {
         let bytes = Bytes::from(wire::encode(&env));
         let timeout = deadline_for(timeout, bytes.len());
         let reply = self.net.transport.call(self.target, bytes, timeout).await.map_err(|e| unreachable(&e))?;
-        let reply: Reply = wire::decode(&reply).map_err(|e| unreachable(&e))?;
-        match reply {
+        let reply: ReplyEnvelope = wire::decode(&reply).map_err(|e| unreachable(&e))?;
+        // A wiped node's answer (its empty vote above all) must never count.
+        self.net.peers.check(self.target, reply.from_incarnation).map_err(|e| unreachable(&Msg(e)))?;
+        match reply.body {
             Reply::Error(e) => Err(unreachable(&e)),
             r => Ok(r),
         }

@@ -16,7 +16,9 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
+use super::peers::PeerBook;
 use super::types::{Command, LogId, Reply, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::seams::net::NodeId;
 use crate::storage::store::{Store, StoreError, TxnFn};
 
 /// Where an entry sits in its group's log.
@@ -52,6 +54,11 @@ pub trait GroupState: Sized + Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Records that the entry at `at` was applied (for lag accounting); default: nothing.
     fn note_applied(&mut self, _at: ApplyInfo, _proposed_at_ms: Option<u64>) {}
+    /// The storage incarnations this state registers for nodes (the meta directory); default:
+    /// none. The node's [`PeerBook`] learns them after every apply.
+    fn incarnations(&self) -> Vec<(NodeId, u64)> {
+        vec![]
+    }
 }
 
 /// State plus the Raft bookkeeping, shared with readers through [`GroupSm::reader`].
@@ -72,11 +79,17 @@ pub struct GroupSm<S: GroupState> {
     store: Arc<Store>,
     group: Arc<str>,
     inner: Arc<RwLock<SmInner<S>>>,
+    peers: PeerBook,
 }
 
 impl<S: GroupState> Clone for GroupSm<S> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), group: self.group.clone(), inner: self.inner.clone() }
+        Self {
+            store: self.store.clone(),
+            group: self.group.clone(),
+            inner: self.inner.clone(),
+            peers: self.peers.clone(),
+        }
     }
 }
 
@@ -89,8 +102,9 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl<S: GroupState> GroupSm<S> {
-    pub fn open(store: Arc<Store>, group: &str) -> Result<Self, StoreError> {
+    pub fn open(store: Arc<Store>, group: &str, peers: PeerBook) -> Result<Self, StoreError> {
         let state = S::load(&store, group)?;
+        peers.learn(state.incarnations());
         let applied = match store.kv_get(group, "applied")? {
             Some(b) => decode("applied log id", &b)?,
             None => None,
@@ -99,7 +113,8 @@ impl<S: GroupState> GroupSm<S> {
             Some(b) => decode("membership", &b)?,
             None => StoredMembership::default(),
         };
-        Ok(Self { store, group: group.into(), inner: Arc::new(RwLock::new(SmInner { state, applied, membership })) })
+        let inner = Arc::new(RwLock::new(SmInner { state, applied, membership }));
+        Ok(Self { store, group: group.into(), inner, peers })
     }
 
     /// Read access to the applied state (for linearizable reads after `ensure_linearizable`).
@@ -182,6 +197,7 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
         }
         work.extend(self.bookkeeping(inner.applied, &inner.membership));
         self.store.write(work).await?;
+        self.peers.learn(inner.state.incarnations());
         for (responder, reply) in replies {
             if let Some(r) = responder {
                 r.send(reply);
@@ -215,6 +231,7 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
             disk.write_file_durable(&path, &bytes)
         })?;
         self.store.write(work).await?;
+        self.peers.learn(inner.state.incarnations());
         tracing::info!(group = %self.group, last = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }

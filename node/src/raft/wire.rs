@@ -23,6 +23,14 @@ pub struct Envelope {
     pub body: Request,
 }
 
+/// Every reply carries the responder's storage incarnation, so a caller can ignore the answer
+/// of a node that was wiped and came back under its old id (its vote above all).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplyEnvelope {
+    pub from_incarnation: u64,
+    pub body: Reply,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRpc {
     Append(AppendRequest),
