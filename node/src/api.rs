@@ -10,7 +10,7 @@ use tetrad_proto::v1::*;
 use tetrad_proto::{ERROR_KIND_KEY, LEADER_API_KEY};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::meta::state::TenantRecord;
+use crate::meta::state::{TenantEvent, TenantRecord};
 use crate::node::{ApiError, Node};
 use crate::storage::chunks::{hex, parse_hex, CHUNK_BYTES};
 use crate::tenant::catalog::MAX_SEGMENT_BYTES;
@@ -71,11 +71,58 @@ impl Api {
             created_at_ms: r.created_at_ms,
             leader: leader.as_ref().map(name).unwrap_or_default(),
             term,
+            rpo_target_ms: r.spec.rpo_target_ms,
+            on_lag: r.spec.on_lag.clone(),
+            regions: r.spec.regions.clone(),
+        }
+    }
+
+    /// A recorded event in wire form; node ids become node names.
+    fn event_info(&self, e: &TenantEvent) -> TenantEventInfo {
+        TenantEventInfo {
+            kind: e.kind.as_str().to_string(),
+            at_ms: e.at_ms,
+            from_epoch: e.from_epoch,
+            to_epoch: e.to_epoch,
+            rto_ms: e.rto_ms,
+            lost_writes_min: e.lost_writes_min,
+            lost_writes_max: e.lost_writes_max,
+            loss_window_start_ms: e.loss_window_start_ms,
+            loss_window_end_ms: e.loss_window_end_ms,
+            old_voters: e.old_voters.iter().map(|v| self.node_label(*v)).collect(),
+            divergent: e
+                .tails
+                .iter()
+                .map(|(node, writes)| DivergentTail {
+                    node: self.node_label(*node),
+                    writes: writes
+                        .iter()
+                        .map(|w| TailWriteInfo {
+                            name: w.name.clone(),
+                            term: w.term,
+                            index: w.index,
+                            proposed_at_ms: w.proposed_at_ms,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            detail: e.detail.clone(),
         }
     }
 
     fn node_name(&self, id: u64) -> String {
         self.node.config().nodes.iter().find(|p| p.id == id).map(|p| p.name.clone()).unwrap_or_default()
+    }
+
+    /// A node's name, or its id when this node's configuration does not list it: a record of
+    /// where lost writes sit must never show a blank.
+    fn node_label(&self, id: u64) -> String {
+        let name = self.node_name(id);
+        if name.is_empty() {
+            format!("node-{id}")
+        } else {
+            name
+        }
     }
 }
 
@@ -124,6 +171,10 @@ impl Tetrad for Api {
                     primary: t.record.spec.primary.clone(),
                     voters: t.record.voters.iter().map(|v| self.node_name(*v)).collect(),
                     segments: p.map(|p| p.segments).unwrap_or(0),
+                    learners: t.record.learners.iter().map(|v| self.node_name(*v)).collect(),
+                    rpo_target_ms: t.record.spec.rpo_target_ms,
+                    on_lag: t.record.spec.on_lag.clone(),
+                    regions: t.record.spec.regions.clone(),
                 }
             })
             .collect();
@@ -267,5 +318,46 @@ impl Tetrad for Api {
                 })
                 .collect(),
         }))
+    }
+
+    // The operator calls below go through the meta group's leader (the node forwards its
+    // proposals there), so whichever node tetradctl reaches serves them: no redirect.
+
+    async fn switchover_tenant(
+        &self,
+        req: Request<SwitchoverTenantRequest>,
+    ) -> Result<Response<TenantEventInfo>, Status> {
+        let r = req.into_inner();
+        if r.to_region.is_empty() {
+            return Err(self.status(ApiError::BadRequest("a switchover needs a target region".into())));
+        }
+        let ev = self.node.switchover(&r.name, &r.to_region).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(self.event_info(&ev)))
+    }
+
+    async fn failover_tenant(&self, req: Request<FailoverTenantRequest>) -> Result<Response<TenantEventInfo>, Status> {
+        let r = req.into_inner();
+        if r.to_region.is_empty() {
+            return Err(self.status(ApiError::BadRequest("a manual failover needs a target region".into())));
+        }
+        let ev =
+            self.node.manual_failover(&r.name, &r.to_region, r.accept_data_loss).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(self.event_info(&ev)))
+    }
+
+    async fn set_tenant_mode(&self, req: Request<SetTenantModeRequest>) -> Result<Response<TenantInfo>, Status> {
+        let r = req.into_inner();
+        let rec = self
+            .node
+            .set_mode(&r.name, &r.mode, r.rpo_target_ms, r.on_lag.as_deref())
+            .await
+            .map_err(|e| self.status(e))?;
+        Ok(Response::new(self.tenant_info(&rec, None, 0)))
+    }
+
+    async fn tenant_history(&self, req: Request<TenantHistoryRequest>) -> Result<Response<TenantHistoryReply>, Status> {
+        let name = req.into_inner().name;
+        let events = self.node.tenant_history(&name).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(TenantHistoryReply { events: events.iter().map(|e| self.event_info(e)).collect() }))
     }
 }

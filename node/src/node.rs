@@ -2,8 +2,12 @@
 //! loops that keep them in line with the meta directory. The gRPC service (`api.rs`) and the
 //! simulator both drive a node through the methods here.
 
+mod controller;
 mod dispatch;
+mod epochs;
+mod failover;
 mod ops;
+mod repair;
 mod tasks;
 
 use std::collections::BTreeMap;
@@ -60,7 +64,16 @@ pub(crate) struct Inner {
     pub refused: Mutex<Option<String>>,
     /// The directory's storage incarnation of every peer; replies from any other are ignored.
     pub peers: PeerBook,
+    /// Tenant groups this node stopped because their epoch was sealed or superseded; never
+    /// restarted (their rows and log stay, as the divergent tail's record).
+    pub sealed: Mutex<std::collections::BTreeSet<String>>,
+    /// Per tenant group this node leads: the lag gate's acked writes and the newest ack.
+    pub acks: Mutex<BTreeMap<String, epochs::AckBook>>,
+    /// The failover controller's view, while this node leads the meta group.
+    pub controller: Mutex<controller::Observations>,
     pub stop: watch::Sender<bool>,
+    /// Monotonic time the node started.
+    pub started: std::time::Duration,
 }
 
 /// A running node. Cheap to clone.
@@ -73,17 +86,22 @@ pub struct Node {
 /// every request is refused, which peers treat as the node being unreachable.
 struct LateHandler {
     node: Arc<Mutex<Weak<Inner>>>,
+    incarnation: u64,
 }
 
 impl RpcHandler for LateHandler {
     fn handle(&self, from: NodeId, request: bytes::Bytes) -> futures::future::BoxFuture<'static, bytes::Bytes> {
         let inner = self.node.lock().expect("handler lock").upgrade();
+        let incarnation = self.incarnation;
         Box::pin(async move {
             match inner {
                 Some(inner) => dispatch::handle(Node { inner }, from, request).await,
-                None => bytes::Bytes::from(crate::raft::wire::encode(&crate::raft::wire::Reply::Error(
-                    crate::raft::wire::WireError::Failed("node is starting or stopped".into()),
-                ))),
+                None => bytes::Bytes::from(crate::raft::wire::encode(&crate::raft::wire::ReplyEnvelope {
+                    from_incarnation: incarnation,
+                    body: crate::raft::wire::Reply::Error(crate::raft::wire::WireError::Failed(
+                        "node is starting or stopped".into(),
+                    )),
+                })),
             }
         })
     }
@@ -100,7 +118,8 @@ impl Node {
         let me = cfg.me().id;
         let store = Store::open(deps.disk.clone(), &cfg.data_dir, &cfg.name)?;
         let slot = Arc::new(Mutex::new(Weak::new()));
-        let transport = make_transport(Arc::new(LateHandler { node: slot.clone() })).map_err(StartError::Transport)?;
+        let transport = make_transport(Arc::new(LateHandler { node: slot.clone(), incarnation: store.incarnation() }))
+            .map_err(StartError::Transport)?;
         let peers = PeerBook::default();
         let meta =
             Group::<MetaState>::start(META_GROUP, store.clone(), transport.clone(), &cfg.raft, me, peers.clone())
@@ -110,6 +129,7 @@ impl Node {
             cfg.meta_voters.iter().filter_map(|n| cfg.nodes.iter().find(|p| &p.name == n).map(|p| p.id)).collect();
         let liveness = Liveness::new(deps.clock.clone(), cfg.liveness.period());
         let (stop, _) = watch::channel(false);
+        let started = deps.clock.mono_now();
         let inner = Arc::new(Inner {
             me,
             store,
@@ -121,6 +141,10 @@ impl Node {
             tenants: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(None),
             peers,
+            sealed: Mutex::new(Default::default()),
+            acks: Mutex::new(BTreeMap::new()),
+            controller: Mutex::new(Default::default()),
+            started,
             stop,
             cfg,
         });

@@ -17,16 +17,39 @@ pub enum Bug {
     /// A node whose disk was wiped silently re-creates an empty store under its old name, and peers
     /// stop checking the storage incarnation, so its empty log votes.
     WipedNodeVotes,
+    /// The near-sync lag gate counts the entry after the last one durable in another region as
+    /// durable too, so one exposed write can stay exposed past the RPO target.
+    LagGateOffByOne,
+    /// Loss accounting takes the promoted replica's log position as the old leader's newest ack,
+    /// so `lost_writes_min` misses the acked writes the new epoch lacks.
+    UndercountLoss,
+    /// A tenant leader acks without checking its node's liveness lease, so a cut-off primary
+    /// keeps acking after the meta group promoted another region.
+    IgnoreLease,
+    /// Promotion picks the surviving replica with the lowest log position instead of the highest.
+    PromoteStaleRegion,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [Bug::AckBeforeCommit, Bug::AckBeforeFsync, Bug::WipedNodeVotes];
+    pub const ALL: [Bug; 7] = [
+        Bug::AckBeforeCommit,
+        Bug::AckBeforeFsync,
+        Bug::WipedNodeVotes,
+        Bug::LagGateOffByOne,
+        Bug::UndercountLoss,
+        Bug::IgnoreLease,
+        Bug::PromoteStaleRegion,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Bug::AckBeforeCommit => "ack-before-commit",
             Bug::AckBeforeFsync => "ack-before-fsync",
             Bug::WipedNodeVotes => "wiped-node-votes",
+            Bug::LagGateOffByOne => "lag-gate-off-by-one",
+            Bug::UndercountLoss => "undercount-loss",
+            Bug::IgnoreLease => "ignore-lease",
+            Bug::PromoteStaleRegion => "promote-stale-region",
         }
     }
 

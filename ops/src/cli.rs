@@ -10,7 +10,8 @@ use crate::client::Session;
 use crate::cluster_dir::{ClusterFile, Layout};
 use crate::exit::{CmdResult, Op, OrExit, FETCH_ABORT, NO_ANSWER, USAGE};
 use crate::local_cluster::{self, NodeAction, Target, UpArgs};
-use crate::tenant::{self, CreateArgs, Mode, OnLag};
+use crate::tenant::mode::SetModeArgs;
+use crate::tenant::{self, failover, history, CreateArgs, Mode, OnLag};
 use crate::{process, status, wal};
 
 /// The deadline of a command when `--timeout` is not given.
@@ -22,8 +23,10 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    success
   1    wal fetch only: the segment does not exist
-  2    bad usage or input, unknown tenant, refused request (e.g. a segment conflict)
-  3    no answer: the cluster could not be reached, or a push's outcome is unknown
+  2    bad usage or input, unknown tenant, refused request (e.g. a segment conflict, a manual
+       failover without --accept-data-loss)
+  3    no answer: the cluster could not be reached, or the outcome is unknown (a push; a
+       switchover or failover, which is then not resent: check `tenant history`)
   128  wal fetch only: any other failure (PostgreSQL aborts recovery on a status above 125)";
 
 /// tetradctl: operate a tetrad cluster and archive WAL into it.
@@ -52,8 +55,10 @@ pub enum Command {
     #[command(long_about = "Show nodes, the meta leader and every tenant with its per-region lag.\n\n\
         --json prints {\"nodes\":[{\"id\",\"region\",\"up\",\"api_addr\",\"last_heartbeat_ago_ms\"}], \
         \"meta_leader\" (null when none), \"tenants\":[{\"name\",\"mode\",\"state\",\"epoch\",\"leader\",\"term\",\
-        \"primary\",\"voters\",\"segments\",\"lag\":[{\"region\",\"writes\",\"bytes\",\"seconds\"}]}]}; fields may be \
-        added, never renamed. Exits 3 if no node answers.")]
+        \"primary\",\"voters\",\"learners\",\"segments\",\"rpo_target_ms\",\"on_lag\",\"regions\",\
+        \"lag\":[{\"region\",\"writes\",\"bytes\",\"seconds\"}]}]}; fields may be added, never renamed. \
+        The table warns about degraded and leaderless tenants and lag past a near-sync rpo target. \
+        Exits 3 if no node answers.")]
     Status {
         #[arg(long)]
         json: bool,
@@ -109,7 +114,7 @@ pub enum TenantCmd {
         #[arg(long, value_name = "REGION")]
         primary: Option<String>,
         /// near-sync: the longest span of acked writes a region loss may lose (e.g. 1s, 500ms).
-        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        #[arg(long, value_parser = parse_ms_duration, value_name = "DURATION")]
         rpo_target: Option<Duration>,
         /// near-sync: when the lag gate closes, block writes or degrade to async.
         #[arg(long, value_enum)]
@@ -127,6 +132,70 @@ pub enum TenantCmd {
     },
     /// Show one tenant.
     Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned switchover: move the tenant's primary region without losing a write.
+    #[command(long_about = "Planned switchover: move the tenant's primary region without losing a write. \
+        The cluster waits until REGION holds every write, then moves the voters and the leadership \
+        there, and records the switchover in the tenant's history.\n\n\
+        The request is never sent twice: waiting for REGION to catch up can take a while, so give \
+        --timeout room. Exits 0 done; 2 refused (unknown tenant or region, a placement that REGION \
+        cannot hold); 3 no answer, or an answer that leaves the outcome open: check `tetradctl tenant \
+        history NAME` before running it again.")]
+    Switchover {
+        name: String,
+        /// The new primary region.
+        #[arg(long, value_name = "REGION")]
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manual failover: force promotion of a replica in REGION, accepting data loss.
+    #[command(long_about = "Manual failover: force promotion of the most up-to-date replica in REGION \
+        into a new epoch. Acked writes that REGION lacks are lost; the command refuses to run without \
+        --accept-data-loss. It obeys the same liveness fencing as an automatic failover (the old leader \
+        stops acking before the new epoch starts) and prints the loss record: the count of lost writes \
+        (at least; the most once the old region's voters rejoin) and the time window in which every \
+        lost write was acked. `tetradctl tenant history NAME` shows the record as it fills in.\n\n\
+        The request is never sent twice. Exits 0 done; 2 refused (no --accept-data-loss, unknown \
+        tenant or region); 3 no answer, or an answer that leaves the outcome open: check the \
+        history before running it again.")]
+    Failover {
+        name: String,
+        /// The region to promote.
+        #[arg(long, value_name = "REGION")]
+        to: String,
+        /// Accept that acked writes not yet in REGION are lost.
+        #[arg(long)]
+        accept_data_loss: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a live tenant's replication mode; options left out keep their current values.
+    SetMode {
+        name: String,
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// near-sync: the longest span of acked writes a region loss may lose (e.g. 1s, 500ms).
+        #[arg(long, value_parser = parse_ms_duration, value_name = "DURATION")]
+        rpo_target: Option<Duration>,
+        /// near-sync: when the lag gate closes, block writes or degrade to async.
+        #[arg(long, value_enum)]
+        on_lag: Option<OnLag>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a tenant's failovers, switchovers, mode changes and state changes, oldest first.
+    #[command(long_about = "Show a tenant's failovers, switchovers, mode changes and state changes, \
+        oldest first, with each failover's loss record and the divergent tails kept aside.\n\n\
+        --json prints a list of events, each {\"kind\", \"at\", \"from_epoch\", \"to_epoch\", \"rto_ms\", \
+        \"lost_writes_min\", \"lost_writes_max\", \"loss_window_start\", \"loss_window_end\", \"detail\", \
+        \"divergent\"}: kind is failover, manual-failover, switchover, mode-change, degraded or healthy; \
+        times are RFC 3339 UTC; lost_writes_max is null until a majority of the old epoch's voters \
+        have rejoined with intact storage; the loss window is null when nothing can have been lost.")]
+    History {
         name: String,
         #[arg(long)]
         json: bool,
@@ -189,6 +258,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1s, 500ms, 2m)"))?;
     if d.is_zero() {
         return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// Parses a duration that the API carries in milliseconds (an rpo target): like
+/// [`parse_duration`], and it must be a whole number of milliseconds.
+pub fn parse_ms_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err("must be a whole number of milliseconds (e.g. 1s, 500ms)".into());
+    }
+    if u64::try_from(d.as_millis()).is_err() {
+        return Err("is too long".into());
     }
     Ok(d)
 }
@@ -300,6 +382,10 @@ async fn run_cluster(cmd: ClusterCmd, layout: &Layout, timeout: Duration) -> Cmd
 }
 
 async fn run_tenant(cmd: TenantCmd, layout: &Layout, timeout: Duration) -> CmdResult<()> {
+    // Refused before the cluster directory is even read: the answer does not depend on it.
+    if let TenantCmd::Failover { name, to, accept_data_loss, .. } = &cmd {
+        failover::require_accepted_loss(name, to, *accept_data_loss)?;
+    }
     let mut s = session(layout, timeout, Op::Other)?;
     match cmd {
         TenantCmd::Create { name, mode, primary, rpo_target, on_lag, regions, json } => {
@@ -326,8 +412,40 @@ async fn run_tenant(cmd: TenantCmd, layout: &Layout, timeout: Duration) -> CmdRe
                 print!("{}", tenant::render(&info));
             }
         }
+        TenantCmd::Switchover { name, to, json } => {
+            let event = failover::switchover(&mut s, &name, &to).await?;
+            print_event(&name, &event, json);
+        }
+        TenantCmd::Failover { name, to, accept_data_loss, json } => {
+            let event = failover::failover(&mut s, &name, &to, accept_data_loss).await?;
+            print_event(&name, &event, json);
+        }
+        TenantCmd::SetMode { name, mode, rpo_target, on_lag, json } => {
+            let info = tenant::mode::set_mode(&mut s, &SetModeArgs { name, mode, rpo_target, on_lag }).await?;
+            if json {
+                println!("{}", tenant::render_json(&info));
+            } else {
+                print!("{}", tenant::render(&info));
+            }
+        }
+        TenantCmd::History { name, json } => {
+            let events = history::history(&mut s, &name).await?;
+            if json {
+                println!("{}", history::render_history_json(&events));
+            } else {
+                print!("{}", history::render_history(&name, &events));
+            }
+        }
     }
     Ok(())
+}
+
+fn print_event(tenant: &str, event: &tetrad_proto::v1::TenantEventInfo, json: bool) {
+    if json {
+        println!("{}", history::render_event_json(event));
+    } else {
+        print!("{}", history::render_event(tenant, event));
+    }
 }
 
 async fn run_wal(cmd: WalCmd, layout: &Layout, timeout: Duration) -> CmdResult<()> {
@@ -413,10 +531,102 @@ mod tests {
     }
 
     #[test]
+    fn rpo_targets_are_whole_milliseconds() {
+        assert_eq!(parse_ms_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_ms_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_ms_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_ms_duration("1.5s"), Ok(Duration::from_millis(1_500)));
+        let err = parse_ms_duration("1500us").expect_err("sub-millisecond");
+        assert!(err.contains("whole number of milliseconds"), "{err}");
+        for bad in ["", "1", "-1s", "1.0005s", "soon", "0ms", "1s2"] {
+            let err = parse_ms_duration(bad).expect_err(bad);
+            assert!(!err.is_empty(), "{bad}");
+        }
+        assert!(parse_ms_duration("fast").expect_err("bad").contains("examples: 1s, 500ms, 2m"));
+    }
+
+    #[test]
+    fn a_bad_rpo_target_is_a_usage_error_that_names_the_option() {
+        let err = parse(&["tenant", "set-mode", "acme", "--mode", "near-sync", "--rpo-target", "1 fortnight"])
+            .expect_err("bad duration");
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(text.contains("--rpo-target") && text.contains("examples: 1s, 500ms, 2m"), "{text}");
+    }
+
+    #[test]
+    fn tenant_switchover_and_failover_parse() {
+        match parse(&["tenant", "switchover", "acme", "--to", "us-east"]).expect("parses").command {
+            Command::Tenant(TenantCmd::Switchover { name, to, json }) => {
+                assert_eq!((name.as_str(), to.as_str(), json), ("acme", "us-east", false));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["tenant", "failover", "acme", "--to", "us-east", "--accept-data-loss", "--json"])
+            .expect("parses")
+            .command
+        {
+            Command::Tenant(TenantCmd::Failover { name, to, accept_data_loss, json }) => {
+                assert_eq!((name.as_str(), to.as_str(), accept_data_loss, json), ("acme", "us-east", true, true));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without the flag the command line parses; the command itself refuses (exit 2, nothing sent).
+        match parse(&["tenant", "failover", "acme", "--to", "us-east"]).expect("parses").command {
+            Command::Tenant(TenantCmd::Failover { accept_data_loss, .. }) => assert!(!accept_data_loss),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failover_without_the_flag_exits_2_before_reading_the_cluster_directory() {
+        let cli = parse(&["--cluster", "/nonexistent/tetrad", "tenant", "failover", "acme", "--to", "us-east"])
+            .expect("parses");
+        let err = run(cli).await.expect_err("refused");
+        assert_eq!(err.code, USAGE);
+        let text = err.error.to_string();
+        assert!(text.contains("--accept-data-loss") && !text.contains("cluster.toml"), "{text}");
+    }
+
+    #[test]
+    fn tenant_set_mode_takes_its_options_and_leaves_the_rest_unset() {
+        let cli =
+            parse(&["tenant", "set-mode", "acme", "--mode", "near-sync", "--rpo-target", "2s", "--on-lag", "block"])
+                .expect("parses");
+        match cli.command {
+            Command::Tenant(TenantCmd::SetMode { name, mode, rpo_target, on_lag, json }) => {
+                assert_eq!((name.as_str(), mode, rpo_target), ("acme", Mode::NearSync, Some(Duration::from_secs(2))));
+                assert_eq!((on_lag, json), (Some(OnLag::Block), false));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["tenant", "set-mode", "acme", "--mode", "async"]).expect("parses").command {
+            Command::Tenant(TenantCmd::SetMode { mode, rpo_target, on_lag, .. }) => {
+                assert_eq!((mode, rpo_target, on_lag), (Mode::Async, None, None));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tenant_history_parses() {
+        match parse(&["tenant", "history", "acme", "--json"]).expect("parses").command {
+            Command::Tenant(TenantCmd::History { name, json }) => assert_eq!((name.as_str(), json), ("acme", true)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn usage_errors_exit_2_and_up_requires_local() {
         for args in [
             &["cluster", "up"][..],
             &["tenant", "create", "x", "--mode", "fast"],
+            &["tenant", "create", "x", "--mode", "near-sync", "--rpo-target", "100us"],
+            &["tenant", "switchover", "acme"],
+            &["tenant", "failover", "acme", "--accept-data-loss"],
+            &["tenant", "set-mode", "acme"],
+            &["tenant", "set-mode", "acme", "--mode", "near-sync", "--on-lag", "drop"],
+            &["tenant", "history"],
             &["wal", "push", "file"],
             &["status", "--timeout", "soon"],
             &["wal", "fetch", "--tenant", "t", "only-name"],

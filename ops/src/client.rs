@@ -31,6 +31,9 @@ pub enum GaveUp {
     Refused(Failure),
     /// The command's deadline passed; `last` is the last failure seen, if any.
     Deadline { last: Option<Failure> },
+    /// A request that must not be sent twice (see [`Session::unary_at_most_once`]) reached a node
+    /// and got no definitive answer: it may or may not have taken effect.
+    OutcomeUnknown(Failure),
 }
 
 impl std::fmt::Display for GaveUp {
@@ -41,6 +44,7 @@ impl std::fmt::Display for GaveUp {
                 write!(f, "no answer before the deadline; last error: {last}")
             }
             GaveUp::Deadline { last: None } => write!(f, "no answer before the deadline"),
+            GaveUp::OutcomeUnknown(failure) => write!(f, "{failure}; the outcome is unknown"),
         }
     }
 }
@@ -134,6 +138,40 @@ impl Session {
                 Ok(Err(status)) => self.failed(Failure::from_status(&addr, &status))?,
                 Err(_) => self.failed(Failure::AttemptTimeout { addr })?,
             }
+        }
+    }
+}
+
+impl Session {
+    /// Runs a unary request that must not take effect twice (a manual failover, a switchover):
+    /// it is sent again only after failures that prove the node did nothing with it (no
+    /// connection, `not-leader`); a refusal that proves it (`bad-request`, `unknown-tenant`) ends
+    /// the command as usual. Any other failure after the request may have reached a node (no
+    /// answer in time, `unavailable`, `internal`, a broken connection) ends the command with
+    /// [`GaveUp::OutcomeUnknown`]. The attempt may take until
+    /// the command's deadline: such operations legitimately wait (for a region to catch up, for
+    /// an old leader's lease to expire), and cutting them short would leave their outcome open.
+    pub async fn unary_at_most_once<T, F, Fut>(&mut self, mut call: F) -> Result<T, GaveUp>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        loop {
+            let (addr, client) = self.connect().await?;
+            let failure = match timeout_at(self.deadline, call(client)).await {
+                Ok(Ok(reply)) => {
+                    self.succeeded(&addr);
+                    return Ok(reply.into_inner());
+                }
+                Ok(Err(status)) => Failure::from_status(&addr, &status),
+                Err(_) => Failure::AttemptTimeout { addr },
+            };
+            // `unimplemented` comes from a node that lacks the call altogether: nothing happened.
+            let unimplemented = matches!(failure, Failure::Transport { code: tonic::Code::Unimplemented, .. });
+            if failure.may_have_stored() && !unimplemented {
+                return Err(GaveUp::OutcomeUnknown(failure));
+            }
+            self.failed(failure)?;
         }
     }
 }

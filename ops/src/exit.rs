@@ -80,7 +80,7 @@ impl<T, E: Into<anyhow::Error>> OrExit<T> for Result<T, E> {
 pub fn code_for(op: Op, gave_up: &GaveUp) -> u8 {
     match gave_up {
         GaveUp::Refused(failure) => code_for_refusal(op, failure),
-        GaveUp::Deadline { .. } => match op {
+        GaveUp::Deadline { .. } | GaveUp::OutcomeUnknown(_) => match op {
             Op::Fetch => FETCH_ABORT,
             Op::Push | Op::Other => NO_ANSWER,
         },
@@ -121,6 +121,9 @@ pub fn gave_up(op: Op, what: &str, gave_up: GaveUp) -> CmdError {
             CmdError::msg(code, format!("{what}: no node of the cluster answered in time ({gave_up})"))
         }
         GaveUp::Refused(_) => CmdError::msg(code, format!("{what}: {gave_up}")),
+        GaveUp::OutcomeUnknown(_) => {
+            CmdError::msg(code, format!("{what}: {gave_up}: it may or may not have happened; it was not sent again"))
+        }
     }
 }
 

@@ -107,8 +107,11 @@ impl Failure {
         }
     }
 
-    /// What to do next. Every operation tetradctl sends is idempotent (a push of the same name
-    /// and bytes included), so anything short of a definitive answer is retried.
+    /// What to do next. Every operation tetradctl sends with [`crate::client::Session::unary`] is
+    /// idempotent (a push of the same name and bytes included), so anything short of a definitive
+    /// answer is retried. The two that are not (switchover, manual failover) go through
+    /// [`crate::client::Session::unary_at_most_once`], which also consults
+    /// [`Failure::may_have_stored`] and stops where this would retry.
     pub fn decision(&self) -> Decision {
         match self {
             Failure::Connect { .. } | Failure::AttemptTimeout { .. } | Failure::BadReply { .. } => {
@@ -134,8 +137,9 @@ impl Failure {
         }
     }
 
-    /// Whether a write whose whole request was sent may have been stored despite this failure.
-    /// Only answers that say the node did nothing rule it out.
+    /// Whether a write (or any request that changes something) whose whole request was sent may
+    /// have taken effect despite this failure. Only answers that say the node did nothing rule it
+    /// out.
     pub fn may_have_stored(&self) -> bool {
         !matches!(
             self.kind(),

@@ -9,7 +9,8 @@
 //!   leader redirects under one deadline.
 //! - [`cluster_dir`], [`ports`], [`tuning`]: the on-disk layout of a local cluster and how one is
 //!   planned; [`process`] starts and stops node processes; [`local_cluster`] runs `cluster ...`.
-//! - [`status`], [`tenant`], [`wal`]: the client commands.
+//! - [`status`], [`tenant`], [`wal`]: the client commands; the operator's tenant actions
+//!   (switchover, manual failover, mode changes, history) live under [`tenant`].
 //!
 //! Architecture invariant: the only `unsafe` code in this crate is in `process/sys.rs` (signals
 //! and `setsid`), behind safe functions that refuse pids that would address a process group.

@@ -8,19 +8,27 @@
 //!  "meta_leader": "eu-central-1",
 //!  "tenants": [{"name": "acme", "mode": "near-sync", "state": "healthy", "epoch": 1,
 //!               "leader": "eu-west-1", "term": 3, "primary": "eu-west",
-//!               "voters": ["..."], "segments": 12,
+//!               "voters": ["..."], "learners": ["..."], "segments": 12,
+//!               "rpo_target_ms": 1000, "on_lag": "block", "regions": [],
 //!               "lag": [{"region": "us-east", "writes": 0, "bytes": 0, "seconds": 0.0}]}]}
 //! ```
 //!
 //! `meta_leader` is null while no meta leader is known; `last_heartbeat_ago_ms` is null when the
-//! node was never heard from.
+//! node was never heard from. `lag` is what the tenant's leader reports per region (the best
+//! replica there): empty while no leader answers. `rpo_target_ms` is 0 when none is set;
+//! `regions` is empty when the tenant may live anywhere.
+//!
+//! The table says loudly what an operator must act on: a tenant that is `degraded` or
+//! `catching-up` (its writes are outside its mode's claim), one without a leader, and lag past a
+//! near-sync tenant's rpo target.
 
 use serde::Serialize;
-use tetrad_proto::v1::{StatusReply, StatusRequest};
+use tetrad_proto::v1::{StatusReply, StatusRequest, TenantStatus};
 
 use crate::client::Session;
 use crate::exit::{gave_up, CmdResult, Op};
 use crate::table::{bytes, Table};
+use crate::tenant::rpo_target;
 
 pub async fn fetch_status(session: &mut Session) -> CmdResult<StatusReply> {
     session
@@ -55,7 +63,11 @@ pub struct TenantStatusJson {
     pub term: u64,
     pub primary: String,
     pub voters: Vec<String>,
+    pub learners: Vec<String>,
     pub segments: u64,
+    pub rpo_target_ms: u64,
+    pub on_lag: String,
+    pub regions: Vec<String>,
     pub lag: Vec<LagJson>,
 }
 
@@ -94,7 +106,11 @@ impl From<&StatusReply> for StatusJson {
                     term: t.term,
                     primary: t.primary.clone(),
                     voters: t.voters.clone(),
+                    learners: t.learners.clone(),
                     segments: t.segments,
+                    rpo_target_ms: t.rpo_target_ms,
+                    on_lag: t.on_lag.clone(),
+                    regions: t.regions.clone(),
                     lag: t
                         .lag
                         .iter()
@@ -130,16 +146,30 @@ pub fn render_table(r: &StatusReply) -> String {
         out.push_str("\nno tenants\n");
         return out;
     }
-    let mut tenants = Table::new(["TENANT", "MODE", "STATE", "EPOCH", "LEADER", "TERM", "PRIMARY", "SEGMENTS"]);
+    let mut tenants = Table::new([
+        "TENANT",
+        "MODE",
+        "STATE",
+        "EPOCH",
+        "LEADER",
+        "TERM",
+        "PRIMARY",
+        "RPO TARGET",
+        "ON LAG",
+        "SEGMENTS",
+    ]);
     for t in &r.tenants {
+        let near_sync = t.mode == "near-sync";
         tenants.row([
             t.name.clone(),
             t.mode.clone(),
-            t.state.clone(),
+            if t.state == "healthy" { t.state.clone() } else { t.state.to_uppercase() },
             t.epoch.to_string(),
-            t.leader.clone(),
+            if t.leader.is_empty() { "(none)".to_owned() } else { t.leader.clone() },
             t.term.to_string(),
             t.primary.clone(),
+            if near_sync { rpo_target(t.rpo_target_ms) } else { "-".to_owned() },
+            if near_sync && !t.on_lag.is_empty() { t.on_lag.clone() } else { "-".to_owned() },
             t.segments.to_string(),
         ]);
     }
@@ -147,24 +177,69 @@ pub fn render_table(r: &StatusReply) -> String {
     out.push_str(&tenants.render());
     let mut lag = Table::new(["TENANT", "REGION", "LAG WRITES", "LAG BYTES", "LAG SECONDS"]);
     for t in &r.tenants {
+        if t.lag.is_empty() {
+            lag.row([t.name.as_str(), "-", "unknown (no leader answered)", "", ""]);
+        }
         for l in &t.lag {
-            lag.row([
-                t.name.clone(),
-                l.region.clone(),
-                l.writes.to_string(),
-                bytes(l.bytes),
-                format!("{:.3}", l.seconds),
-            ]);
+            let mut seconds = format!("{:.3}", l.seconds);
+            if over_target(t, l.seconds) {
+                seconds.push_str(&format!("  OVER RPO TARGET {}", rpo_target(t.rpo_target_ms)));
+            }
+            lag.row([t.name.clone(), l.region.clone(), l.writes.to_string(), bytes(l.bytes), seconds]);
         }
     }
     out.push('\n');
     out.push_str(&lag.render());
+    let warnings: Vec<String> = r.tenants.iter().flat_map(warnings).collect();
+    if !warnings.is_empty() {
+        out.push('\n');
+        for w in warnings {
+            out.push_str(&format!("WARNING: {w}\n"));
+        }
+    }
+    out
+}
+
+/// Whether a region's lag is past a near-sync tenant's rpo target.
+fn over_target(t: &TenantStatus, lag_seconds: f64) -> bool {
+    t.mode == "near-sync" && t.rpo_target_ms > 0 && lag_seconds * 1000.0 > t.rpo_target_ms as f64
+}
+
+/// What the operator must know about one tenant, one sentence each.
+fn warnings(t: &TenantStatus) -> Vec<String> {
+    let mut out = vec![];
+    match t.state.as_str() {
+        "healthy" => {}
+        "degraded" => out.push(format!(
+            "tenant {} is degraded: it acks writes as async while its lag gate is closed, so its rpo target \
+             does not cover them",
+            t.name
+        )),
+        "catching-up" => out.push(format!(
+            "tenant {} is catching up after being degraded: until every acked write is durable in another \
+             region it still counts as degraded",
+            t.name
+        )),
+        other => out.push(format!("tenant {} is {other}", t.name)),
+    }
+    if t.leader.is_empty() {
+        out.push(format!("tenant {} has no leader: its writes wait until one is elected or it fails over", t.name));
+    }
+    let over: Vec<&str> = t.lag.iter().filter(|l| over_target(t, l.seconds)).map(|l| l.region.as_str()).collect();
+    if !over.is_empty() {
+        out.push(format!(
+            "tenant {} lags more than its rpo target {} in {}",
+            t.name,
+            rpo_target(t.rpo_target_ms),
+            over.join(", ")
+        ));
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use tetrad_proto::v1::{NodeStatus, RegionLag, TenantStatus};
+    use tetrad_proto::v1::{NodeStatus, RegionLag};
 
     use super::*;
 
@@ -198,6 +273,10 @@ mod tests {
                 primary: "eu-central".into(),
                 voters: vec!["eu-central-1".into()],
                 segments: 9,
+                learners: vec!["us-east-1".into()],
+                rpo_target_ms: 1_000,
+                on_lag: "degrade".into(),
+                regions: vec![],
             }],
         }
     }
@@ -222,6 +301,9 @@ mod tests {
             (Some("us-east"), Some(3), Some(48 << 20))
         );
         assert_eq!(lag["seconds"].as_f64(), Some(1.5));
+        assert_eq!((t["rpo_target_ms"].as_u64(), t["on_lag"].as_str()), (Some(1_000), Some("degrade")));
+        assert_eq!(t["learners"][0], "us-east-1");
+        assert_eq!(t["regions"].as_array().map(Vec::len), Some(0));
     }
 
     #[test]
@@ -239,6 +321,25 @@ mod tests {
         assert!(text.contains("us-east-1     us-east     DOWN"), "{text}");
         assert!(text.contains("never"), "{text}");
         assert!(text.contains("0.2s ago") || text.contains("0.3s ago"), "{text}");
-        assert!(text.contains("acme    us-east  3           48.0 MiB   1.500"), "{text}");
+        assert!(text.contains("acme    us-east  3           48.0 MiB   1.500  OVER RPO TARGET 1s"), "{text}");
+    }
+
+    #[test]
+    fn the_table_shows_mode_state_and_epoch_and_warns_about_degraded_tenants() {
+        let text = render_table(&sample());
+        assert!(
+            text.contains("acme    near-sync  DEGRADED  2      eu-central-1  7     eu-central  1s          degrade"),
+            "{text}"
+        );
+        assert!(text.contains("WARNING: tenant acme is degraded"), "{text}");
+        assert!(text.contains("WARNING: tenant acme lags more than its rpo target 1s in us-east"), "{text}");
+        let mut r = sample();
+        let t = &mut r.tenants[0];
+        (t.state, t.leader, t.lag, t.mode) = ("healthy".into(), String::new(), vec![], "async".into());
+        let text = render_table(&r);
+        assert!(text.contains("acme    async  healthy  2      (none)  7     eu-central  -           -"), "{text}");
+        assert!(text.contains("acme    -       unknown (no leader answered)"), "{text}");
+        assert!(text.contains("WARNING: tenant acme has no leader"), "{text}");
+        assert!(!text.contains("degraded"), "{text}");
     }
 }

@@ -1,8 +1,13 @@
-//! `tetradctl tenant create | list | show`.
+//! `tetradctl tenant create | list | show`; the operator actions live beside it:
+//! [`failover`] (`switchover`, `failover`), [`mode`] (`set-mode`) and [`history`].
 //!
 //! JSON shape of a tenant (stable; fields may be added): `{"name", "mode", "primary", "epoch",
-//! "voters", "learners", "state", "created_at_ms", "leader", "term"}`; `tenant list --json` prints
-//! `{"tenants": [...]}`.
+//! "voters", "learners", "state", "created_at_ms", "leader", "term", "rpo_target_ms", "on_lag",
+//! "regions"}`; `tenant list --json` prints `{"tenants": [...]}`.
+
+pub mod failover;
+pub mod history;
+pub mod mode;
 
 use std::time::Duration;
 
@@ -63,7 +68,7 @@ pub fn create_request(a: &CreateArgs) -> CreateTenantRequest {
         name: a.name.clone(),
         mode: a.mode.as_str().to_owned(),
         primary: a.primary.clone().unwrap_or_default(),
-        rpo_target_ms: a.rpo_target.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        rpo_target_ms: a.rpo_target.map_or(0, duration_to_ms),
         on_lag: a.on_lag.map(|o| o.as_str().to_owned()).unwrap_or_default(),
         regions: a.regions.clone(),
     }
@@ -110,6 +115,9 @@ pub struct TenantJson {
     pub created_at_ms: u64,
     pub leader: String,
     pub term: u64,
+    pub rpo_target_ms: u64,
+    pub on_lag: String,
+    pub regions: Vec<String>,
 }
 
 impl From<&TenantInfo> for TenantJson {
@@ -125,6 +133,9 @@ impl From<&TenantInfo> for TenantJson {
             created_at_ms: t.created_at_ms,
             leader: t.leader.clone(),
             term: t.term,
+            rpo_target_ms: t.rpo_target_ms,
+            on_lag: t.on_lag.clone(),
+            regions: t.regions.clone(),
         }
     }
 }
@@ -150,12 +161,15 @@ pub fn render(t: &TenantInfo) -> String {
             v.join(", ")
         }
     };
+    let regions = if t.regions.is_empty() { "any".to_owned() } else { t.regions.join(", ") };
     format!(
-        "tenant   {}\nmode     {}\nstate    {}\nprimary  {}\nepoch    {}\nleader   {} (term {})\nvoters   {}\nlearners {}\ncreated  {}\n",
+        "tenant     {}\nmode       {}\nstate      {}\nprimary    {}\nrpo target {}\non lag     {}\nregions    {regions}\nepoch      {}\nleader     {} (term {})\nvoters     {}\nlearners   {}\ncreated    {}\n",
         t.name,
         t.mode,
         t.state,
         t.primary,
+        rpo_target(t.rpo_target_ms),
+        if t.on_lag.is_empty() { "-" } else { &t.on_lag },
         t.epoch,
         if t.leader.is_empty() { "(none)" } else { &t.leader },
         t.term,
@@ -163,6 +177,21 @@ pub fn render(t: &TenantInfo) -> String {
         list(&t.learners),
         rfc3339_ms(t.created_at_ms),
     )
+}
+
+/// An rpo target for people: `1s`, `500ms`; `-` when none is set.
+pub fn rpo_target(ms: u64) -> String {
+    if ms == 0 {
+        "-".to_owned()
+    } else {
+        humantime::format_duration(Duration::from_millis(ms)).to_string()
+    }
+}
+
+/// A duration in whole milliseconds, as the API carries it. The command line accepts only whole
+/// milliseconds for the values that go here (see [`crate::cli::parse_ms_duration`]).
+pub fn duration_to_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub fn render_list(ts: &[TenantInfo]) -> String {
@@ -222,6 +251,25 @@ mod tests {
             (req.mode.as_str(), req.primary.as_str(), req.rpo_target_ms, req.on_lag.as_str()),
             ("sync", "", 0, "")
         );
+    }
+
+    #[test]
+    fn show_prints_the_near_sync_parameters_and_residency() {
+        let t = TenantInfo {
+            name: "acme".into(),
+            mode: "near-sync".into(),
+            rpo_target_ms: 1_500,
+            on_lag: "degrade".into(),
+            regions: vec!["eu-west".into(), "eu-central".into()],
+            ..Default::default()
+        };
+        let text = render(&t);
+        assert!(text.contains("rpo target 1s 500ms\non lag     degrade\nregions    eu-west, eu-central\n"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&render_json(&t)).expect("json");
+        assert_eq!((v["rpo_target_ms"].as_u64(), v["on_lag"].as_str()), (Some(1_500), Some("degrade")));
+        assert_eq!(v["regions"][1], "eu-central");
+        let text = render(&TenantInfo { name: "b".into(), mode: "sync".into(), ..Default::default() });
+        assert!(text.contains("rpo target -\non lag     -\nregions    any\n"), "{text}");
     }
 
     #[test]

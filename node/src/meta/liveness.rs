@@ -45,11 +45,13 @@ pub struct Liveness {
     lease: Arc<Mutex<Lease>>,
     clock: ClockRef,
     period: Duration,
+    created: Duration,
 }
 
 impl Liveness {
     pub fn new(clock: ClockRef, period: Duration) -> Self {
-        Self { lease: Arc::new(Mutex::new(Lease::default())), clock, period }
+        let created = clock.mono_now();
+        Self { lease: Arc::new(Mutex::new(Lease::default())), clock, period, created }
     }
 
     /// Monotonic time to stamp a renewal with, taken just before it is sent.
@@ -73,6 +75,17 @@ impl Liveness {
     pub fn remaining(&self) -> Duration {
         let now = self.clock.mono_now();
         self.lease.lock().expect("lease lock").remaining(now)
+    }
+
+    /// How long the lease has been invalid (zero while it is valid; since its expiry, or since
+    /// this handle was made when it never was valid).
+    pub fn invalid_for(&self) -> Duration {
+        let now = self.clock.mono_now();
+        let l = self.lease.lock().expect("lease lock");
+        if l.is_valid(now) {
+            return Duration::ZERO;
+        }
+        now.saturating_sub(l.valid_until.unwrap_or(self.created))
     }
 }
 

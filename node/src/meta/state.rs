@@ -82,6 +82,125 @@ pub struct TenantRecord {
     pub learners: Vec<NodeId>,
     pub created_at_ms: u64,
     pub state: TenantState,
+    /// The one node that initialises the epoch's group (the first voter at creation, the
+    /// promoted replica after a failover); nobody else ever does.
+    pub founder: NodeId,
+    /// Bumped by every change of the record; updates are compare-and-set on it.
+    pub version: u64,
+    /// Where this epoch started, when a promotion started it (None for epoch 1 and switchovers
+    /// that kept the group).
+    pub base: Option<EpochBase>,
+    /// The current epoch is sealed: its replicas stop their group and refuse its appends, while
+    /// the meta leader promotes a survivor into the next epoch.
+    pub sealed: bool,
+    /// A manual failover's target region for the sealed epoch (None: automatic, anywhere).
+    pub failover_to: Option<String>,
+    /// The newest ack the epoch's leader reported with its liveness heartbeats.
+    pub acked: Option<AckMark>,
+}
+
+/// A position in a tenant's log with the writes counted up to it. Positions compare by
+/// (term, index), never by bare index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckMark {
+    pub term: u64,
+    pub index: u64,
+    /// Writes (segment puts) in the tenant's history up to and including this entry.
+    pub writes: u64,
+    /// The leader's wall clock when it proposed the entry (ms).
+    pub proposed_at_ms: u64,
+}
+
+impl AckMark {
+    pub fn position(&self) -> (u64, u64) {
+        (self.term, self.index)
+    }
+}
+
+/// The durable log a new epoch was started from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochBase {
+    pub from_epoch: u64,
+    /// The replica whose durable log (including entries past its known commit point) seeds the
+    /// new epoch.
+    pub node: NodeId,
+    pub last: AckMark,
+}
+
+/// What happened to a tenant: failovers, switchovers, mode changes, degradation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Failover,
+    ManualFailover,
+    Switchover,
+    ModeChange,
+    Degraded,
+    Healthy,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Failover => "failover",
+            EventKind::ManualFailover => "manual-failover",
+            EventKind::Switchover => "switchover",
+            EventKind::ModeChange => "mode-change",
+            EventKind::Degraded => "degraded",
+            EventKind::Healthy => "healthy",
+        }
+    }
+}
+
+/// One old-epoch write that a returning replica holds durably and the new epoch lacks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailWrite {
+    pub name: String,
+    pub term: u64,
+    pub index: u64,
+    pub proposed_at_ms: u64,
+}
+
+/// A recorded event. Times are wall-clock ms (the proposer's clock).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantEvent {
+    pub kind: EventKind,
+    pub at_ms: u64,
+    pub from_epoch: u64,
+    pub to_epoch: u64,
+    /// When the failure happened at the latest: the old leader's last liveness renewal.
+    pub failed_at_ms: Option<u64>,
+    /// From the failure (the old leader's last liveness renewal) to the first ack of the new epoch.
+    pub rto_ms: Option<u64>,
+    pub lost_writes_min: Option<u64>,
+    /// Filled in once a majority of the old epoch's voters rejoined with intact storage.
+    pub lost_writes_max: Option<u64>,
+    pub loss_window_start_ms: Option<u64>,
+    pub loss_window_end_ms: Option<u64>,
+    /// The old epoch's voters (a majority of them must report their tails for `lost_writes_max`).
+    pub old_voters: Vec<NodeId>,
+    /// Divergent tails the old epoch's replicas reported when they came back, kept aside on them.
+    pub tails: BTreeMap<NodeId, Vec<TailWrite>>,
+    pub detail: String,
+}
+
+impl TenantEvent {
+    pub fn new(kind: EventKind, at_ms: u64, from_epoch: u64, to_epoch: u64, detail: String) -> Self {
+        TenantEvent {
+            kind,
+            at_ms,
+            from_epoch,
+            to_epoch,
+            failed_at_ms: None,
+            rto_ms: None,
+            lost_writes_min: None,
+            lost_writes_max: None,
+            loss_window_start_ms: None,
+            loss_window_end_ms: None,
+            old_voters: vec![],
+            tails: BTreeMap::new(),
+            detail,
+        }
+    }
 }
 
 impl TenantRecord {
@@ -103,6 +222,15 @@ pub enum MetaCommand {
     Heartbeat { node: NodeId, incarnation: u64, proposed_at_ms: u64 },
     /// Creates a tenant with a placement chosen by the proposer.
     CreateTenant { record: TenantRecord },
+    /// Replaces a tenant's record if its version is still `expect_version` (compare-and-set),
+    /// recording `event` with it atomically.
+    UpdateTenant { expect_version: u64, record: TenantRecord, event: Option<TenantEvent> },
+    /// The epoch's leader reports the newest write it acked (sent with its liveness renewals).
+    ReportAcked { tenant: String, epoch: u64, mark: AckMark },
+    /// The new epoch's leader acked its first write (closes the failover's RTO).
+    FirstAck { tenant: String, epoch: u64, at_ms: u64 },
+    /// A replica of `epoch` came back after the tenant moved on and lists its divergent tail.
+    ReportTail { tenant: String, epoch: u64, node: NodeId, tail: Vec<TailWrite> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,12 +245,16 @@ pub enum MetaReply {
     Refused {
         reason: String,
     },
+    TenantUpdated(TenantRecord),
+    Noted,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub tenants: BTreeMap<String, TenantRecord>,
+    /// Every failover, switchover, mode change and state change, per tenant, oldest first.
+    pub history: BTreeMap<String, Vec<TenantEvent>>,
 }
 
 impl MetaState {
@@ -158,6 +290,74 @@ impl MetaState {
                 }
                 self.tenants.insert(record.spec.name.clone(), record.clone());
                 MetaReply::TenantCreated(record.clone())
+            }
+            MetaCommand::UpdateTenant { expect_version, record, event } => {
+                let name = &record.spec.name;
+                let Some(current) = self.tenants.get_mut(name) else {
+                    return MetaReply::Refused { reason: format!("tenant {name} does not exist") };
+                };
+                if current.version != *expect_version {
+                    return MetaReply::Refused {
+                        reason: format!(
+                            "tenant {name} changed meanwhile (version {} not {expect_version}); retry",
+                            current.version
+                        ),
+                    };
+                }
+                if record.epoch < current.epoch {
+                    return MetaReply::Refused {
+                        reason: format!("tenant {name} is at epoch {}, not {}", current.epoch, record.epoch),
+                    };
+                }
+                let mut next = record.clone();
+                next.version = current.version + 1;
+                if next.epoch != current.epoch {
+                    next.acked = None;
+                }
+                *current = next.clone();
+                if let Some(e) = event {
+                    self.history.entry(name.clone()).or_default().push(e.clone());
+                }
+                MetaReply::TenantUpdated(next)
+            }
+            MetaCommand::ReportAcked { tenant, epoch, mark } => {
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    // A sealed epoch's reports still count: they were acked before the seal was
+                    // seen, and loss accounting needs them.
+                    if t.epoch == *epoch && t.acked.is_none_or(|a| a.position() < mark.position()) {
+                        t.acked = Some(*mark);
+                    }
+                }
+                MetaReply::Noted
+            }
+            MetaCommand::FirstAck { tenant, epoch, at_ms } => {
+                if let Some(ev) = self.history.get_mut(tenant).and_then(|h| {
+                    h.iter_mut().rev().find(|e| e.to_epoch == *epoch && e.from_epoch != *epoch && e.rto_ms.is_none())
+                }) {
+                    let failed_at = ev.failed_at_ms.unwrap_or(ev.at_ms);
+                    ev.rto_ms = Some(at_ms.saturating_sub(failed_at));
+                }
+                MetaReply::Noted
+            }
+            MetaCommand::ReportTail { tenant, epoch, node, tail } => {
+                let Some(ev) = self
+                    .history
+                    .get_mut(tenant)
+                    .and_then(|h| h.iter_mut().rev().find(|e| e.from_epoch == *epoch && e.to_epoch > *epoch))
+                else {
+                    return MetaReply::Noted;
+                };
+                ev.tails.insert(*node, tail.clone());
+                let reported = ev.old_voters.iter().filter(|v| ev.tails.contains_key(v)).count();
+                if !ev.old_voters.is_empty() && reported > ev.old_voters.len() / 2 {
+                    let mut lost: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+                    for t in ev.tails.values() {
+                        lost.extend(t.iter().map(|w| w.name.as_str()));
+                    }
+                    // Not clamped to the minimum: a maximum below it would be a bug to see.
+                    ev.lost_writes_max = Some(lost.len() as u64);
+                }
+                MetaReply::Noted
             }
         }
     }
@@ -216,6 +416,12 @@ mod tests {
             learners: vec![],
             created_at_ms: 5,
             state: TenantState::Healthy,
+            founder: 1,
+            version: 0,
+            base: None,
+            sealed: false,
+            failover_to: None,
+            acked: None,
         };
         let mut s = MetaState::default();
         assert_eq!(s.apply(&MetaCommand::CreateTenant { record: rec.clone() }), MetaReply::TenantCreated(rec.clone()));

@@ -48,7 +48,7 @@ async fn route(node: &Node, from: NodeId, env: Envelope) -> Reply {
             }
         }
         Request::MetaPropose { cmd } => match node.inner.meta.write(Command::Meta(cmd)).await {
-            Ok((crate::raft::Reply::Meta(r), _, _)) => Reply::Meta(r),
+            Ok((crate::raft::Reply::Meta(reply), _, index)) => Reply::MetaAt { reply, index },
             Ok((other, _, _)) => Reply::Error(WireError::Failed(format!("unexpected meta reply {other:?}"))),
             Err(e) => write_err(e),
         },
@@ -60,6 +60,9 @@ async fn route(node: &Node, from: NodeId, env: Envelope) -> Reply {
             Ok(()) => Reply::Tenant(node.inner.meta.sm.read().await.state.tenants.get(&name).cloned()),
             Err(e) => write_err(e),
         },
+        Request::FetchChunk { group, hash } => node.serve_chunk(from, &group, &hash).await,
+        Request::Seal { group } => node.serve_seal(&group).await,
+        Request::CatalogNames { group } => node.serve_catalog_names(&group).await,
         Request::JoinMeta { node: joining } => {
             let st = node.inner.meta.status();
             if st.voters.contains(&joining) || st.learners.contains(&joining) {

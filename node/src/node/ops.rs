@@ -111,11 +111,16 @@ fn valid_tenant_name(name: &str) -> Result<(), ApiError> {
 }
 
 impl Node {
-    async fn call_peer(&self, to: NodeId, body: Request) -> Result<Reply, ApiError> {
+    pub(super) async fn call_peer(&self, to: NodeId, body: Request) -> Result<Reply, ApiError> {
         self.call_peer_within(to, body, PEER_TIMEOUT).await
     }
 
-    async fn call_peer_within(&self, to: NodeId, body: Request, timeout: Duration) -> Result<Reply, ApiError> {
+    pub(super) async fn call_peer_within(
+        &self,
+        to: NodeId,
+        body: Request,
+        timeout: Duration,
+    ) -> Result<Reply, ApiError> {
         let env = Envelope { from_incarnation: self.inner.store.incarnation(), body };
         let bytes = Bytes::from(wire::encode(&env));
         let reply =
@@ -127,9 +132,15 @@ impl Node {
 
     /// Proposes a meta command through whichever node leads the meta group.
     pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaReply, ApiError> {
+        self.propose_meta_at(cmd).await.map(|(r, _)| r)
+    }
+
+    /// Like [`Node::propose_meta`], with the meta log index the command committed at (0 when
+    /// the answer carries none: a refusal by a peer).
+    pub async fn propose_meta_at(&self, cmd: MetaCommand) -> Result<(MetaReply, u64), ApiError> {
         let mut candidates: Vec<NodeId> = vec![];
         match self.inner.meta.write(Command::Meta(cmd.clone())).await {
-            Ok((crate::raft::Reply::Meta(r), _, _)) => return Ok(r),
+            Ok((crate::raft::Reply::Meta(r), _, index)) => return Ok((r, index)),
             Ok((other, _, _)) => return Err(ApiError::Internal(format!("unexpected meta reply {other:?}"))),
             Err(WriteError::NotLeader(Some(l))) if l != self.inner.me => candidates.push(l),
             Err(WriteError::NotLeader(_)) => {}
@@ -146,13 +157,14 @@ impl Node {
                 continue;
             }
             match self.call_peer_within(to, Request::MetaPropose { cmd: cmd.clone() }, META_PROPOSE_TIMEOUT).await {
-                Ok(Reply::Meta(r)) => return Ok(r),
+                Ok(Reply::MetaAt { reply, index }) => return Ok((reply, index)),
+                Ok(Reply::Meta(r)) => return Ok((r, 0)),
                 Ok(Reply::Error(WireError::NotLeader(Some(l)))) => {
                     candidates.insert(i, l);
                 }
                 // A peer that refuses this node (its storage incarnation is not the one the
                 // directory knows) answers for the whole meta group: say so, don't retry.
-                Ok(Reply::Error(WireError::Refused(reason))) => return Ok(MetaReply::Refused { reason }),
+                Ok(Reply::Error(WireError::Refused(reason))) => return Ok((MetaReply::Refused { reason }, 0)),
                 Ok(Reply::Error(e)) => last = ApiError::Unavailable(e.to_string()),
                 Ok(other) => last = ApiError::Internal(format!("unexpected reply {other:?}")),
                 Err(e) => last = e,
@@ -231,7 +243,7 @@ impl Node {
             return Err(ApiError::BadRequest(format!("on_lag must be block or degrade, not {on_lag:?}")));
         }
         let topo = self.topology();
-        let (load, primaries) = {
+        let primaries = {
             let meta = self.inner.meta.sm.read().await;
             if let Some(existing) = meta.state.tenants.get(name) {
                 // Idempotent create: same spec answers with the existing record.
@@ -240,7 +252,7 @@ impl Node {
                     return Ok(existing.clone());
                 }
             }
-            (meta.state.load(), meta.state.primaries_per_region())
+            meta.state.primaries_per_region()
         };
         let primary = match primary {
             Some(p) => p.to_string(),
@@ -255,23 +267,48 @@ impl Node {
             on_lag: on_lag.to_string(),
             regions: regions.to_vec(),
         };
-        // Place on nodes that are up, so the group can form at once.
-        let live = self.live_nodes().await;
-        let live_topo: Vec<NodeSlot> = topo.iter().filter(|n| live.contains_key(&n.id)).cloned().collect();
-        let placed = placement::place(&spec, &live_topo, &load).map_err(ApiError::BadRequest)?;
+        if mode == Mode::NearSync && spec.rpo_target_ms == 0 {
+            return Err(ApiError::BadRequest("near-sync needs an rpo target above zero (e.g. --rpo-target 1s)".into()));
+        }
+        let placed = self.place_for(&spec, None).await?;
         let record = TenantRecord {
             spec,
             epoch: 1,
+            founder: placed.voters[0],
             voters: placed.voters,
             learners: placed.learners,
             created_at_ms: self.inner.clock.wall_now_ms(),
             state: TState::Healthy,
+            version: 0,
+            base: None,
+            sealed: false,
+            failover_to: None,
+            acked: None,
         };
         match self.propose_meta(MetaCommand::CreateTenant { record }).await? {
             MetaReply::TenantCreated(r) | MetaReply::TenantExists(r) => Ok(r),
             MetaReply::Refused { reason } => Err(ApiError::BadRequest(reason)),
             other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// Places a tenant on nodes that are up (so its group can form at once), on the least
+    /// loaded ones, keeping `current`'s members where they still fit.
+    pub(crate) async fn place_for(
+        &self,
+        spec: &TenantSpec,
+        current: Option<&TenantRecord>,
+    ) -> Result<placement::Placement, ApiError> {
+        let topo = self.topology();
+        let mut load = self.inner.meta.sm.read().await.state.load();
+        if let Some(cur) = current {
+            for m in cur.members() {
+                load.insert(m, 0);
+            }
+        }
+        let live = self.live_nodes().await;
+        let live_topo: Vec<NodeSlot> = topo.iter().filter(|n| live.contains_key(&n.id)).cloned().collect();
+        placement::place(spec, &live_topo, &load).map_err(ApiError::BadRequest)
     }
 
     /// A tenant's record. This node's replica of the directory may trail the meta leader (a
@@ -306,7 +343,7 @@ impl Node {
     }
 
     /// Finds who leads a tenant's group, asking its members when this node does not host it.
-    async fn locate_leader(&self, rec: &TenantRecord) -> Option<NodeId> {
+    pub(super) async fn locate_leader(&self, rec: &TenantRecord) -> Option<NodeId> {
         if let Some(g) = self.tenant_group(&rec.group()) {
             if let Some(l) = g.status().leader {
                 return Some(l);
@@ -342,6 +379,12 @@ impl Node {
             return Err(ApiError::BadRequest("the segment's bytes do not match the blake3 in its header".into()));
         }
         let rec = self.tenant_record(tenant).await?;
+        if rec.sealed {
+            return Err(ApiError::Unavailable(format!(
+                "tenant {tenant}'s epoch {} is sealed: a failover is promoting a new epoch; retry shortly",
+                rec.epoch
+            )));
+        }
         let Some(g) = self.tenant_group(&rec.group()) else {
             return Err(ApiError::NotLeader { leader: self.locate_leader(&rec).await });
         };
@@ -352,28 +395,35 @@ impl Node {
             };
             return Err(ApiError::NotLeader { leader });
         }
-        if !self.inner.liveness.is_valid() {
+        let ignore_lease = crate::planted::on(crate::planted::Bug::IgnoreLease);
+        if !self.inner.liveness.is_valid() && !ignore_lease {
             return Err(ApiError::Unavailable(
                 "this node's liveness lease is not valid; it acks nothing until it renews".into(),
             ));
         }
-        let cmd = TenantCommand::PutSegment {
-            name: name.to_string(),
-            blake3,
-            data,
-            proposed_at_ms: self.inner.clock.wall_now_ms(),
-        };
+        let proposed_at_ms = self.inner.clock.wall_now_ms();
+        let cmd = TenantCommand::PutSegment { name: name.to_string(), blake3, data, proposed_at_ms };
         #[cfg(feature = "planted-bugs")]
         if crate::planted::on(crate::planted::Bug::AckBeforeCommit) {
             return crate::planted::ack_before_commit(&g, cmd, rec.epoch).await;
         }
-        let (reply, _, _) = g.write(Command::Tenant(cmd)).await?;
+        let (reply, term, index) = g.write(Command::Tenant(cmd)).await?;
+        // near-sync: the lag gate, between the commit and the ack.
+        self.lag_gate(&g, tenant).await?;
         // Fencing: checked after the write is durable and just before the ack.
-        if !self.inner.liveness.is_valid() {
+        if !self.inner.liveness.is_valid() && !ignore_lease {
             return Err(ApiError::OutcomeUnknown(
                 "the write committed, but this node's liveness lease lapsed before the ack".into(),
             ));
         }
+        if !self.epoch_current(tenant, rec.epoch).await && !ignore_lease {
+            return Err(ApiError::OutcomeUnknown(format!(
+                "the write committed in epoch {}, but the meta group has sealed or replaced that epoch",
+                rec.epoch
+            )));
+        }
+        let writes = g.sm.read().await.state.mark_at(index).map(|m| m.writes).unwrap_or(0);
+        self.note_ack(&g, &rec, crate::meta::state::AckMark { term, index, writes, proposed_at_ms });
         match reply {
             crate::raft::Reply::Tenant(TenantReply::Stored { already_present, size, blake3, index, term }) => {
                 Ok(PushOutcome { already_present, size, blake3, epoch: rec.epoch, term, index })
@@ -408,12 +458,13 @@ impl Node {
         sm.state.catalog.segments.get(name).cloned().ok_or_else(|| ApiError::UnknownSegment(name.to_string()))
     }
 
-    /// Reads one chunk of a tenant's segment from this node's disk, verifying its hash.
+    /// Reads one chunk of a tenant's segment from this node's disk, verifying its hash; a damaged
+    /// copy is first repaired from another replica (`repair.rs`), and never served.
     pub async fn read_chunk(&self, tenant: &str, hash: &Hash) -> Result<Vec<u8>, ApiError> {
         let rec = self.tenant_record(tenant).await?;
         let g = self.tenant_group(&rec.group()).ok_or_else(|| ApiError::Unavailable("group moved away".into()))?;
         let chunks = g.sm.read().await.state.chunks.clone();
-        crate::storage::store::blocking(|| chunks.get(hash)).map_err(|e| ApiError::Internal(e.to_string()))
+        chunks.get_or_repair(hash).await.map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     /// Reads a whole segment (linearizable), verifying every chunk and the whole.

@@ -1,11 +1,11 @@
-//! The node's background loops: liveness renewal and reconciliation with the meta directory.
+//! The node's background loops: liveness renewal, reconciliation with the meta directory, and
+//! the chunk scrub.
 
 use std::time::Duration;
 
+use super::repair::Scrub;
 use super::Node;
 use crate::meta::state::{MetaCommand, MetaReply};
-use crate::raft::group::Group;
-use crate::tenant::group_state::TenantState;
 
 /// How often the node compares what it runs with what the directory says.
 const RECONCILE_EVERY: Duration = Duration::from_millis(250);
@@ -13,6 +13,8 @@ const RECONCILE_EVERY: Duration = Duration::from_millis(250);
 pub(super) fn spawn_all(node: &Node) {
     tokio::spawn(liveness_loop(node.clone()));
     tokio::spawn(reconcile_loop(node.clone()));
+    tokio::spawn(control_loop(node.clone()));
+    tokio::spawn(scrub_loop(node.clone()));
 }
 
 async fn liveness_loop(node: Node) {
@@ -25,9 +27,17 @@ async fn liveness_loop(node: Node) {
             incarnation: node.inner.store.incarnation(),
             proposed_at_ms: node.inner.clock.wall_now_ms(),
         };
-        match tokio::time::timeout(every * 2, node.propose_meta(cmd)).await {
-            Ok(Ok(MetaReply::HeartbeatAccepted)) => node.inner.liveness.renewed(sent_at),
-            Ok(Ok(MetaReply::HeartbeatRefused { reason })) | Ok(Ok(MetaReply::Refused { reason })) => {
+        match tokio::time::timeout(every * 2, node.propose_meta_at(cmd)).await {
+            Ok(Ok((MetaReply::HeartbeatAccepted, index))) => {
+                // The lease counts only once this node's copy of the directory holds everything
+                // committed up to the renewal: a region that was cut off while the meta group
+                // sealed or replaced a tenant's epoch sees that before it may ack again.
+                if node.wait_meta_applied(index, every).await {
+                    node.inner.liveness.renewed(sent_at);
+                }
+                node.report_acks().await;
+            }
+            Ok(Ok((MetaReply::HeartbeatRefused { reason }, _))) | Ok(Ok((MetaReply::Refused { reason }, _))) => {
                 node.inner.liveness.revoke();
                 let mut r = node.inner.refused.lock().expect("refused lock");
                 if r.is_none() {
@@ -35,7 +45,7 @@ async fn liveness_loop(node: Node) {
                 }
                 *r = Some(reason);
             }
-            Ok(Ok(other)) => tracing::warn!(?other, "unexpected heartbeat reply"),
+            Ok(Ok((other, _))) => tracing::warn!(?other, "unexpected heartbeat reply"),
             Ok(Err(e)) => tracing::debug!(error = %e, "liveness renewal failed"),
             Err(_) => tracing::debug!("liveness renewal timed out"),
         }
@@ -54,7 +64,11 @@ async fn reconcile_loop(node: Node) {
         if ticks % 8 == 1 {
             node.join_meta_if_needed().await;
         }
-        reconcile_tenants(&node).await;
+        reconcile_tenants(&node, ticks % 8 == 1).await;
+        let meta = node.inner.meta.status();
+        if meta.is_leader && node.fenced_for_long() {
+            node.step_down(&node.inner.meta, &meta).await;
+        }
         tokio::select! {
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
             _ = stop.changed() => return,
@@ -62,47 +76,38 @@ async fn reconcile_loop(node: Node) {
     }
 }
 
-async fn reconcile_tenants(node: &Node) {
+/// Checks every chunk the node's tenant catalogs reference, a step at a time, and repairs damaged
+/// ones from peers (`repair.rs`). A step in progress is dropped when the node stops.
+async fn scrub_loop(node: Node) {
+    let mut stop = node.inner.stop.subscribe();
+    let mut scrub = Scrub::default();
+    loop {
+        let pause = tokio::select! {
+            pause = node.scrub_step(&mut scrub) => pause,
+            _ = stop.changed() => return,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn reconcile_tenants(node: &Node, slow_tick: bool) {
     let records: Vec<_> = node.inner.meta.sm.read().await.state.tenants.values().cloned().collect();
     for rec in records {
-        if !rec.members().any(|m| m == node.inner.me) {
-            continue;
-        }
-        let group = rec.group();
-        let existing = node.tenant_group(&group);
-        let g = match existing {
-            Some(g) => g,
-            None => {
-                match Group::<TenantState>::start(
-                    &group,
-                    node.inner.store.clone(),
-                    node.inner.transport.clone(),
-                    &node.inner.cfg.raft,
-                    node.inner.me,
-                    node.inner.peers.clone(),
-                )
-                .await
-                {
-                    Ok(g) => {
-                        let g = std::sync::Arc::new(g);
-                        node.inner.tenants.lock().expect("tenants lock").insert(group.clone(), g.clone());
-                        tracing::info!(node = %node.name(), %group, "tenant group started");
-                        g
-                    }
-                    Err(e) => {
-                        tracing::error!(node = %node.name(), %group, error = %e, "cannot start tenant group");
-                        continue;
-                    }
-                }
-            }
-        };
-        // The first voter of the placement bootstraps the group; the rest join through it.
-        if rec.voters.first() == Some(&node.inner.me) {
-            match g.initialize(&rec.voters).await {
-                Ok(true) => tracing::info!(%group, voters = ?rec.voters, "tenant group initialised"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(%group, error = %e, "tenant group initialisation failed; will retry"),
-            }
+        node.reconcile_tenant(&rec, slow_tick).await;
+    }
+}
+
+/// The failover controller: does something only while this node leads the meta group.
+async fn control_loop(node: Node) {
+    let mut stop = node.inner.stop.subscribe();
+    loop {
+        node.control_once().await;
+        tokio::select! {
+            _ = tokio::time::sleep(super::controller::CONTROL_EVERY) => {}
+            _ = stop.changed() => return,
         }
     }
 }

@@ -171,6 +171,45 @@ impl<S: GroupState> Group<S> {
         }
     }
 
+    /// Makes `voters` the voter set (joint consensus as openraft does it); removed voters stay
+    /// as learners. Every new voter must be a learner already.
+    pub async fn change_voters(&self, voters: &[NodeId]) -> Result<(), WriteError> {
+        let set: BTreeSet<NodeId> = voters.iter().copied().collect();
+        match self.raft.change_membership(openraft::ChangeMembers::ReplaceAllVoters(set), true).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader(f.leader_id)),
+            Err(e) => Err(WriteError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Removes learners that the placement no longer wants.
+    pub async fn remove_learners(&self, nodes: &[NodeId]) -> Result<(), WriteError> {
+        let set: BTreeSet<NodeId> = nodes.iter().copied().collect();
+        match self.raft.change_membership(openraft::ChangeMembers::RemoveNodes(set), true).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader(f.leader_id)),
+            Err(e) => Err(WriteError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to` (ignored when this node does not lead).
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| GroupError::Raft(e.to_string()))
+    }
+
+    /// Builds a snapshot now and purges the log up to `upto`, so that members added later are
+    /// caught up by the snapshot (a promoted epoch's seeded state lives only there).
+    pub async fn snapshot_and_purge(&self, upto: u64) -> Result<(), GroupError> {
+        self.raft.trigger().snapshot().await.map_err(|e| GroupError::Raft(e.to_string()))?;
+        for _ in 0..200 {
+            if self.status().snapshot_index.is_some_and(|s| s >= upto) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.raft.trigger().purge_log(upto).await.map_err(|e| GroupError::Raft(e.to_string()))
+    }
+
     /// Answers a peer's Raft RPC.
     pub async fn handle(&self, rpc: RaftRpc) -> wire::Reply {
         let fail = |e: String| wire::Reply::Error(WireError::Failed(e));

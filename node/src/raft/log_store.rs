@@ -183,3 +183,64 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
         Ok(())
     }
 }
+
+/// One entry of a group's durable log, read without running the group.
+#[derive(Clone, Debug)]
+pub struct DurableEntry {
+    pub term: u64,
+    pub index: u64,
+    /// The command, for a normal entry (blank and membership entries carry none).
+    pub command: Option<super::types::Command>,
+}
+
+/// A stopped (sealed) group's durable log: where it ends and what it applied.
+#[derive(Clone, Debug, Default)]
+pub struct DurableLog {
+    /// The last durable entry's (term, index), or the last purged one when the log is empty.
+    pub last: Option<(u64, u64)>,
+    /// The state machine's applied position.
+    pub applied: Option<(u64, u64)>,
+    /// Entries after the applied position, in order: durable, possibly never committed.
+    pub unapplied: Vec<DurableEntry>,
+}
+
+/// Reads a group's durable log from the store. The group must not be running (its replica is
+/// sealed), so that what is read is what stays.
+pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, StoreError> {
+    let decode = |what: &str, b: &[u8]| -> Result<Entry, StoreError> {
+        postcard::from_bytes(b)
+            .map_err(|e| StoreError::Corrupt { what: format!("{what} of group {group}"), detail: e.to_string() })
+    };
+    let applied: Option<LogId> = match store.kv_get(group, "applied")? {
+        Some(b) => postcard::from_bytes(&b)
+            .map_err(|e| StoreError::Corrupt { what: "applied log id".into(), detail: e.to_string() })?,
+        None => None,
+    };
+    // `purge` writes the marker as a bare log id (see `GroupLog::purge`).
+    let purged: Option<LogId> = match store.kv_get(group, "purged")? {
+        Some(b) => Some(
+            postcard::from_bytes(&b)
+                .map_err(|e| StoreError::Corrupt { what: "purged log id".into(), detail: e.to_string() })?,
+        ),
+        None => None,
+    };
+    let from = applied.map(|a| a.index + 1).unwrap_or(0);
+    let txn = store.db().begin_read().map_err(StoreError::db)?;
+    let log = txn.open_table(LOG).map_err(StoreError::db)?;
+    let mut unapplied = vec![];
+    let mut last = purged.map(|p| (p.leader_id.term, p.index));
+    if let Some(a) = applied {
+        last = last.max(Some((a.leader_id.term, a.index)));
+    }
+    for item in log.range((group, from)..=(group, u64::MAX)).map_err(StoreError::db)? {
+        let (_, v) = item.map_err(StoreError::db)?;
+        let e = decode("log entry", v.value())?;
+        last = Some((e.log_id.leader_id.term, e.log_id.index));
+        let command = match e.payload {
+            openraft::EntryPayload::Normal(c) => Some(c),
+            _ => None,
+        };
+        unapplied.push(DurableEntry { term: e.log_id.leader_id.term, index: e.log_id.index, command });
+    }
+    Ok(DurableLog { last, applied: applied.map(|a| (a.leader_id.term, a.index)), unapplied })
+}

@@ -5,11 +5,19 @@
 //! persistence through the store's writer, and snapshots, which are whole files written through
 //! the disk seam (`snapshots/<group>.snap`, replaced atomically) holding the snapshot's metadata
 //! and the state's bytes.
+//!
+//! A snapshot build that fails because the state is damaged (a tenant's chunk rotted on this
+//! replica) must not reach openraft, which treats a build error as fatal and stops the group:
+//! the state repairs itself ([`GroupState::repair_for_snapshot`]) and the build is tried once
+//! more; if it still cannot complete, openraft is handed a snapshot that changes nothing and the
+//! next build waits [`SNAPSHOT_RETRY_AFTER`].
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -20,6 +28,9 @@ use super::peers::PeerBook;
 use super::types::{Command, LogId, Reply, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::seams::net::NodeId;
 use crate::storage::store::{Store, StoreError, TxnFn};
+
+/// How long after a snapshot build that could not complete the next policy-triggered one waits.
+pub const SNAPSHOT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// Where an entry sits in its group's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +70,13 @@ pub trait GroupState: Sized + Send + Sync + 'static {
     fn incarnations(&self) -> Vec<(NodeId, u64)> {
         vec![]
     }
+    /// Repairs what made [`GroupState::snapshot_bytes`] fail, where the state can (a tenant
+    /// fetches chunks that rotted or went missing here again from its peers), answering how many
+    /// things it repaired or why it could not. The future runs in the snapshot-building task,
+    /// without the state lock. `None` (the default): nothing is repairable, the error stands.
+    fn repair_for_snapshot(&self) -> Option<BoxFuture<'static, Result<u64, String>>> {
+        None
+    }
 }
 
 /// State plus the Raft bookkeeping, shared with readers through [`GroupSm::reader`].
@@ -80,6 +98,10 @@ pub struct GroupSm<S: GroupState> {
     group: Arc<str>,
     inner: Arc<RwLock<SmInner<S>>>,
     peers: PeerBook,
+    /// No policy-triggered snapshot build before this instant (set when one could not complete).
+    retry_at: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// Whether this builder was asked for with `force`: openraft then needs a real snapshot.
+    forced: bool,
 }
 
 impl<S: GroupState> Clone for GroupSm<S> {
@@ -89,6 +111,8 @@ impl<S: GroupState> Clone for GroupSm<S> {
             group: self.group.clone(),
             inner: self.inner.clone(),
             peers: self.peers.clone(),
+            retry_at: self.retry_at.clone(),
+            forced: false,
         }
     }
 }
@@ -114,7 +138,7 @@ impl<S: GroupState> GroupSm<S> {
             None => StoredMembership::default(),
         };
         let inner = Arc::new(RwLock::new(SmInner { state, applied, membership }));
-        Ok(Self { store, group: group.into(), inner, peers })
+        Ok(Self { store, group: group.into(), inner, peers, retry_at: Arc::new(Mutex::new(None)), forced: false })
     }
 
     /// Read access to the applied state (for linearizable reads after `ensure_linearizable`).
@@ -124,6 +148,27 @@ impl<S: GroupState> GroupSm<S> {
 
     fn snapshot_path(&self) -> PathBuf {
         self.store.root().join("snapshots").join(format!("{}.snap", self.group.replace('/', "_")))
+    }
+
+    /// The state's bytes and the metadata they stand for, read under the state lock.
+    async fn snapshot_now(&self) -> Result<(SnapshotMeta, Vec<u8>), StoreError> {
+        let inner = self.inner.read().await;
+        let data = inner.state.snapshot_bytes(&self.store)?;
+        Ok((SnapshotMeta { last_log_id: inner.applied, last_membership: inner.membership.clone() }, data))
+    }
+
+    /// A build that cannot complete now. Unless openraft insists (`force`: it has no snapshot
+    /// and needs one), it gets a snapshot with no log id: it keeps a built snapshot only when it
+    /// is newer than its current one, so nothing changes, the log stays, the group runs on, and
+    /// the next policy-triggered build waits [`SNAPSHOT_RETRY_AFTER`].
+    fn build_later(&self, why: String) -> Result<Snapshot, io::Error> {
+        if self.forced {
+            tracing::error!(group = %self.group, %why, "cannot build the snapshot openraft requires");
+            return Err(io::Error::other(why));
+        }
+        tracing::error!(group = %self.group, %why, retry_in = ?SNAPSHOT_RETRY_AFTER, "cannot build a snapshot now; keeping the current one and the log");
+        *self.retry_at.lock().expect("retry lock") = Some(tokio::time::Instant::now() + SNAPSHOT_RETRY_AFTER);
+        Ok(Snapshot { meta: SnapshotMeta::default(), snapshot: vec![] })
     }
 
     fn bookkeeping(&self, applied: Option<LogId>, membership: &StoredMembership) -> Vec<TxnFn> {
@@ -138,10 +183,22 @@ impl<S: GroupState> RaftSnapshotBuilder<TypeConfig> for GroupSm<S> {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (meta, data) = {
-            let inner = self.inner.read().await;
-            let data = inner.state.snapshot_bytes(&self.store)?;
-            (SnapshotMeta { last_log_id: inner.applied, last_membership: inner.membership.clone() }, data)
+        let (meta, data) = match self.snapshot_now().await {
+            Ok(built) => built,
+            Err(e) => {
+                let Some(repair) = self.inner.read().await.state.repair_for_snapshot() else {
+                    return Err(e.into());
+                };
+                tracing::warn!(group = %self.group, error = %e, "snapshot build found damaged state; repairing it");
+                match repair.await {
+                    Ok(repaired) => tracing::info!(group = %self.group, repaired, "state repaired for the snapshot"),
+                    Err(why) => return self.build_later(why),
+                }
+                match self.snapshot_now().await {
+                    Ok(built) => built,
+                    Err(e) => return self.build_later(e.to_string()),
+                }
+            }
         };
         let file = SnapshotFile { meta: meta.clone(), data };
         let bytes = encode(&file);
@@ -210,6 +267,18 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
         self.clone()
     }
 
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        if !force {
+            let mut retry_at = self.retry_at.lock().expect("retry lock");
+            match *retry_at {
+                Some(t) if tokio::time::Instant::now() < t => return None,
+                Some(_) => *retry_at = None,
+                None => {}
+            }
+        }
+        Some(Self { forced: force, ..self.clone() })
+    }
+
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
         let mut inner = self.inner.write().await;
         let mut work = vec![];
@@ -245,5 +314,98 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
         };
         let file: SnapshotFile = decode("snapshot file", &bytes)?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: file.data }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+
+    use super::*;
+    use crate::seams::disk::{DiskRef, OsDisk};
+
+    /// A state whose snapshot fails until it is repaired; the group's name says whether it can be.
+    struct Damaged {
+        damaged: Arc<AtomicBool>,
+        repairable: bool,
+    }
+
+    impl GroupState for Damaged {
+        fn load(_store: &Arc<Store>, group: &str) -> Result<Self, StoreError> {
+            Ok(Damaged { damaged: Arc::new(AtomicBool::new(true)), repairable: group == "repairable" })
+        }
+        fn apply(
+            &mut self,
+            _store: &Arc<Store>,
+            _group: &str,
+            _at: ApplyInfo,
+            _cmd: &Command,
+            _work: &mut Vec<TxnFn>,
+        ) -> Result<Reply, StoreError> {
+            Ok(Reply::None)
+        }
+        fn snapshot_bytes(&self, _store: &Arc<Store>) -> Result<Vec<u8>, StoreError> {
+            if self.damaged.load(Ordering::SeqCst) {
+                return Err(StoreError::Io("chunk 00ab is corrupt on this replica".into()));
+            }
+            Ok(b"whole".to_vec())
+        }
+        fn install(
+            &mut self,
+            _store: &Arc<Store>,
+            _group: &str,
+            _bytes: &[u8],
+            _work: &mut Vec<TxnFn>,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn repair_for_snapshot(&self) -> Option<BoxFuture<'static, Result<u64, String>>> {
+            let (damaged, repairable) = (self.damaged.clone(), self.repairable);
+            Some(Box::pin(async move {
+                if !repairable {
+                    return Err("no peer has a healthy copy".to_string());
+                }
+                damaged.store(false, Ordering::SeqCst);
+                Ok(1)
+            }))
+        }
+    }
+
+    fn open(dir: &std::path::Path, group: &str) -> GroupSm<Damaged> {
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        Store::init(disk.clone(), dir, "n1", 7).unwrap();
+        GroupSm::open(Store::open(disk, dir, "n1").unwrap(), group, PeerBook::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_damaged_state_is_repaired_and_the_snapshot_built_without_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path(), "repairable");
+        let mut builder = sm.try_create_snapshot_builder(false).await.expect("a builder");
+        let snap = builder.build_snapshot().await.expect("openraft never sees the damage");
+        assert_eq!(snap.snapshot, b"whole");
+        let kept = sm.get_current_snapshot().await.unwrap().expect("the snapshot was written");
+        assert_eq!(kept.snapshot, b"whole");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_build_that_cannot_complete_changes_nothing_and_the_next_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path(), "beyond repair");
+        let mut builder = sm.try_create_snapshot_builder(false).await.expect("a builder");
+        let snap = builder.build_snapshot().await.expect("openraft never sees the damage");
+        assert_eq!(snap.meta.last_log_id, None, "no log id: openraft keeps the snapshot it has");
+        assert!(sm.get_current_snapshot().await.unwrap().is_none(), "nothing was written");
+
+        assert!(sm.try_create_snapshot_builder(false).await.is_none(), "the next policy build waits");
+        tokio::time::advance(SNAPSHOT_RETRY_AFTER).await;
+        assert!(sm.try_create_snapshot_builder(false).await.is_some(), "and is tried again later");
+
+        // openraft forces a build only when it has no snapshot and needs one: a stand-in would
+        // be a lie, so the error is reported.
+        let mut forced = sm.try_create_snapshot_builder(true).await.expect("a forced builder");
+        assert!(forced.build_snapshot().await.is_err());
     }
 }

@@ -52,6 +52,16 @@ pub enum Request {
     JoinMeta { node: NodeId },
     /// Ask the meta leader for a tenant's record (linearizable on the leader).
     TenantLookup { name: String },
+    /// Ask a member of `group` for its copy of a chunk that group's catalog references, to
+    /// repair a damaged local copy. Answered with [`Reply::Chunk`] (verified by the sender) to
+    /// members of the group only.
+    FetchChunk { group: String, hash: crate::storage::chunks::Hash },
+    /// From the meta leader during a promotion: stop (seal) this replica of `group` if it still
+    /// runs, and say where its durable log ends. Answered with [`Reply::Sealed`].
+    Seal { group: String },
+    /// The segments (name and blake3) of the tenant group `group`, read on its leader after a
+    /// read barrier. Answered with [`Reply::Names`].
+    CatalogNames { group: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,6 +94,21 @@ pub enum Reply {
     Joined,
     Tenant(Option<crate::meta::state::TenantRecord>),
     Error(WireError),
+    /// A chunk's bytes, whose blake3 the sender checked against the hash asked for.
+    Chunk(Vec<u8>),
+    /// This replica is sealed; its durable log ends at `mark` (None: it holds nothing).
+    Sealed {
+        mark: Option<crate::meta::state::AckMark>,
+        /// The epoch `mark` is from: the one asked about, or the newest earlier one this node
+        /// holds when it never started the one asked about.
+        epoch: u64,
+    },
+    Names(Vec<(String, crate::storage::chunks::Hash)>),
+    /// A meta proposal's reply with the log index it committed at.
+    MetaAt {
+        reply: MetaReply,
+        index: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -1,12 +1,21 @@
 //! Content-addressed chunk files: WAL bytes, named by their blake3 hash.
 //!
 //! A chunk is written once through the disk seam (durably: file fdatasync'd, directory fsync'd)
-//! and never changed. Reads verify the hash, so bit rot is reported, never served.
+//! and never changed, except to repair it. Reads verify the hash, so bit rot is reported, never
+//! served. A store given a [`ChunkSource`] (in a node: the other members of the chunk's group,
+//! `node/repair.rs`) repairs a rotten or missing chunk from a healthy copy
+//! ([`ChunkStore::get_or_repair`]): the copy is verified, then written with the same durability
+//! as any chunk write, replacing the damaged file atomically.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use crate::seams::disk::DiskRef;
+use crate::seams::net::NodeId;
+use crate::storage::store::blocking;
 
 /// WAL segments are split into chunks of at most this size.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -21,6 +30,33 @@ pub enum ChunkError {
     Corrupt(String),
     #[error("chunk I/O failed: {0}")]
     Io(String),
+    /// The local copy is damaged (`damage` says how) and no healthy copy could be fetched.
+    #[error("{damage}; no healthy copy could be fetched to repair it: {why}")]
+    Unrepaired { damage: String, why: String },
+}
+
+/// A healthy copy of a chunk, and the node that supplied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub from: NodeId,
+    pub data: Vec<u8>,
+}
+
+/// Where a replica gets a healthy copy of a chunk it lost to rot (or that went missing).
+pub trait ChunkSource: Send + Sync + 'static {
+    /// A copy of chunk `hash`, or why none could be had. The store verifies the bytes again
+    /// before it writes or serves them: a source (a peer) may be wrong.
+    fn fetch(&self, hash: Hash) -> BoxFuture<'static, Result<Fetched, String>>;
+}
+
+/// What checking one chunk found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    Intact,
+    /// It was damaged and has been rewritten from `from`'s copy.
+    Repaired {
+        from: NodeId,
+    },
 }
 
 pub fn hex(h: &Hash) -> String {
@@ -42,15 +78,39 @@ pub fn parse_hex(s: &str) -> Option<Hash> {
     Some(out)
 }
 
-#[derive(Debug, Clone)]
+/// The chunk files under `<data dir>/chunks`. Cheap to clone; clones share the repair source
+/// and the repair counter.
+#[derive(Clone)]
 pub struct ChunkStore {
     disk: DiskRef,
     dir: Arc<PathBuf>,
+    source: Option<Arc<dyn ChunkSource>>,
+    repairs: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ChunkStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkStore")
+            .field("dir", &self.dir)
+            .field("repairable", &self.source.is_some())
+            .field("repairs", &self.repairs())
+            .finish()
+    }
 }
 
 impl ChunkStore {
     pub fn new(disk: DiskRef, root: &std::path::Path) -> Self {
-        Self { disk, dir: Arc::new(root.join("chunks")) }
+        Self { disk, dir: Arc::new(root.join("chunks")), source: None, repairs: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Sets where damaged chunks are repaired from (clones made before this keep none).
+    pub fn set_source(&mut self, source: Arc<dyn ChunkSource>) {
+        self.source = Some(source);
+    }
+
+    /// Chunks this store (and its clones) repaired since it was opened.
+    pub fn repairs(&self) -> u64 {
+        self.repairs.load(Ordering::Relaxed)
     }
 
     fn path(&self, h: &Hash) -> PathBuf {
@@ -65,10 +125,7 @@ impl ChunkStore {
         if self.disk.exists(&path) && self.get(&h).is_ok() {
             return Ok(h);
         }
-        if let Some(parent) = path.parent() {
-            self.disk.create_dir_all(parent).map_err(|e| ChunkError::Io(e.to_string()))?;
-        }
-        self.disk.write_file_durable(&path, data).map_err(|e| ChunkError::Io(e.to_string()))?;
+        self.write(&h, data)?;
         Ok(h)
     }
 
@@ -84,9 +141,154 @@ impl ChunkStore {
         }
         Ok(data)
     }
+
+    /// Reads a chunk; a damaged copy (corrupt or missing) is first repaired from the source.
+    /// Never returns bytes that fail the hash.
+    pub async fn get_or_repair(&self, h: &Hash) -> Result<Vec<u8>, ChunkError> {
+        match blocking(|| self.get(h)) {
+            Err(damage @ (ChunkError::Corrupt(_) | ChunkError::Missing(_))) => {
+                self.repair(h, damage).await.map(|(data, _)| data)
+            }
+            other => other,
+        }
+    }
+
+    /// Verifies a chunk, repairing it from the source when it is damaged (the scrub).
+    pub async fn check_or_repair(&self, h: &Hash) -> Result<Checked, ChunkError> {
+        match blocking(|| self.get(h)) {
+            Ok(_) => Ok(Checked::Intact),
+            Err(damage @ (ChunkError::Corrupt(_) | ChunkError::Missing(_))) => {
+                self.repair(h, damage).await.map(|(_, from)| Checked::Repaired { from })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches a healthy copy of `h`, verifies it and writes it durably over the damaged file.
+    async fn repair(&self, h: &Hash, damage: ChunkError) -> Result<(Vec<u8>, NodeId), ChunkError> {
+        let unrepaired = |why: String| ChunkError::Unrepaired { damage: damage.to_string(), why };
+        let Some(source) = &self.source else {
+            return Err(unrepaired("this store has no peers to repair from".into()));
+        };
+        let Fetched { from, data } = source.fetch(*h).await.map_err(unrepaired)?;
+        if blake3::hash(&data).as_bytes() != h {
+            return Err(unrepaired(format!("node {from} sent bytes that do not match the chunk's blake3")));
+        }
+        // The same write as `put`: temporary file, fdatasync, rename over the damaged file,
+        // directory fsync. A concurrent repair or apply of the same chunk writes the same bytes.
+        blocking(|| self.write(h, &data))?;
+        self.repairs.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(chunk = %hex(h), from, was = %damage, "chunk repaired from a peer's copy");
+        Ok((data, from))
+    }
+
+    fn write(&self, h: &Hash, data: &[u8]) -> Result<(), ChunkError> {
+        debug_assert_eq!(blake3::hash(data).as_bytes(), h, "only verified bytes are written");
+        let path = self.path(h);
+        if let Some(parent) = path.parent() {
+            self.disk.create_dir_all(parent).map_err(|e| ChunkError::Io(e.to_string()))?;
+        }
+        self.disk.write_file_durable(&path, data).map_err(|e| ChunkError::Io(e.to_string()))
+    }
 }
 
 /// Splits a segment into chunk-sized pieces (the last may be shorter; an empty segment has none).
 pub fn split(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     data.chunks(CHUNK_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seams::disk::{DiskEvent, OsDisk};
+
+    /// A peer that holds its own copies.
+    struct Peer(ChunkStore, NodeId);
+
+    impl ChunkSource for Peer {
+        fn fetch(&self, hash: Hash) -> BoxFuture<'static, Result<Fetched, String>> {
+            let got = self.0.get(&hash).map(|data| Fetched { from: self.1, data }).map_err(|e| e.to_string());
+            Box::pin(async move { got })
+        }
+    }
+
+    /// A peer that answers with the wrong bytes.
+    struct Liar;
+
+    impl ChunkSource for Liar {
+        fn fetch(&self, _hash: Hash) -> BoxFuture<'static, Result<Fetched, String>> {
+            Box::pin(async { Ok(Fetched { from: 9, data: b"not the chunk".to_vec() }) })
+        }
+    }
+
+    fn rot_one_bit(store: &ChunkStore, h: &Hash) {
+        let path = store.path(h);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[7] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    fn two_stores(dir: &std::path::Path) -> (ChunkStore, crate::seams::disk::DiskLog, ChunkStore) {
+        let (disk, log) = OsDisk::recording();
+        let mine = ChunkStore::new(Arc::new(disk), &dir.join("mine"));
+        let peer = ChunkStore::new(Arc::new(OsDisk::new()), &dir.join("peer"));
+        (mine, log, peer)
+    }
+
+    #[tokio::test]
+    async fn a_rotten_chunk_is_repaired_from_a_healthy_copy_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut mine, log, peer) = two_stores(dir.path());
+        let data = b"wal bytes ".repeat(500);
+        let h = mine.put(&data).unwrap();
+        assert_eq!(peer.put(&data).unwrap(), h);
+        rot_one_bit(&mine, &h);
+        assert_eq!(mine.get(&h), Err(ChunkError::Corrupt(hex(&h))), "rot is detected");
+        mine.set_source(Arc::new(Peer(peer, 4)));
+        log.take();
+
+        assert_eq!(mine.get_or_repair(&h).await.unwrap(), data, "the reader gets the healthy bytes");
+
+        // The repair is a chunk write like any other: temporary file, fdatasync, rename over the
+        // rotten file, directory fsync, and only then is the repair reported.
+        let path = mine.path(&h);
+        let events = log.take();
+        let n = events.len();
+        assert!(n >= 3, "{events:?}");
+        let DiskEvent::Fdatasync(tmp) = &events[n - 3] else { panic!("no fdatasync before the rename: {events:?}") };
+        assert_eq!(events[n - 2], DiskEvent::Rename { from: tmp.clone(), to: path.clone() }, "{events:?}");
+        assert_eq!(events[n - 1], DiskEvent::FsyncDir(path.parent().unwrap().to_path_buf()), "{events:?}");
+        assert_eq!(mine.get(&h).unwrap(), data, "the file on disk is whole again");
+        assert_eq!(mine.repairs(), 1);
+        assert_eq!(mine.check_or_repair(&h).await, Ok(Checked::Intact));
+        assert_eq!(mine.repairs(), 1, "an intact chunk is not rewritten");
+    }
+
+    #[tokio::test]
+    async fn the_scrub_repairs_a_missing_chunk_and_says_from_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut mine, _log, peer) = two_stores(dir.path());
+        let h = peer.put(b"only the peer has it").unwrap();
+        mine.set_source(Arc::new(Peer(peer, 6)));
+        assert_eq!(mine.check_or_repair(&h).await, Ok(Checked::Repaired { from: 6 }));
+        assert_eq!(mine.get(&h).unwrap(), b"only the peer has it");
+    }
+
+    #[tokio::test]
+    async fn bytes_that_fail_the_hash_are_neither_written_nor_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut mine, _log, _peer) = two_stores(dir.path());
+        let h = mine.put(b"segment bytes").unwrap();
+        rot_one_bit(&mine, &h);
+        let rotten = std::fs::read(mine.path(&h)).unwrap();
+
+        let e = mine.get_or_repair(&h).await.unwrap_err();
+        assert!(matches!(&e, ChunkError::Unrepaired { damage, .. } if damage.contains("corrupt")), "{e}");
+
+        mine.set_source(Arc::new(Liar));
+        let e = mine.get_or_repair(&h).await.unwrap_err();
+        assert!(e.to_string().contains("node 9 sent bytes that do not match"), "{e}");
+        assert_eq!(std::fs::read(mine.path(&h)).unwrap(), rotten, "a lying peer's bytes are not written");
+        assert_eq!(mine.repairs(), 0);
+    }
 }

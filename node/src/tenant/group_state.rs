@@ -1,7 +1,12 @@
 //! A tenant's catalog as a Raft group's state: segment rows in the store, bytes in chunk files.
+//!
+//! It also says what the chunk scrub checks next ([`TenantState::scrub_batch`]) and repairs
+//! damaged chunks before a snapshot is built ([`GroupState::repair_for_snapshot`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+
+use futures::future::BoxFuture;
 
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
@@ -9,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::{Catalog, PutDecision, SegmentRecord, TenantCommand, TenantReply};
 use crate::raft::state_machine::{ApplyInfo, GroupState};
 use crate::raft::{Command, Reply};
-use crate::storage::chunks::{ChunkStore, Hash};
+use crate::storage::chunks::{ChunkSource, ChunkStore, Hash};
 use crate::storage::store::{Store, StoreError, TxnFn, SEGMENTS};
 
 /// How many recent entries are remembered for lag accounting.
@@ -32,6 +37,14 @@ pub struct TenantState {
     pub chunks: ChunkStore,
     pub recent: VecDeque<AppliedMark>,
     writes: u64,
+}
+
+/// The next chunks the scrub checks: those of the segments after the cursor, in name order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScrubBatch {
+    pub chunks: Vec<Hash>,
+    /// The last segment covered: the cursor for the next batch. `None`: the pass is complete.
+    pub next: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,6 +93,56 @@ impl TenantState {
     pub fn last_mark(&self) -> Option<AppliedMark> {
         self.recent.back().copied()
     }
+
+    /// Lets this replica repair damaged chunks from `source` (the group's other members).
+    pub fn set_chunk_source(&mut self, source: Arc<dyn ChunkSource>) {
+        self.chunks.set_source(source);
+    }
+
+    /// The chunks of the segments after `after` (all segments when `None`), whole segments at a
+    /// time, until about `max_bytes` of segment bytes are covered (at least one segment). A
+    /// chunk shared by two segments of the batch is listed once.
+    pub fn scrub_batch(&self, after: Option<&str>, max_bytes: u64) -> ScrubBatch {
+        use std::ops::Bound;
+        let from = match after {
+            Some(name) => Bound::Excluded(name.to_string()),
+            None => Bound::Unbounded,
+        };
+        let mut seen = BTreeSet::new();
+        let mut chunks = vec![];
+        let mut bytes = 0u64;
+        let mut last = None;
+        let mut more = false;
+        for (name, rec) in self.catalog.segments.range((from, Bound::Unbounded)) {
+            if last.is_some() && bytes >= max_bytes {
+                more = true;
+                break;
+            }
+            chunks.extend(rec.chunks.iter().filter(|h| seen.insert(**h)).copied());
+            bytes += rec.size;
+            last = Some(name.clone());
+        }
+        ScrubBatch { chunks, next: if more { last } else { None } }
+    }
+}
+
+/// Whether a segment row of any group whose name starts with `prefix` references chunk `h`. With
+/// the prefix `t/<tenant>/` that is every epoch of one tenant this node holds rows of, sealed ones
+/// included. It decodes every row of those groups: for the rare repair path only.
+pub fn rows_reference_chunk(store: &Store, prefix: &str, h: &Hash) -> Result<bool, StoreError> {
+    let txn = store.db().begin_read().map_err(StoreError::db)?;
+    let t = txn.open_table(SEGMENTS).map_err(StoreError::db)?;
+    for item in t.range((prefix, "")..).map_err(StoreError::db)? {
+        let (k, v) = item.map_err(StoreError::db)?;
+        if !k.value().0.starts_with(prefix) {
+            break;
+        }
+        let rec: SegmentRecord = postcard::from_bytes(v.value()).map_err(|e| corrupt("segment record", e))?;
+        if rec.chunks.contains(h) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 impl GroupState for TenantState {
@@ -208,5 +271,121 @@ impl GroupState for TenantState {
 
     fn note_applied(&mut self, at: ApplyInfo, proposed_at_ms: Option<u64>) {
         self.mark(at, proposed_at_ms);
+    }
+
+    /// Checks every chunk the catalog references and repairs the damaged ones from peers;
+    /// stops at the first that cannot be repaired. Answers how many were repaired.
+    fn repair_for_snapshot(&self) -> Option<BoxFuture<'static, Result<u64, String>>> {
+        let wanted: BTreeSet<Hash> = self.catalog.segments.values().flat_map(|r| r.chunks.iter().copied()).collect();
+        let chunks = self.chunks.clone();
+        Some(Box::pin(async move {
+            let mut repaired = 0;
+            for h in &wanted {
+                match chunks.check_or_repair(h).await {
+                    Ok(crate::storage::chunks::Checked::Intact) => {}
+                    Ok(crate::storage::chunks::Checked::Repaired { .. }) => repaired += 1,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(repaired)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seams::disk::{DiskRef, OsDisk};
+    use crate::storage::chunks::{hex, Fetched};
+    use crate::tenant::catalog::TenantCommand;
+
+    const GROUP: &str = "t/x/1";
+
+    /// A peer holding healthy copies.
+    struct Peer(ChunkStore);
+
+    impl ChunkSource for Peer {
+        fn fetch(&self, hash: Hash) -> BoxFuture<'static, Result<Fetched, String>> {
+            let got = self.0.get(&hash).map(|data| Fetched { from: 2, data }).map_err(|e| e.to_string());
+            Box::pin(async move { got })
+        }
+    }
+
+    fn record(name: &str, size: u64, chunks: &[Hash]) -> SegmentRecord {
+        SegmentRecord {
+            name: name.into(),
+            size,
+            blake3: [0; 32],
+            chunks: chunks.to_vec(),
+            proposed_at_ms: 0,
+            term: 1,
+            index: 1,
+        }
+    }
+
+    #[test]
+    fn the_scrub_walks_the_catalog_in_bounded_batches_of_whole_segments() {
+        let (h1, h2, h3) = ([1; 32], [2; 32], [3; 32]);
+        let mut catalog = Catalog::default();
+        catalog.insert(record("a", 5, &[h1]));
+        catalog.insert(record("b", 5, &[h1, h2]));
+        catalog.insert(record("c", 5, &[h3]));
+        let st = TenantState {
+            catalog,
+            chunks: ChunkStore::new(Arc::new(OsDisk::new()), std::path::Path::new("/nonexistent")),
+            recent: VecDeque::new(),
+            writes: 3,
+        };
+        assert_eq!(st.scrub_batch(None, 6), ScrubBatch { chunks: vec![h1, h2], next: Some("b".into()) });
+        assert_eq!(st.scrub_batch(Some("b"), 6), ScrubBatch { chunks: vec![h3], next: None });
+        assert_eq!(st.scrub_batch(None, 0), ScrubBatch { chunks: vec![h1], next: Some("a".into()) });
+        assert_eq!(st.scrub_batch(None, 1 << 20), ScrubBatch { chunks: vec![h1, h2, h3], next: None });
+        assert_eq!(st.scrub_batch(Some("c"), 6), ScrubBatch { chunks: vec![], next: None });
+    }
+
+    #[tokio::test]
+    async fn a_rotten_chunk_is_repaired_from_a_peer_and_the_snapshot_holds_the_healthy_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let root = dir.path().join("node");
+        Store::init(disk.clone(), &root, "n1", 7).unwrap();
+        let store = Store::open(disk, &root, "n1").unwrap();
+        let mut st = TenantState::load(&store, GROUP).unwrap();
+        let data = b"a WAL segment ".repeat(700);
+        let name = "000000010000000000000001";
+        let cmd = Command::Tenant(TenantCommand::PutSegment {
+            name: name.into(),
+            blake3: *blake3::hash(&data).as_bytes(),
+            data: data.clone(),
+            proposed_at_ms: 1,
+        });
+        let mut work = vec![];
+        st.apply(&store, GROUP, ApplyInfo { term: 1, index: 1 }, &cmd, &mut work).unwrap();
+        store.write(work).await.unwrap();
+        let h = st.catalog.segments[name].chunks[0];
+
+        let x = hex(&h);
+        let path = root.join("chunks").join(&x[..2]).join(&x);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        let e = st.snapshot_bytes(&store).unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+
+        let peer = ChunkStore::new(Arc::new(OsDisk::new()), &dir.path().join("peer"));
+        peer.put(&data).unwrap();
+        st.set_chunk_source(Arc::new(Peer(peer)));
+        let repair = st.repair_for_snapshot().expect("a tenant can repair");
+        assert_eq!(repair.await, Ok(1));
+
+        let snap: TenantSnapshot = postcard::from_bytes(&st.snapshot_bytes(&store).unwrap()).unwrap();
+        assert_eq!(snap.chunks, vec![(h, data)]);
+        assert_eq!(st.chunks.repairs(), 1);
+        assert_eq!(st.repair_for_snapshot().unwrap().await, Ok(0), "nothing left to repair");
+
+        // Any epoch of the tenant that holds rows here vouches for the chunk; other tenants do not.
+        assert!(rows_reference_chunk(&store, "t/x/", &h).unwrap());
+        assert!(!rows_reference_chunk(&store, "t/xy/", &h).unwrap());
+        assert!(!rows_reference_chunk(&store, "t/x/", &[7; 32]).unwrap());
     }
 }

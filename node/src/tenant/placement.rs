@@ -101,10 +101,35 @@ pub fn place(spec: &TenantSpec, topology: &[NodeSlot], load: &BTreeMap<NodeId, u
             Ok(Placement { voters, learners: vec![] })
         }
         Mode::NearSync | Mode::Async => {
-            Err(format!("mode {} is not available yet in this build (only sync is); see issue #4", spec.mode.as_str()))
+            // The voting quorum lives in the primary region (a commit there is the ack), and a
+            // learner in every other allowed region holds the copy that survives the region.
+            let voters = pick(topology, &spec.primary, ASYNC_PRIMARY_VOTERS, load);
+            if voters.len() < ASYNC_PRIMARY_VOTERS {
+                return Err(format!(
+                    "{} needs {ASYNC_PRIMARY_VOTERS} nodes in the primary region {} (a quorum there survives one node); it has {}",
+                    spec.mode.as_str(),
+                    spec.primary,
+                    voters.len()
+                ));
+            }
+            let mut learners = vec![];
+            for r in &others {
+                learners.extend(pick(topology, r, 1, load));
+            }
+            if learners.is_empty() {
+                return Err(format!(
+                    "{} needs a replica outside the primary region {} to survive its loss; the tenant allows no other region with nodes",
+                    spec.mode.as_str(),
+                    spec.primary
+                ));
+            }
+            Ok(Placement { voters, learners })
         }
     }
 }
+
+/// Voters of a near-sync or async tenant in its primary region.
+pub const ASYNC_PRIMARY_VOTERS: usize = 3;
 
 #[cfg(test)]
 mod tests {
@@ -161,6 +186,31 @@ mod tests {
     fn one_node_per_region_still_spans_regions_without_a_regional_quorum() {
         let p = place(&spec("eu-west", &[]), &topo(1), &BTreeMap::new()).unwrap();
         assert_eq!(p.voters, vec![201, 101, 301, 401]);
+    }
+
+    #[test]
+    fn near_sync_and_async_keep_three_voters_in_the_primary_and_a_learner_elsewhere() {
+        for mode in [Mode::NearSync, Mode::Async] {
+            let mut s = spec("us-east", &[]);
+            s.mode = mode;
+            let p = place(&s, &topo(3), &BTreeMap::new()).unwrap();
+            assert_eq!(p.voters, vec![301, 302, 303]);
+            assert_eq!(p.learners, vec![101, 201, 401]);
+            s.regions = vec!["us-east".into(), "eu-west".into()];
+            let p = place(&s, &topo(3), &BTreeMap::new()).unwrap();
+            assert_eq!(p.learners, vec![201], "residency: nothing outside the allowed regions");
+        }
+    }
+
+    #[test]
+    fn near_sync_refuses_a_placement_that_cannot_keep_its_claim() {
+        let mut s = spec("us-east", &["us-east"]);
+        s.mode = Mode::NearSync;
+        let err = place(&s, &topo(3), &BTreeMap::new()).unwrap_err();
+        assert!(err.contains("outside the primary region"), "{err}");
+        s.regions = vec![];
+        let err = place(&s, &topo(2), &BTreeMap::new()).unwrap_err();
+        assert!(err.contains("needs 3 nodes"), "{err}");
     }
 
     #[test]

@@ -163,7 +163,9 @@ fn give_up(tenant: &str, name: &str, g: GaveUp) -> CmdError {
             format!("tenant {tenant} does not exist")
         }
         GaveUp::Refused(f) => format!("cannot fetch {name} from tenant {tenant}: {f}"),
-        GaveUp::Deadline { .. } => format!("cannot fetch {name} from tenant {tenant}: {g}"),
+        GaveUp::Deadline { .. } | GaveUp::OutcomeUnknown(_) => {
+            format!("cannot fetch {name} from tenant {tenant}: {g}")
+        }
     };
     CmdError::msg(code, message)
 }

@@ -165,6 +165,7 @@ fn give_up(tenant: &str, seg: &Segment, g: GaveUp, maybe_stored: bool) -> CmdErr
             }
             other => format!("outcome unknown: retry the same push; it is idempotent ({other})"),
         },
+        GaveUp::OutcomeUnknown(_) => format!("outcome unknown: retry the same push; it is idempotent ({g})"),
         GaveUp::Deadline { .. } if maybe_stored => {
             format!("outcome unknown: retry the same push; it is idempotent ({g})")
         }

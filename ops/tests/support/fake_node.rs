@@ -43,6 +43,14 @@ struct Inner {
     pushes: Mutex<Vec<(String, String, Vec<u8>)>>,
     segments: Mutex<HashMap<String, Vec<u8>>>,
     conns: Mutex<Vec<std::net::TcpStream>>,
+    /// Every operator request received: switchovers, failovers, mode changes.
+    switchovers: Mutex<Vec<SwitchoverTenantRequest>>,
+    failovers: Mutex<Vec<FailoverTenantRequest>>,
+    mode_changes: Mutex<Vec<SetTenantModeRequest>>,
+    /// What `tenant_history` answers, and what a switchover or failover appends and answers.
+    history: Mutex<Vec<TenantEventInfo>>,
+    /// The event the next failover answers (its loss record); default: an event without one.
+    failover_event: Mutex<Option<TenantEventInfo>>,
 }
 
 #[derive(Clone)]
@@ -97,6 +105,26 @@ impl FakeNode {
 
     pub fn segment(&self, name: &str) -> Option<Vec<u8>> {
         self.0.segments.lock().unwrap().get(name).cloned()
+    }
+
+    pub fn set_history(&self, events: Vec<TenantEventInfo>) {
+        *self.0.history.lock().unwrap() = events;
+    }
+
+    pub fn set_failover_event(&self, event: TenantEventInfo) {
+        *self.0.failover_event.lock().unwrap() = Some(event);
+    }
+
+    pub fn switchovers(&self) -> Vec<SwitchoverTenantRequest> {
+        self.0.switchovers.lock().unwrap().clone()
+    }
+
+    pub fn failovers(&self) -> Vec<FailoverTenantRequest> {
+        self.0.failovers.lock().unwrap().clone()
+    }
+
+    pub fn mode_changes(&self) -> Vec<SetTenantModeRequest> {
+        self.0.mode_changes.lock().unwrap().clone()
     }
 
     fn next_act(&self, method: &'static str) -> Act {
@@ -272,6 +300,72 @@ impl Tetrad for FakeNode {
             .collect();
         segments.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListWalReply { segments }))
+    }
+
+    async fn switchover_tenant(
+        &self,
+        req: Request<SwitchoverTenantRequest>,
+    ) -> Result<Response<TenantEventInfo>, Status> {
+        let act = self.next_act("switchover_tenant");
+        let r = req.into_inner();
+        self.0.switchovers.lock().unwrap().push(r.clone());
+        self.act(&act).await?;
+        Self::known_tenant(&r.name)?;
+        let event = TenantEventInfo {
+            kind: "switchover".into(),
+            at_ms: 1_700_000_000_000,
+            from_epoch: 1,
+            to_epoch: 1,
+            lost_writes_min: Some(0),
+            lost_writes_max: Some(0),
+            detail: format!("primary moved to {}", r.to_region),
+            ..Default::default()
+        };
+        self.0.history.lock().unwrap().push(event.clone());
+        Ok(Response::new(event))
+    }
+
+    async fn failover_tenant(&self, req: Request<FailoverTenantRequest>) -> Result<Response<TenantEventInfo>, Status> {
+        let act = self.next_act("failover_tenant");
+        let r = req.into_inner();
+        self.0.failovers.lock().unwrap().push(r.clone());
+        self.act(&act).await?;
+        Self::known_tenant(&r.name)?;
+        if !r.accept_data_loss {
+            return Err(error("bad-request", "manual failover needs accept_data_loss"));
+        }
+        let event = self.0.failover_event.lock().unwrap().clone().unwrap_or_else(|| TenantEventInfo {
+            kind: "manual-failover".into(),
+            at_ms: 1_700_000_000_000,
+            from_epoch: 1,
+            to_epoch: 2,
+            detail: format!("promoted a replica in {}", r.to_region),
+            ..Default::default()
+        });
+        self.0.history.lock().unwrap().push(event.clone());
+        Ok(Response::new(event))
+    }
+
+    async fn set_tenant_mode(&self, req: Request<SetTenantModeRequest>) -> Result<Response<TenantInfo>, Status> {
+        let act = self.next_act("set_tenant_mode");
+        let r = req.into_inner();
+        self.0.mode_changes.lock().unwrap().push(r.clone());
+        self.act(&act).await?;
+        Self::known_tenant(&r.name)?;
+        Ok(Response::new(TenantInfo {
+            name: r.name,
+            mode: r.mode,
+            rpo_target_ms: r.rpo_target_ms.unwrap_or(0),
+            on_lag: r.on_lag.unwrap_or_default(),
+            epoch: 1,
+            ..Default::default()
+        }))
+    }
+
+    async fn tenant_history(&self, req: Request<TenantHistoryRequest>) -> Result<Response<TenantHistoryReply>, Status> {
+        self.act(&self.next_act("tenant_history")).await?;
+        Self::known_tenant(&req.into_inner().name)?;
+        Ok(Response::new(TenantHistoryReply { events: self.0.history.lock().unwrap().clone() }))
     }
 }
 

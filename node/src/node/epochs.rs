@@ -1,0 +1,584 @@
+//! A tenant's epochs as one node sees them: the near-sync lag gate and ack reports of a leader,
+//! sealing, seeding a promoted epoch, the leader's membership reconciliation (placement moves,
+//! the sync leader's return to its primary region) and the divergent tails of returning
+//! old-epoch replicas.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ops::ApiError;
+use super::Node;
+use crate::meta::state::{
+    tenant_group, AckMark, EventKind, MetaCommand, Mode, TenantEvent, TenantRecord, TenantState as TState,
+};
+use crate::raft::group::{Group, GroupStatus};
+use crate::raft::wire::{Reply, Request};
+use crate::seams::net::NodeId;
+use crate::tenant::epoch;
+use crate::tenant::group_state::TenantState;
+
+/// How long a write may wait at the lag gate before the client is told the outcome is unknown
+/// (it is committed in the primary region; a retry is idempotent).
+const GATE_PATIENCE: Duration = Duration::from_secs(30);
+const GATE_POLL: Duration = Duration::from_millis(10);
+
+/// What a leader knows of its own acks: the acked writes not yet durable outside its region (for
+/// the lag gate), and the newest ack (reported to the meta group for loss accounting).
+#[derive(Clone, Debug, Default)]
+pub struct AckBook {
+    /// The Raft term this book belongs to; a new term starts a new book.
+    pub term: u64,
+    /// Entries up to here were acked before this book began, at times it does not know: the gate
+    /// treats them as older than any target until they are durable elsewhere.
+    pub floor: u64,
+    /// (index, monotonic ack time) of acked writes, oldest first.
+    pub pending: VecDeque<(u64, Duration)>,
+    pub newest: Option<AckMark>,
+    pub reported: Option<AckMark>,
+    pub first_ack_reported: bool,
+}
+
+/// How long the oldest acked write that is not durable in another region has been waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exposure {
+    None,
+    Since(Duration),
+    /// Acked before this leader's book began: older than anything.
+    Unknown,
+}
+
+impl AckBook {
+    pub fn begin(term: u64, last_index: u64) -> Self {
+        AckBook { term, floor: last_index, ..Default::default() }
+    }
+
+    /// Forgets the acks that are now durable at `replicated` (the highest index some replica in
+    /// another region has flushed) and says what is still exposed at `now`.
+    pub fn exposure(&mut self, replicated: u64, now: Duration) -> Exposure {
+        // Planted `lag-gate-off-by-one`: counts the entry after the replicated one as durable.
+        let replicated =
+            if crate::planted::on(crate::planted::Bug::LagGateOffByOne) { replicated + 1 } else { replicated };
+        while self.pending.front().is_some_and(|(i, _)| *i <= replicated) {
+            self.pending.pop_front();
+        }
+        if self.floor > replicated {
+            return Exposure::Unknown;
+        }
+        match self.pending.front() {
+            None => Exposure::None,
+            Some((_, at)) => Exposure::Since(now.saturating_sub(*at)),
+        }
+    }
+
+    pub fn acked(&mut self, index: u64, now: Duration, mark: AckMark) {
+        self.pending.push_back((index, now));
+        if self.newest.is_none_or(|n| n.position() < mark.position()) {
+            self.newest = Some(mark);
+        }
+    }
+}
+
+/// Whether the gate lets an ack through: nothing exposed longer than `rpo`.
+pub fn gate_open(exposure: Exposure, rpo: Duration) -> bool {
+    match exposure {
+        Exposure::None => true,
+        Exposure::Since(d) => d <= rpo,
+        Exposure::Unknown => false,
+    }
+}
+
+impl Node {
+    /// The highest log index that some member outside `region` has made durable (leader only).
+    fn replicated_outside(&self, st: &GroupStatus, region: &str) -> u64 {
+        st.matched
+            .iter()
+            .filter(|(m, _)| self.region_of(**m).is_some_and(|r| r != region))
+            .filter_map(|(_, i)| *i)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The gate's current exposure for a group this node leads.
+    fn exposure_of(&self, g: &Group<TenantState>) -> (Exposure, GroupStatus) {
+        let st = g.status();
+        let region = self.region_of(self.inner.me).unwrap_or_default().to_string();
+        let replicated = self.replicated_outside(&st, &region);
+        let now = self.inner.clock.mono_now();
+        let mut books = self.inner.acks.lock().expect("acks lock");
+        let book = books.entry(g.name.clone()).or_insert_with(|| AckBook::begin(st.term, st.last_index));
+        if book.term != st.term {
+            *book = AckBook::begin(st.term, st.last_index);
+        }
+        (book.exposure(replicated, now), st)
+    }
+
+    /// The near-sync lag gate, between the commit and the ack: waits while an acked write has
+    /// been exposed (durable only in the primary region) longer than the tenant's RPO target,
+    /// or switches the tenant to degraded first (committed in the meta group) when it says
+    /// `on_lag = degrade`.
+    pub(super) async fn lag_gate(&self, g: &Group<TenantState>, tenant: &str) -> Result<(), ApiError> {
+        let started = self.inner.clock.mono_now();
+        loop {
+            let Some(rec) = self.inner.meta.sm.read().await.state.tenants.get(tenant).cloned() else {
+                return Err(ApiError::UnknownTenant(tenant.to_string()));
+            };
+            if rec.spec.mode != Mode::NearSync || rec.state != TState::Healthy {
+                return Ok(());
+            }
+            let rpo = Duration::from_millis(rec.spec.rpo_target_ms);
+            let (exposure, st) = self.exposure_of(g);
+            if !st.is_leader {
+                return Err(ApiError::OutcomeUnknown(
+                    "the write committed, but this node lost the lead at the lag gate".into(),
+                ));
+            }
+            if gate_open(exposure, rpo) {
+                return Ok(());
+            }
+            if rec.spec.on_lag == "degrade" {
+                let ev = TenantEvent::new(
+                    EventKind::Degraded,
+                    self.inner.clock.wall_now_ms(),
+                    rec.epoch,
+                    rec.epoch,
+                    format!("an acked write was not durable outside the primary region within {} ms", rpo.as_millis()),
+                );
+                let mut next = rec.clone();
+                next.state = TState::Degraded;
+                match self.update_tenant(&rec, next, Some(ev)).await {
+                    Ok(_) => {
+                        tracing::warn!(%tenant, "tenant degraded: acking as async until replication catches up");
+                        return Ok(());
+                    }
+                    Err(e) => tracing::debug!(%tenant, error = %e, "degrade did not commit yet"),
+                }
+            }
+            if self.inner.clock.mono_now().saturating_sub(started) > GATE_PATIENCE {
+                return Err(ApiError::OutcomeUnknown(format!(
+                    "the write committed in the primary region but no other region has made the writes before it durable within {} ms (the lag gate holds the ack)",
+                    rpo.as_millis()
+                )));
+            }
+            tokio::time::sleep(GATE_POLL).await;
+        }
+    }
+
+    /// Records an ack in the leader's book (for the gate and the meta group's loss accounting);
+    /// the first ack of a promoted epoch is reported at once (it ends the failover's RTO).
+    pub(super) fn note_ack(&self, g: &Group<TenantState>, rec: &TenantRecord, mark: AckMark) {
+        let now = self.inner.clock.mono_now();
+        let first = {
+            let mut books = self.inner.acks.lock().expect("acks lock");
+            let book = books.entry(g.name.clone()).or_insert_with(|| AckBook::begin(mark.term, mark.index - 1));
+            if book.term != mark.term {
+                *book = AckBook::begin(mark.term, mark.index - 1);
+            }
+            book.acked(mark.index, now, mark);
+            let first = !book.first_ack_reported && rec.base.is_some();
+            book.first_ack_reported = true;
+            first
+        };
+        if first {
+            let node = self.clone();
+            let cmd = MetaCommand::FirstAck {
+                tenant: rec.spec.name.clone(),
+                epoch: rec.epoch,
+                at_ms: self.inner.clock.wall_now_ms(),
+            };
+            tokio::spawn(async move {
+                let _ = node.propose_meta(cmd).await;
+            });
+        }
+    }
+
+    /// Reports each led group's newest ack to the meta group (called after a liveness renewal).
+    pub(super) async fn report_acks(&self) {
+        let due: Vec<(String, AckMark)> = {
+            let books = self.inner.acks.lock().expect("acks lock");
+            books
+                .iter()
+                .filter(|(_, b)| b.newest != b.reported)
+                .filter_map(|(g, b)| Some((g.clone(), b.newest?)))
+                .collect()
+        };
+        for (group, mark) in due {
+            let Some((tenant, epoch)) = parse_group(&group) else { continue };
+            let cmd = MetaCommand::ReportAcked { tenant, epoch, mark };
+            if self.propose_meta(cmd).await.is_ok() {
+                if let Some(b) = self.inner.acks.lock().expect("acks lock").get_mut(&group) {
+                    b.reported = Some(mark);
+                }
+            }
+        }
+    }
+
+    /// Waits (at most `bound`) until this node's meta replica has applied `index`.
+    pub(super) async fn wait_meta_applied(&self, index: u64, bound: Duration) -> bool {
+        let start = self.inner.clock.mono_now();
+        loop {
+            if self.inner.meta.status().applied_index >= index {
+                return true;
+            }
+            if self.inner.clock.mono_now().saturating_sub(start) > bound {
+                tracing::debug!(index, "the directory did not catch up with the renewal in time; lease not extended");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether the local directory still shows `epoch` of `tenant` as current and unsealed:
+    /// checked right before an ack, after the lease (whose renewal waited for the directory).
+    pub(super) async fn epoch_current(&self, tenant: &str, epoch: u64) -> bool {
+        let meta = self.inner.meta.sm.read().await;
+        meta.state.tenants.get(tenant).is_some_and(|r| r.epoch == epoch && !r.sealed)
+    }
+
+    /// Stops a tenant group on this node for good (its epoch is sealed or superseded).
+    pub(super) async fn seal_local(&self, group: &str) {
+        self.inner.sealed.lock().expect("sealed lock").insert(group.to_string());
+        let g = self.inner.tenants.lock().expect("tenants lock").remove(group);
+        self.inner.acks.lock().expect("acks lock").remove(group);
+        if let Some(g) = g {
+            g.shutdown().await;
+            tracing::warn!(node = %self.name(), %group, "tenant group sealed on this node: it appends and acks nothing more");
+        }
+    }
+
+    /// Answers the meta leader's seal: stops the replica and says where its durable log ends.
+    /// A node that never started that epoch (it was promoted but died before seeding, say)
+    /// answers for the newest earlier epoch it holds, so that a promotion can start from there.
+    pub(super) async fn serve_seal(&self, group: &str) -> Reply {
+        self.seal_local(group).await;
+        let Some((tenant, e)) = parse_group(group) else {
+            return Reply::Sealed { mark: None, epoch: 0 };
+        };
+        let held = epoch::local_epochs(&self.inner.store, &tenant).unwrap_or_default();
+        let Some(from) = held.range(..=e).next_back().copied() else {
+            return Reply::Sealed { mark: None, epoch: e };
+        };
+        let from_group = tenant_group(&tenant, from);
+        if from != e {
+            self.seal_local(&from_group).await;
+        }
+        match epoch::inspect(&self.inner.store, &from_group) {
+            Ok(r) => Reply::Sealed { mark: Some(r.mark()), epoch: from },
+            Err(err) => {
+                tracing::error!(group = %from_group, error = %err, "cannot read the sealed replica's log");
+                Reply::Error(crate::raft::wire::WireError::Failed(err.to_string()))
+            }
+        }
+    }
+
+    /// The catalog of a group this node leads (after a read barrier).
+    pub(super) async fn serve_catalog_names(&self, group: &str) -> Reply {
+        let Some(g) = self.tenant_group(group) else {
+            return Reply::Error(crate::raft::wire::WireError::UnknownGroup(group.to_string()));
+        };
+        if let Err(e) = g.read_barrier().await {
+            return match e {
+                crate::raft::group::WriteError::NotLeader(l) => {
+                    Reply::Error(crate::raft::wire::WireError::NotLeader(l))
+                }
+                other => Reply::Error(crate::raft::wire::WireError::Failed(other.to_string())),
+            };
+        }
+        let sm = g.sm.read().await;
+        Reply::Names(sm.state.catalog.segments.values().map(|r| (r.name.clone(), r.blake3)).collect())
+    }
+
+    /// Brings this node's tenant groups in line with one directory record: seals, seeds,
+    /// starts, initialises (founder only), reconciles membership when leading, and reports the
+    /// divergent tail of older epochs it holds.
+    pub(super) async fn reconcile_tenant(&self, rec: &TenantRecord, slow_tick: bool) {
+        let me = self.inner.me;
+        let group = rec.group();
+        // Any older epoch still running here is superseded: stop it.
+        let running: Vec<String> = self
+            .inner
+            .tenants
+            .lock()
+            .expect("tenants lock")
+            .keys()
+            .filter(|g| parse_group(g).is_some_and(|(t, e)| t == rec.spec.name && e < rec.epoch))
+            .cloned()
+            .collect();
+        for old in running {
+            self.seal_local(&old).await;
+        }
+        if rec.sealed {
+            self.seal_local(&group).await;
+            return;
+        }
+        if slow_tick && rec.epoch > 1 {
+            self.report_tails(rec).await;
+        }
+        if !rec.members().any(|m| m == me) || self.inner.sealed.lock().expect("sealed lock").contains(&group) {
+            return;
+        }
+        let g = match self.tenant_group(&group) {
+            Some(g) => g,
+            None => {
+                if let Some(base) = rec.base.as_ref().filter(|b| b.node == me) {
+                    let old = tenant_group(&rec.spec.name, base.from_epoch);
+                    if let Err(e) = epoch::seed(&self.inner.store, &old, &group).await {
+                        tracing::error!(%group, error = %e, "cannot seed the promoted epoch; will retry");
+                        return;
+                    }
+                }
+                match Group::<TenantState>::start(
+                    &group,
+                    self.inner.store.clone(),
+                    self.inner.transport.clone(),
+                    &self.inner.cfg.raft,
+                    me,
+                    self.inner.peers.clone(),
+                )
+                .await
+                {
+                    Ok(g) => {
+                        let g = Arc::new(g);
+                        self.attach_chunk_repair(&g).await;
+                        self.inner.tenants.lock().expect("tenants lock").insert(group.clone(), g.clone());
+                        tracing::info!(node = %self.name(), %group, "tenant group started");
+                        g
+                    }
+                    Err(e) => {
+                        tracing::error!(node = %self.name(), %group, error = %e, "cannot start tenant group");
+                        return;
+                    }
+                }
+            }
+        };
+        if rec.founder == me {
+            let first = if rec.base.is_some() { vec![me] } else { rec.voters.clone() };
+            match g.initialize(&first).await {
+                Ok(true) => tracing::info!(%group, voters = ?first, "tenant group initialised"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%group, error = %e, "tenant group initialisation failed; will retry"),
+            }
+        }
+        let st = g.status();
+        if st.is_leader && rec.spec.mode == Mode::Sync && self.fenced_for_long() {
+            // A leader whose node has had no valid lease for a whole period cannot ack; if its
+            // followers still hear its heartbeats (traffic into its region is cut, not out of
+            // it) they never elect another. Hand the lead to the most caught-up voter elsewhere.
+            self.step_down(&g, &st).await;
+            return;
+        }
+        if st.is_leader {
+            if let Err(e) = self.reconcile_membership(&g, rec, &st).await {
+                tracing::debug!(%group, error = %e, "membership reconciliation will retry");
+            }
+            self.update_tenant_state(&g, rec).await;
+        }
+    }
+
+    /// Whether this node's lease has been invalid for at least one liveness period (and the node
+    /// has run long enough to have had one).
+    pub(super) fn fenced_for_long(&self) -> bool {
+        let period = self.inner.cfg.liveness.period();
+        !self.inner.liveness.is_valid()
+            && self.inner.liveness.invalid_for() >= period
+            && self.inner.clock.mono_now().saturating_sub(self.inner.started) >= period * 2
+    }
+
+    /// Transfers the lead of `g` to the voter outside this node's region (or any voter) whose
+    /// log is the furthest along.
+    pub(super) async fn step_down<S: crate::raft::state_machine::GroupState>(&self, g: &Group<S>, st: &GroupStatus) {
+        let my_region = self.region_of(self.inner.me).unwrap_or_default().to_string();
+        let best = st
+            .voters
+            .iter()
+            .filter(|v| **v != self.inner.me)
+            .max_by_key(|v| {
+                (self.region_of(**v) != Some(my_region.as_str()), st.matched.get(v).copied().flatten(), **v)
+            })
+            .copied();
+        if let Some(to) = best {
+            tracing::warn!(group = %g.name, to, "no valid liveness lease for a whole period: handing the lead over");
+            let _ = g.transfer_leader(to).await;
+        }
+    }
+
+    /// On the leader: moves the group's membership toward the record's placement (learners
+    /// first, voters once caught up), and hands a sync tenant's lead back to its primary region.
+    async fn reconcile_membership(
+        &self,
+        g: &Group<TenantState>,
+        rec: &TenantRecord,
+        st: &GroupStatus,
+    ) -> Result<(), String> {
+        let want_voters: BTreeSet<NodeId> = rec.voters.iter().copied().collect();
+        let want_all: BTreeSet<NodeId> = rec.members().collect();
+        let have_all: BTreeSet<NodeId> = st.voters.union(&st.learners).copied().collect();
+        let missing: Vec<NodeId> = want_all.difference(&have_all).copied().collect();
+        if !missing.is_empty() {
+            // A promoted epoch's seeded state lives only in its snapshot: purge the log up to it so
+            // that every member added is caught up by that snapshot.
+            if rec.base.is_some() && st.purged_index.is_none() && st.applied_index > 0 {
+                g.snapshot_and_purge(st.applied_index).await.map_err(|e| e.to_string())?;
+            }
+            for m in missing {
+                g.add_learner(m).await.map_err(|e| e.to_string())?;
+                tracing::info!(group = %g.name, node = m, "learner added");
+            }
+            return Ok(());
+        }
+        if st.voters != want_voters {
+            let caught_up = want_voters.iter().all(|v| {
+                *v == self.inner.me || st.matched.get(v).copied().flatten().is_some_and(|i| i + 8 >= st.last_index)
+            });
+            if caught_up {
+                g.change_voters(&rec.voters).await.map_err(|e| e.to_string())?;
+                tracing::info!(group = %g.name, voters = ?rec.voters, "voters changed to the placement");
+            }
+            return Ok(());
+        }
+        let extra: Vec<NodeId> = st.learners.difference(&want_all).copied().collect();
+        if !extra.is_empty() {
+            g.remove_learners(&extra).await.map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        // The leader belongs in the primary region: a sync tenant's leader hands over once a
+        // primary voter holds everything; any mode's leader does when placement moved it out.
+        let my_region = self.region_of(self.inner.me).unwrap_or_default();
+        if my_region != rec.spec.primary || !want_voters.contains(&self.inner.me) {
+            let target = rec.voters.iter().copied().find(|v| {
+                self.region_of(*v) == Some(rec.spec.primary.as_str())
+                    && st.matched.get(v).copied().flatten() == Some(st.last_index)
+            });
+            if let Some(t) = target {
+                tracing::info!(group = %g.name, to = t, "handing the lead to the primary region");
+                g.transfer_leader(t).await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// On a near-sync leader: degraded -> catching-up once the exposure is back within the
+    /// target, -> healthy once every acked write is durable in another region.
+    async fn update_tenant_state(&self, g: &Group<TenantState>, rec: &TenantRecord) {
+        if rec.state == TState::Healthy {
+            return;
+        }
+        let (exposure, _) = self.exposure_of(g);
+        let rpo = Duration::from_millis(rec.spec.rpo_target_ms);
+        let (next_state, kind) = match (rec.state, exposure) {
+            (_, Exposure::None) => (TState::Healthy, Some(EventKind::Healthy)),
+            (TState::Degraded, e) if gate_open(e, rpo) => (TState::CatchingUp, None),
+            _ => return,
+        };
+        let mut next = rec.clone();
+        next.state = next_state;
+        let ev = kind.map(|k| {
+            TenantEvent::new(
+                k,
+                self.inner.clock.wall_now_ms(),
+                rec.epoch,
+                rec.epoch,
+                "every acked write is durable in another region again".into(),
+            )
+        });
+        if self.update_tenant(rec, next, ev).await.is_ok() {
+            tracing::info!(tenant = %rec.spec.name, state = next_state.as_str(), "tenant state changed");
+        }
+    }
+
+    /// Lists, once per old epoch, the writes this node holds durably from it that the current
+    /// epoch lacks. They stay in the old group's rows and log.
+    async fn report_tails(&self, rec: &TenantRecord) {
+        let store = &self.inner.store;
+        let Ok(epochs) = epoch::local_epochs(store, &rec.spec.name) else { return };
+        for e in epochs.into_iter().filter(|e| *e < rec.epoch) {
+            let old = tenant_group(&rec.spec.name, e);
+            if epoch::tail_reported(store, &old).unwrap_or(true) {
+                continue;
+            }
+            if self.tenant_group(&old).is_some() {
+                continue;
+            }
+            let Ok(replica) = epoch::inspect(store, &old) else { continue };
+            let Some(names) = self.current_catalog(rec).await else { return };
+            let tail = epoch::divergent_tail(&replica, &names);
+            let cmd = MetaCommand::ReportTail {
+                tenant: rec.spec.name.clone(),
+                epoch: e,
+                node: self.inner.me,
+                tail: tail.clone(),
+            };
+            if self.propose_meta(cmd).await.is_ok() {
+                if !tail.is_empty() {
+                    tracing::warn!(group = %old, writes = tail.len(), "divergent tail kept aside and listed");
+                }
+                let _ = epoch::note_tail_reported(store, &old, &tail).await;
+            }
+        }
+    }
+
+    /// The current epoch's catalog, from its leader.
+    async fn current_catalog(&self, rec: &TenantRecord) -> Option<BTreeMap<String, crate::storage::chunks::Hash>> {
+        let group = rec.group();
+        let mut order: Vec<NodeId> = rec.voters.clone();
+        order.sort_by_key(|v| *v != rec.founder);
+        for to in order {
+            let r = if to == self.inner.me {
+                self.serve_catalog_names(&group).await
+            } else {
+                match self.call_peer(to, Request::CatalogNames { group: group.clone() }).await {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                }
+            };
+            if let Reply::Names(n) = r {
+                return Some(n.into_iter().collect());
+            }
+        }
+        None
+    }
+}
+
+/// `t/<tenant>/<epoch>` -> (tenant, epoch).
+pub fn parse_group(group: &str) -> Option<(String, u64)> {
+    let rest = group.strip_prefix("t/")?;
+    let (t, e) = rest.rsplit_once('/')?;
+    Some((t.to_string(), e.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_gate_closes_when_the_oldest_exposed_ack_is_older_than_the_target() {
+        let mut b = AckBook::begin(1, 10);
+        assert_eq!(b.exposure(10, ms(0)), Exposure::None);
+        b.acked(11, ms(100), AckMark::default());
+        b.acked(12, ms(300), AckMark::default());
+        assert_eq!(b.exposure(10, ms(1100)), Exposure::Since(ms(1000)));
+        assert!(gate_open(b.exposure(10, ms(1100)), ms(1000)), "exactly at the target is still within it");
+        assert!(!gate_open(b.exposure(10, ms(1101)), ms(1000)));
+        // Entry 11 is durable elsewhere now: the oldest exposed is 12.
+        assert_eq!(b.exposure(11, ms(1101)), Exposure::Since(ms(801)));
+        assert_eq!(b.exposure(12, ms(1101)), Exposure::None);
+    }
+
+    #[test]
+    fn acks_from_before_the_book_block_until_durable_elsewhere() {
+        let mut b = AckBook::begin(2, 50);
+        assert_eq!(b.exposure(49, ms(0)), Exposure::Unknown);
+        assert!(!gate_open(Exposure::Unknown, Duration::from_secs(3600)));
+        assert_eq!(b.exposure(50, ms(0)), Exposure::None);
+    }
+
+    #[test]
+    fn group_names_parse() {
+        assert_eq!(parse_group("t/acme-1/3"), Some(("acme-1".into(), 3)));
+        assert_eq!(parse_group("meta"), None);
+    }
+}
