@@ -52,6 +52,11 @@ impl SimClock {
         Self { origin: now, state: Mutex::new(State { settings, seg_start: now, seg_mono_ns: 0, frozen: None }) }
     }
 
+    /// The simulated instant at which this clock read [`SIM_EPOCH_MS`] (before any offset).
+    pub fn origin(&self) -> tokio::time::Instant {
+        self.origin
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("clock lock")
     }

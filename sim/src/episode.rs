@@ -17,6 +17,7 @@ use crate::fault::{Cut, Driver};
 use crate::net::{LinkFaults, SimNet};
 use crate::scenario::{Episode, Window};
 use crate::timeline::Timeline;
+use tetrad_node::meta::state::Mode;
 
 /// How long a strike waits for an ack before it falls back to a fault at a random target.
 const STRIKE_WAIT: Duration = Duration::from_secs(5);
@@ -28,6 +29,7 @@ impl Driver<'_> {
         match e {
             Episode::RegionOutage { at_ack, plus_node } => self.region_outage(w, at_ack, plus_node).await,
             Episode::RegionPartition => self.region_partition(w).await,
+            Episode::RegionFreeze => self.region_freeze(w).await,
             Episode::NodeCrash => self.node_crash(w).await,
             Episode::NodePause => self.node_pause(w).await,
             Episode::DiskFaults { rot } => self.disk_faults(w, rot).await,
@@ -43,11 +45,28 @@ impl Driver<'_> {
     async fn region_outage(&mut self, w: &Window, at_ack: bool, plus_node: bool) {
         let t0 = self.between(w.start, w.start + (w.end - w.start) / 4);
         self.at(t0).await;
+        let leader_region = self.leader_region();
+        // Half the time, for a near-sync or async tenant, the WAN out of the leader's region is
+        // congested first, so the other regions' replicas fall behind what the leader acks (and
+        // reports) when the region dies: the loss accounting and the lag gate are tested at
+        // their edge, not only with replicas milliseconds behind.
+        let congested = match leader_region {
+            Some(r) if self.tenant.mode != Mode::Sync && self.rng.random_bool(0.5) => {
+                let bw = self.rng.random_range(64u64..=512) << 10;
+                for other in (0..REGIONS.len()).filter(|o| *o != r) {
+                    self.c.net.set_bandwidth(r, other, Some(bw));
+                }
+                self.log(format!("congested WAN out of {} ({} KiB/s)", REGIONS[r], bw >> 10));
+                self.wait_between(Duration::from_secs(2), Duration::from_secs(6)).await;
+                Some(r)
+            }
+            _ => None,
+        };
         let struck = if at_ack { self.strike_at_ack(false, plus_node, STRIKE_WAIT).await } else { None };
         let (region, extra, leader) = match struck {
             Some(s) => (s.region, s.extra, Some(s.leader)),
             None => {
-                let region = self.rng.random_range(0..REGIONS.len());
+                let region = self.target_region(leader_region, 0.7);
                 let extra = if plus_node { self.nearest_voter_outside(region) } else { None };
                 for id in self.c.region_nodes(region) {
                     self.crash(id);
@@ -59,6 +78,13 @@ impl Driver<'_> {
                 (region, extra, None)
             }
         };
+        if let Some(r) = congested {
+            for other in (0..REGIONS.len()).filter(|o| *o != r) {
+                self.c.net.set_bandwidth(r, other, None);
+            }
+        }
+        let outage = (Some(region) == leader_region || struck.is_some())
+            .then(|| self.begin_outage(region, "power loss", extra.is_some()));
         let now = self.now();
         let back = self.between(now + (w.end - now.min(w.end)) * 2 / 5, now + (w.end - now.min(w.end)) * 4 / 5);
         let extra_back = self.between(now + Duration::from_secs(1), w.end);
@@ -78,28 +104,64 @@ impl Driver<'_> {
         restarts.sort();
         for (at, ids) in restarts {
             self.at(at).await;
+            self.end_outage(outage);
             for id in ids {
                 self.restart(id).await;
             }
         }
     }
 
+    /// A region to strike: the tenant leader's (its primary region) with probability `p_sync`
+    /// for a sync tenant, more often for near-sync and async, whose claims are about exactly that
+    /// loss; else any region.
+    fn target_region(&mut self, leader_region: Option<usize>, p_sync: f64) -> usize {
+        let p = if self.tenant.mode == Mode::Sync { p_sync } else { 0.8 };
+        match leader_region {
+            Some(r) if self.rng.random_bool(p) => r,
+            _ => self.rng.random_range(0..REGIONS.len()),
+        }
+    }
+
+    /// Freezes every node of a region (the tenant leader's, mostly) for longer than the liveness
+    /// period, most of the time, then resumes them: a region that is not dead, only stalled, must
+    /// stop acking before another region takes over, and rejoin as followers afterwards.
+    async fn region_freeze(&mut self, w: &Window) {
+        self.at_between(w.start, w.start + (w.end - w.start) / 4).await;
+        let leader_region = self.leader_region();
+        let region = self.target_region(leader_region, 0.6);
+        let now = self.now();
+        let longest = Duration::from_secs(20).min((w.end - now.min(w.end)) * 4 / 5).max(Duration::from_secs(2));
+        let len = self.between(Duration::from_secs(2), longest);
+        self.log(format!("freeze region {} for {:.1}s", REGIONS[region], len.as_secs_f64()));
+        for id in self.c.region_nodes(region) {
+            self.pause(id);
+        }
+        let outage = (Some(region) == leader_region).then(|| {
+            self.tl.disruption();
+            self.begin_outage(region, "freeze", false)
+        });
+        self.at(now + len).await;
+        self.end_outage(outage);
+        for id in self.c.region_nodes(region) {
+            self.resume(id);
+        }
+    }
+
     async fn region_partition(&mut self, w: &Window) {
         let t0 = self.between(w.start, w.start + (w.end - w.start) / 4);
         self.at(t0).await;
-        let leader_region = self.leader().map(|l| self.c.region_of(l));
-        let region = match leader_region {
-            Some(r) if self.rng.random_bool(0.5) => r,
-            _ => self.rng.random_range(0..REGIONS.len()),
-        };
+        let leader_region = self.leader_region();
+        let region = self.target_region(leader_region, 0.5);
         let how = [Cut::Both, Cut::Out, Cut::In][self.rng.random_range(0..3usize)];
         self.cut_region(region, how);
-        if leader_region == Some(region) {
+        let outage = (leader_region == Some(region)).then(|| {
             self.tl.disruption();
-        }
+            self.begin_outage(region, "cut", false)
+        });
         let now = self.now();
         let heal = self.between(now + (w.end - now.min(w.end)) * 2 / 5, w.end);
         self.at(heal).await;
+        self.end_outage(outage);
         self.heal_region(region);
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::RngExt;
+use tetrad_node::meta::state::Mode;
 use tetrad_node::seams::disk::Disk;
 use tetrad_node::seams::net::NodeId;
 
@@ -22,9 +23,41 @@ use crate::workload::AckLog;
 #[derive(Clone, Debug)]
 pub struct TenantInfo {
     pub name: String,
-    /// Its Raft group (`t/<name>/<epoch>`).
+    /// Its first epoch's Raft group (`t/<name>/1`); a failover starts `t/<name>/2`, and so on.
     pub group: String,
+    /// Its first epoch's voters.
     pub voters: Vec<NodeId>,
+    pub mode: Mode,
+    /// near-sync only: the lag gate's target and what the leader does when it is exceeded.
+    pub rpo_target_ms: u64,
+    pub on_lag: String,
+    /// The primary region it was created with.
+    pub primary: usize,
+}
+
+impl TenantInfo {
+    /// The prefix of every epoch's group name.
+    pub fn group_prefix(&self) -> String {
+        format!("t/{}/", self.name)
+    }
+
+    /// The epoch of one of this tenant's groups.
+    pub fn epoch_of(&self, group: &str) -> Option<u64> {
+        group.strip_prefix(&self.group_prefix())?.parse().ok()
+    }
+}
+
+/// A region-level fault that hit the region of the tenant's leader (its primary region): a
+/// power loss, a cut or a freeze. Near-sync and async tenants must fail over on their own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outage {
+    pub region: usize,
+    pub what: &'static str,
+    pub start_ms: u64,
+    /// When the region was back (restarted, healed, resumed).
+    pub end_ms: Option<u64>,
+    /// Another node outside the region was down too.
+    pub extra: bool,
 }
 
 /// What a strike hit: the acking leader's region, and maybe one more node.
@@ -66,6 +99,8 @@ pub struct Driver<'a> {
     pub tenant: TenantInfo,
     /// Things that went wrong while injecting faults (a node that cannot restart, say).
     pub problems: Vec<String>,
+    /// Region-level faults of the tenant's primary region, for the failover-liveness oracle.
+    pub outages: Vec<Outage>,
     cuts: BTreeMap<usize, Cut>,
 }
 
@@ -79,7 +114,7 @@ impl<'a> Driver<'a> {
         acks: AckLog,
         tenant: TenantInfo,
     ) -> Self {
-        Self { c, rng, origin, tl, budget, acks, tenant, problems: vec![], cuts: BTreeMap::new() }
+        Self { c, rng, origin, tl, budget, acks, tenant, problems: vec![], outages: vec![], cuts: BTreeMap::new() }
     }
 
     pub fn now(&self) -> Duration {
@@ -148,17 +183,37 @@ impl<'a> Driver<'a> {
         (!from.is_empty()).then(|| from[self.rng.random_range(0..from.len())])
     }
 
-    /// The tenant's leader, as the running nodes see it (highest term wins).
+    /// The tenant's leader, as the running nodes see it (newest epoch, then highest term, wins).
     pub fn leader(&self) -> Option<NodeId> {
-        let mut best: Option<(u64, NodeId)> = None;
+        let mut best: Option<((u64, u64), NodeId)> = None;
         for n in self.c.reachable() {
             for (g, term, leader) in n.group_leaders() {
-                if g == self.tenant.group && leader == Some(n.id()) && best.is_none_or(|(t, _)| term > t) {
-                    best = Some((term, n.id()));
+                let Some(epoch) = self.tenant.epoch_of(&g) else { continue };
+                if leader == Some(n.id()) && best.is_none_or(|(k, _)| (epoch, term) > k) {
+                    best = Some(((epoch, term), n.id()));
                 }
             }
         }
         best.map(|(_, id)| id)
+    }
+
+    /// The region of the tenant's leader now (its primary region when healthy).
+    pub fn leader_region(&self) -> Option<usize> {
+        self.leader().map(|l| self.c.region_of(l))
+    }
+
+    /// Notes that a region-level fault hit the tenant's primary region; returns its index.
+    pub fn begin_outage(&mut self, region: usize, what: &'static str, extra: bool) -> usize {
+        let start_ms = self.now_ms();
+        self.outages.push(Outage { region, what, start_ms, end_ms: None, extra });
+        self.outages.len() - 1
+    }
+
+    pub fn end_outage(&mut self, i: Option<usize>) {
+        let at = self.now_ms();
+        if let Some(o) = i.and_then(|i| self.outages.get_mut(i)) {
+            o.end_ms.get_or_insert(at);
+        }
     }
 
     /// The leader (with probability `p`) or else a random node that is up.
@@ -362,6 +417,10 @@ impl<'a> Driver<'a> {
         }
         for id in self.c.ids() {
             self.restart(id).await;
+        }
+        let at = self.now_ms();
+        for o in &mut self.outages {
+            o.end_ms.get_or_insert(at);
         }
     }
 }

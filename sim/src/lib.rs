@@ -4,11 +4,12 @@
 //! A run (`run.rs`) boots a `SimCluster` (`cluster.rs`) over `net.rs`, `disk.rs` and `clock.rs`,
 //! puts clients to work (`workload.rs`), carries out a scenario's plan (`scenario.rs`,
 //! `episode.rs`, `fault.rs`) while tracking the fault budget (`budget.rs`) and watching the
-//! cluster (`monitor.rs`), then checks the oracles (`oracle.rs`). `timeline.rs` records what
+//! cluster (`monitor.rs`), then checks the oracles (`oracle.rs`, and `claims.rs` for the near-sync and async claims). `timeline.rs` records what
 //! happened for the summary and the HTML report (`report.rs`); `trace.rs` hashes it all so that a
 //! seed's run can be shown to repeat exactly.
 
 pub mod budget;
+pub mod claims;
 pub mod clock;
 pub mod cluster;
 pub mod disk;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use tetrad_node::meta::state::Mode;
 use tetrad_node::planted::Bug;
 use tetrad_sim::run::{run, RunOptions, RunReport, Scenario, Without, CLIENTS};
 
@@ -40,6 +41,9 @@ enum Cmd {
         /// Write an HTML report of the run here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// The tenant's mode: sync, near-sync or async (default: drawn from the seed).
+        #[arg(long)]
+        mode: Option<String>,
     },
     /// Run seeds A..B inclusive.
     Sweep {
@@ -57,7 +61,14 @@ enum Cmd {
         /// Leave these fault kinds (comma-separated) out of every plan.
         #[arg(long, default_value = "")]
         without: String,
+        /// The tenant's mode: sync, near-sync or async (default: drawn from each seed).
+        #[arg(long)]
+        mode: Option<String>,
     },
+}
+
+fn mode(m: Option<&str>) -> Result<Option<Mode>, String> {
+    m.map(|m| Mode::parse(m).ok_or_else(|| format!("unknown mode {m:?}; known: sync, near-sync, async"))).transpose()
 }
 
 fn scenario(s: &str) -> Result<Scenario, String> {
@@ -102,8 +113,9 @@ fn replay(opts: &RunOptions) -> String {
     let feature = if opts.plant.is_some() { " --features planted-bugs" } else { "" };
     let plant = opts.plant.map(|b| format!(" --plant {}", b.name())).unwrap_or_default();
     let without = if opts.without.is_empty() { String::new() } else { format!(" --without {}", opts.without.list()) };
+    let mode = opts.mode.map(|m| format!(" --mode {}", m.as_str())).unwrap_or_default();
     format!(
-        "cargo run --release -p tetrad-sim{feature} -- run --seed {} --scenario {} --duration {}{plant}{without}",
+        "cargo run --release -p tetrad-sim{feature} -- run --seed {} --scenario {} --duration {}{plant}{without}{mode}",
         opts.seed,
         opts.scenario.name(),
         humantime::format_duration(opts.duration)
@@ -111,7 +123,7 @@ fn replay(opts: &RunOptions) -> String {
 }
 
 fn print_report(r: &RunReport, opts: &RunOptions) {
-    println!("seed: {} scenario: {}", r.seed, opts.scenario.name());
+    println!("seed: {} scenario: {} mode: {}", r.seed, opts.scenario.name(), r.mode);
     if let Some(p) = &r.plant {
         println!("plant: {p}");
     }
@@ -125,8 +137,11 @@ fn print_report(r: &RunReport, opts: &RunOptions) {
         r.disk_file_writes,
         r.disk_bytes as f64 / (1 << 20) as f64
     );
+    for h in &r.history {
+        println!("history: {h}");
+    }
     if !r.rto_ms.is_empty() {
-        println!("rto-ms: {:?}", r.rto_ms);
+        println!("rto-ms ({}): {:?}", mode_word(&r.mode), r.rto_ms);
     }
     if !r.max_lag.is_empty() {
         let lag: Vec<String> = r.max_lag.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -161,6 +176,25 @@ fn print_report(r: &RunReport, opts: &RunOptions) {
     println!("trace-hash: {}", r.trace_hash);
 }
 
+/// `near-sync (rpo ...)` -> `near-sync`.
+fn mode_word(m: &str) -> &str {
+    m.split_whitespace().next().unwrap_or("unknown")
+}
+
+/// One line per mode: how many disruptions, and their RTO's median, 90th percentile and maximum.
+fn rto_summary(per_mode: &std::collections::BTreeMap<String, Vec<u64>>) -> Vec<String> {
+    per_mode
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(m, v)| {
+            let mut v = v.clone();
+            v.sort_unstable();
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            format!("rto-ms {m}: n={} median={} p90={} max={}", v.len(), at(0.5), at(0.9), at(1.0))
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -170,11 +204,12 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let parsed = match &cli.cmd {
-        Cmd::Run { scenario: s, plant: p, without: w, .. } | Cmd::Sweep { scenario: s, plant: p, without: w, .. } => {
-            scenario(s).and_then(|sc| plant(p.as_deref()).and_then(|b| Without::parse(w).map(|w| (sc, b, w))))
-        }
+        Cmd::Run { scenario: s, plant: p, without: w, mode: m, .. }
+        | Cmd::Sweep { scenario: s, plant: p, without: w, mode: m, .. } => scenario(s).and_then(|sc| {
+            plant(p.as_deref()).and_then(|b| Without::parse(w).and_then(|w| mode(m.as_deref()).map(|m| (sc, b, w, m))))
+        }),
     };
-    let (sc, bug, without) = match parsed {
+    let (sc, bug, without, mode) = match parsed {
         Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
@@ -183,7 +218,7 @@ fn main() -> ExitCode {
     };
     match cli.cmd {
         Cmd::Run { seed, duration, check_determinism, report, clients, .. } => {
-            let opts = RunOptions { seed, duration, scenario: sc, plant: bug, without: without.clone(), clients };
+            let opts = RunOptions { seed, duration, scenario: sc, plant: bug, without: without.clone(), clients, mode };
             let r = guarded(&opts);
             print_report(&r, &opts);
             let mut ok = r.ok();
@@ -219,11 +254,22 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let (mut n, mut bad, mut beyond, mut sim, mut wall) = (0u64, 0u64, 0u64, 0.0, 0.0);
+            let mut rto: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
             for seed in a..=b {
-                let opts =
-                    RunOptions { seed, duration, scenario: sc, plant: bug, without: without.clone(), clients: CLIENTS };
+                let opts = RunOptions {
+                    seed,
+                    duration,
+                    scenario: sc,
+                    plant: bug,
+                    without: without.clone(),
+                    clients: CLIENTS,
+                    mode,
+                };
                 let r = guarded(&opts);
                 n += 1;
+                if r.within_budget {
+                    rto.entry(mode_word(&r.mode).to_string()).or_default().extend(&r.rto_ms);
+                }
                 sim += r.sim_secs;
                 wall += r.wall_secs;
                 if !r.within_budget {
@@ -231,7 +277,7 @@ fn main() -> ExitCode {
                 }
                 if !r.ok() {
                     bad += 1;
-                    println!("seed {seed} FAILED:");
+                    println!("seed {seed} FAILED ({}):", r.mode);
                     for v in &r.violations {
                         println!("  {v}");
                     }
@@ -243,6 +289,9 @@ fn main() -> ExitCode {
             }
             if beyond > 0 {
                 println!("beyond-budget seeds: {beyond} (safety only)");
+            }
+            for line in rto_summary(&rto) {
+                println!("{line}");
             }
             println!("seeds: {n} violations: {bad} speed: {:.1}x", sim / f64::max(wall, 1e-9));
             if bad > 0 {

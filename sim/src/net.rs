@@ -75,6 +75,10 @@ struct NetState {
     cut: BTreeSet<(usize, usize)>,
     /// Extra one-way latency on directed region pairs (latency spikes).
     slow: BTreeMap<(usize, usize), u64>,
+    /// Bandwidth caps (bytes per second) on directed region pairs (a congested WAN): a message
+    /// takes its size over the cap on top of the latency. Streams do not wait for each other
+    /// (as QUIC's do not), so a small message is not held up behind a large one.
+    bandwidth: BTreeMap<(usize, usize), u64>,
     /// Nodes that are crashed or paused: nothing reaches them and nothing leaves them.
     unreachable: BTreeSet<NodeId>,
     /// The current life of each node; a transport of an older life is dead.
@@ -105,6 +109,7 @@ impl SimNet {
                 one_way_ms,
                 cut: BTreeSet::new(),
                 slow: BTreeMap::new(),
+                bandwidth: BTreeMap::new(),
                 unreachable: BTreeSet::new(),
                 life: BTreeMap::new(),
                 faults: LinkFaults::default(),
@@ -159,6 +164,15 @@ impl SimNet {
         self.lock().cut.retain(|(a, b)| *a != region && *b != region);
     }
 
+    /// Whether a client in region `client` can reach node `to` and hear back: no cut either way
+    /// between the two regions and the node reachable. Clients are not nodes, but they live in a
+    /// region and talk over the same WAN, so a region that is cut off is cut off for them too.
+    pub fn client_reaches(&self, client: usize, to: NodeId) -> bool {
+        let s = self.lock();
+        let Some(&rt) = s.region.get(&to) else { return false };
+        !s.unreachable.contains(&to) && !s.cut.contains(&(client, rt)) && !s.cut.contains(&(rt, client))
+    }
+
     pub fn heal_cuts(&self) {
         self.lock().cut.clear();
     }
@@ -174,6 +188,15 @@ impl SimNet {
                 s.slow.insert(k, extra_ms);
             }
         }
+    }
+
+    /// Caps the bandwidth from region `from` to region `to` at `bytes_per_sec` (None: no cap).
+    pub fn set_bandwidth(&self, from: usize, to: usize, bytes_per_sec: Option<u64>) {
+        let mut s = self.lock();
+        match bytes_per_sec {
+            Some(b) => s.bandwidth.insert((from, to), b.max(1)),
+            None => s.bandwidth.remove(&(from, to)),
+        };
     }
 
     pub fn set_faults(&self, f: LinkFaults) {
@@ -199,7 +222,7 @@ impl SimNet {
     }
 
     /// Decides one hop: `None` when the message is lost.
-    fn hop(&self, from: NodeId, to: NodeId, request: bool) -> Option<Hop> {
+    fn hop(&self, from: NodeId, to: NodeId, request: bool, bytes: usize) -> Option<Hop> {
         let mut s = self.lock();
         let (Some(&rf), Some(&rt)) = (s.region.get(&from), s.region.get(&to)) else {
             return None;
@@ -214,6 +237,9 @@ impl SimNet {
             return None;
         }
         let mut ms = s.one_way_ms[rf][rt] + s.slow.get(&(rf, rt)).copied().unwrap_or(0);
+        if let Some(bw) = s.bandwidth.get(&(rf, rt)) {
+            ms += bytes as u64 * 1000 / bw;
+        }
         if f.jitter_ms > 0 {
             ms += s.rng.random_range(0..=f.jitter_ms);
         }
@@ -284,7 +310,7 @@ impl Transport for SimTransport {
         Box::pin(async move {
             let start = tokio::time::Instant::now();
             let exchange = async {
-                let hop = net.hop(from, to, true)?;
+                let hop = net.hop(from, to, true, request.len())?;
                 if let Some(later) = hop.duplicate_after {
                     // The copy is answered too, and its answer lost: handlers must be idempotent.
                     let (net, request) = (net.clone(), request.clone());
@@ -298,7 +324,7 @@ impl Transport for SimTransport {
                 tokio::time::sleep(hop.delay).await;
                 let (handler, to_life) = net.arrive(from, life, to)?;
                 let reply = handler.handle(from, request.clone()).await;
-                let back = net.hop(to, from, false)?;
+                let back = net.hop(to, from, false, reply.len())?;
                 tokio::time::sleep(back.delay).await;
                 if !net.reply_arrives(from, life, to, to_life) {
                     return None;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+use tetrad_node::meta::state::{Mode, TenantEvent};
 use tetrad_node::node::{ApiError, Node};
 
 use crate::cluster::SimCluster;
@@ -41,6 +42,8 @@ pub struct Findings {
     /// Things worth knowing that break no claim (bit rot served around, say).
     pub notes: Vec<String>,
     pub checked: Vec<&'static str>,
+    /// The tenant's recorded history (near-sync and async).
+    pub history: Vec<TenantEvent>,
 }
 
 /// Collects the lines of one oracle, keeping at most [`MAX_LINES`].
@@ -98,7 +101,13 @@ enum Read {
     Unknown(String),
 }
 
-pub async fn after_heal(c: &SimCluster, tenant: &TenantInfo, acks: &AckLog, within: bool) -> Findings {
+pub async fn after_heal(
+    c: &SimCluster,
+    tenant: &TenantInfo,
+    acks: &AckLog,
+    within: bool,
+    ctx: &crate::claims::Context,
+) -> Findings {
     let mut f = Findings::default();
     let name = tenant.name.as_str();
 
@@ -153,7 +162,7 @@ pub async fn after_heal(c: &SimCluster, tenant: &TenantInfo, acks: &AckLog, with
             let mut leader = leader;
             let mut out = Checked::default();
             for _ in 0..3 {
-                out = read_acked(c, &leader, name, a, &tenant.voters).await;
+                out = read_acked(c, &leader, name, a).await;
                 if !matches!(out.read, Read::Unknown(_)) {
                     break;
                 }
@@ -175,17 +184,22 @@ pub async fn after_heal(c: &SimCluster, tenant: &TenantInfo, acks: &AckLog, with
             Read::Lost(e) => {
                 f.lost.push(a.clone());
                 lost_lines.push(format!(
-                    "sync claim: acked write {} (acked at {} ms by node {}) is lost: {e}",
-                    a.name, a.acked_at_ms, a.by
+                    "sync claim: acked write {} (acked at {} ms by node {}, epoch {}) is lost: {e}",
+                    a.name, a.acked_at_ms, a.by, a.epoch
                 ));
             }
             Read::Unknown(e) => unread.push(format!("liveness: acked write {} could not be read: {e}", a.name)),
         }
     }
-    f.checked.push("sync-no-acked-loss");
     f.checked.push("acked-bytes-match");
+    let sync = tenant.mode == Mode::Sync;
+    if sync {
+        f.checked.push("sync-no-acked-loss");
+    }
     if within {
-        f.violations.extend(lost_lines.into_vec("sync claim"));
+        if sync {
+            f.violations.extend(lost_lines.into_vec("sync claim"));
+        }
         f.violations.extend(unread.into_vec("liveness"));
     } else if !f.lost.is_empty() {
         f.notes.push(format!("{} acked writes lost beyond the budget (not a violation)", f.lost.len()));
@@ -223,7 +237,9 @@ pub async fn after_heal(c: &SimCluster, tenant: &TenantInfo, acks: &AckLog, with
         let s = spans.entry(a.epoch).or_insert((a.acked_at_ms, a.acked_at_ms));
         s.0 = s.0.min(a.acked_at_ms);
         s.1 = s.1.max(a.acked_at_ms);
-        if a.term == 0 || a.index == 0 {
+        // An already-present write's position is the entry that first stored it, maybe in an
+        // older epoch (a promotion carries the catalog over): not a new ack at that position.
+        if a.term == 0 || a.index == 0 || a.already_present {
             continue;
         }
         match at.get(&(a.epoch, a.term, a.index)) {
@@ -243,10 +259,17 @@ pub async fn after_heal(c: &SimCluster, tenant: &TenantInfo, acks: &AckLog, with
         }
     }
     f.checked.push("one-write-per-log-position");
+    f.checked.push("epochs-never-ack-together");
     f.violations.extend(safety.into_vec("safety"));
 
+    let claims = crate::claims::check(c, tenant, &acked, &f.lost, within, ctx).await;
+    f.violations.extend(claims.violations);
+    f.notes.extend(claims.notes);
+    f.checked.extend(claims.checked);
+    f.history = claims.history;
+
     if within {
-        check_convergence(c, tenant, &mut f).await;
+        check_convergence(c, tenant, &leader, &mut f).await;
     }
     f
 }
@@ -260,7 +283,7 @@ struct Checked {
 }
 
 /// Reads one acked write from `leader`; on a rotten copy there, from the other replicas.
-async fn read_acked(c: &SimCluster, leader: &Node, tenant: &str, a: &Ack, voters: &[u64]) -> Checked {
+async fn read_acked(c: &SimCluster, leader: &Node, tenant: &str, a: &Ack) -> Checked {
     let mut out = Checked::default();
     out.read = match leader.fetch(tenant, &a.name).await {
         Ok((rec, data)) => {
@@ -272,7 +295,13 @@ async fn read_acked(c: &SimCluster, leader: &Node, tenant: &str, a: &Ack, voters
             Read::Served
         }
         Err(ApiError::UnknownSegment(_)) => Read::Lost("the cluster does not know it".into()),
-        Err(e) if is_corruption(&e) => read_around_rot(c, leader, tenant, a, voters, &mut out.notes).await,
+        Err(e) if is_corruption(&e) => {
+            let members: Vec<u64> = match leader.tenant_record(tenant).await {
+                Ok(r) => r.members().collect(),
+                Err(_) => vec![],
+            };
+            read_around_rot(c, leader, tenant, a, &members, &mut out.notes).await
+        }
         Err(e) => Read::Unknown(e.to_string()),
     };
     out
@@ -316,27 +345,34 @@ async fn read_around_rot(
     Read::Served
 }
 
-async fn check_convergence(c: &SimCluster, tenant: &TenantInfo, f: &mut Findings) {
+/// The current epoch's replicas (voters and learners) that keep their identity converge.
+async fn check_convergence(c: &SimCluster, tenant: &TenantInfo, leader: &Node, f: &mut Findings) {
     f.checked.push("convergence");
     let deadline = tokio::time::Instant::now() + CONVERGENCE_BOUND;
     loop {
-        let members: Vec<Node> = c.serving().into_iter().filter(|n| tenant.voters.contains(&n.id())).collect();
+        let Ok(rec) = leader.tenant_record(&tenant.name).await else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        let group = rec.group();
+        let all: Vec<u64> = rec.members().collect();
+        let members: Vec<Node> = c.serving().into_iter().filter(|n| all.contains(&n.id())).collect();
         let mut digests = BTreeMap::new();
         for n in &members {
-            if let Some((_, segments, hash)) = n.replica_digest(&tenant.group).await {
+            if let Some((_, segments, hash)) = n.replica_digest(&group).await {
                 digests.insert(n.id(), (segments, hash));
             }
         }
         let distinct: BTreeSet<_> = digests.values().collect();
-        if distinct.len() == 1 && digests.len() == members.len() && members.len() > tenant.voters.len() / 2 {
+        let serving_voters = members.iter().filter(|n| rec.voters.contains(&n.id())).count();
+        if distinct.len() == 1 && digests.len() == members.len() && serving_voters > rec.voters.len() / 2 {
             return;
         }
         if tokio::time::Instant::now() > deadline {
             let summary: Vec<String> =
                 digests.iter().map(|(id, (n, h))| format!("{id}: {n} segments {:02x}{:02x}", h[0], h[1])).collect();
             f.violations.push(format!(
-                "convergence: replicas of {} differ {CONVERGENCE_BOUND:?} after healing ({} of {} members answer): {}",
-                tenant.group,
+                "convergence: replicas of {group} differ {CONVERGENCE_BOUND:?} after healing ({} of {} members answer): {}",
                 digests.len(),
                 members.len(),
                 summary.join(", ")

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
+use tetrad_node::meta::state::Mode;
 use tetrad_node::planted::Bug;
 
 use crate::budget::Budget;
@@ -27,6 +28,8 @@ pub use crate::scenario::{Scenario, Without};
 pub const CLIENTS: u32 = 3;
 const SEGMENT_BYTES: (usize, usize) = (1 << 10, 256 << 10);
 const THINK_MS: (u64, u64) = (100, 800);
+/// near-sync tenants' lag-gate target.
+pub const RPO_TARGET_MS: u64 = 1_000;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -39,18 +42,31 @@ pub struct RunOptions {
     pub without: Without,
     /// Client tasks pushing segments (0: an idle cluster, to measure what the load costs).
     pub clients: u32,
+    /// The tenant's mode; `None` draws it from the seed (a third each; near-sync's `on_lag`
+    /// drawn too).
+    pub mode: Option<Mode>,
 }
 
 impl RunOptions {
     pub fn new(seed: u64, duration: Duration, scenario: Scenario) -> Self {
-        Self { seed, duration, scenario, plant: None, without: Without::default(), clients: CLIENTS }
+        Self { seed, duration, scenario, plant: None, without: Without::default(), clients: CLIENTS, mode: None }
     }
+}
+
+/// The tenant's mode and near-sync `on_lag` for a seed: `mode` when given, else drawn.
+pub fn draw_mode(seed: u64, mode: Option<Mode>) -> (Mode, &'static str) {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x6d6f_6465_6d6f_6465);
+    let drawn = [Mode::Sync, Mode::NearSync, Mode::Async][rng.random_range(0..3usize)];
+    let on_lag = if rng.random_bool(0.5) { "block" } else { "degrade" };
+    (mode.unwrap_or(drawn), on_lag)
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct RunReport {
     pub seed: u64,
     pub scenario: String,
+    /// The tenant's mode (and `on_lag` for near-sync).
+    pub mode: String,
     pub plant: Option<String>,
     pub trace_hash: String,
     pub acked: usize,
@@ -81,6 +97,9 @@ pub struct RunReport {
     pub acks: Vec<Ack>,
     pub lost_acks: Vec<Ack>,
     pub duration_ms: u64,
+    /// The tenant's recorded history (failovers with their loss records, degraded periods),
+    /// one line per event; window times in ms since the run began.
+    pub history: Vec<String>,
 }
 
 impl RunReport {
@@ -158,8 +177,14 @@ async fn run_async(opts: RunOptions) -> RunReport {
             return report;
         }
     };
-    let primary = REGIONS[rng.random_range(0..REGIONS.len())];
-    let tenant = match create_tenant(&c, "t1", primary).await {
+    let primary_index = rng.random_range(0..REGIONS.len());
+    let primary = REGIONS[primary_index];
+    let (mode, on_lag) = draw_mode(opts.seed, opts.mode);
+    report.mode = match mode {
+        Mode::NearSync => format!("near-sync (rpo {RPO_TARGET_MS} ms, on lag {on_lag})"),
+        m => m.as_str().to_string(),
+    };
+    let tenant = match create_tenant(&c, "t1", primary_index, mode, on_lag).await {
         Ok(t) => t,
         Err(e) => {
             report.violations.push(format!("liveness: tenant not created: {e}"));
@@ -175,7 +200,7 @@ async fn run_async(opts: RunOptions) -> RunReport {
     for id in c.ids() {
         tl.node_state(id, "up");
     }
-    tl.log(format!("tenant {} (sync, primary {primary}) on voters {:?}", tenant.name, tenant.voters));
+    tl.log(format!("tenant {} ({}, primary {primary}) on voters {:?}", tenant.name, report.mode, tenant.voters));
     let region_of = c.nodes.iter().map(|(id, n)| (*id, n.region)).collect();
     let budget = Arc::new(Mutex::new(Budget::new(region_of, &liveness)));
     let acks = AckLog::default();
@@ -189,17 +214,21 @@ async fn run_async(opts: RunOptions) -> RunReport {
             min_bytes: SEGMENT_BYTES.0,
             max_bytes: SEGMENT_BYTES.1,
             think_ms: THINK_MS,
+            // One client in the primary region, the others in the next regions: a cut-off primary
+            // keeps its local client, the rest of the world follows the failover.
+            region: (primary_index + i as usize) % REGIONS.len(),
         };
         clients.push(tokio::spawn(run_client(
             spec,
             c.handles.clone(),
+            c.net.clone(),
             acks.clone(),
             c.trace.clone(),
             origin,
             stop_rx.clone(),
         )));
     }
-    let watcher = tokio::spawn(monitor(c.handles.clone(), tenant.group.clone(), tl.clone(), stop_rx.clone()));
+    let watcher = tokio::spawn(monitor(c.handles.clone(), tenant.name.clone(), tl.clone(), stop_rx.clone()));
 
     let plan = crate::scenario::Plan::draw(opts.scenario, opts.duration, &opts.without, &mut rng);
     report.faults.extend(plan.describe().into_iter().map(|p| format!("plan: {p}")));
@@ -233,14 +262,25 @@ async fn run_async(opts: RunOptions) -> RunReport {
     for cl in clients {
         let _ = cl.await;
     }
-    if let Ok(v) = watcher.await {
-        report.violations.extend(v);
+    let mut reported = BTreeMap::new();
+    if let Ok(w) = watcher.await {
+        report.violations.extend(w.violations);
+        reported = w.reported;
     }
     end_phase("load", &mut report);
     d.heal_all().await;
     let problems = std::mem::take(&mut d.problems);
+    let outages = std::mem::take(&mut d.outages);
     drop(d);
     report.violations.extend(problems);
+    let clock_origin = c.nodes.values().next().map(|n| n.clock.origin()).unwrap_or(origin);
+    let ctx = crate::claims::Context {
+        reported,
+        outages,
+        wall_at_origin_ms: crate::clock::SIM_EPOCH_MS + (origin - clock_origin).as_millis() as u64,
+        drift_ms: liveness.max_clock_drift_ms,
+        max_rate_ppm: tl.data().clocks.iter().map(|c| c.3.unsigned_abs()).max().unwrap_or(0),
+    };
 
     let (within, breach) = {
         let b = budget.lock().expect("budget lock");
@@ -248,8 +288,22 @@ async fn run_async(opts: RunOptions) -> RunReport {
     };
     report.within_budget = within;
     report.budget_breach = breach;
-    let findings = oracle::after_heal(&c, &tenant, &acks, within).await;
+    let findings = oracle::after_heal(&c, &tenant, &acks, within, &ctx).await;
     report.violations.extend(findings.violations);
+    for e in &findings.history {
+        report.history.push(format!(
+            "{} epoch {}->{} rto {:?} ms lost min {:?} max {:?} window {:?}..{:?}: {}",
+            e.kind.as_str(),
+            e.from_epoch,
+            e.to_epoch,
+            e.rto_ms,
+            e.lost_writes_min,
+            e.lost_writes_max,
+            e.loss_window_start_ms.map(|t| t as i64 - ctx.wall_at_origin_ms as i64),
+            e.loss_window_end_ms.map(|t| t as i64 - ctx.wall_at_origin_ms as i64),
+            e.detail
+        ));
+    }
     report.notes = findings.notes;
     report.checked = findings.checked;
     report.checked.insert(0, "one-leader-per-term");
@@ -287,13 +341,28 @@ async fn run_async(opts: RunOptions) -> RunReport {
     report
 }
 
-async fn create_tenant(c: &SimCluster, name: &str, primary: &str) -> Result<TenantInfo, String> {
+async fn create_tenant(
+    c: &SimCluster,
+    name: &str,
+    primary: usize,
+    mode: Mode,
+    on_lag: &str,
+) -> Result<TenantInfo, String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (rpo, on_lag) = if mode == Mode::NearSync { (RPO_TARGET_MS, on_lag) } else { (0, "block") };
     loop {
         let node = c.running().into_iter().next().ok_or("no node runs")?;
-        match node.create_tenant(name, "sync", Some(primary), 0, "block", &[]).await {
+        match node.create_tenant(name, mode.as_str(), Some(REGIONS[primary]), rpo, on_lag, &[]).await {
             Ok(rec) => {
-                return Ok(TenantInfo { name: name.to_string(), group: rec.group(), voters: rec.voters.clone() })
+                return Ok(TenantInfo {
+                    name: name.to_string(),
+                    group: rec.group(),
+                    voters: rec.voters.clone(),
+                    mode,
+                    rpo_target_ms: rpo,
+                    on_lag: on_lag.to_string(),
+                    primary,
+                })
             }
             Err(e) if tokio::time::Instant::now() > deadline => return Err(e.to_string()),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,

@@ -17,6 +17,7 @@ pub enum Scenario {
     Calm,
     RegionOutage,
     RegionPartition,
+    RegionFreeze,
     NodeCrash,
     NodePause,
     FlakyWan,
@@ -28,10 +29,11 @@ pub enum Scenario {
     Mixed,
 }
 
-const NAMES: [(&str, Scenario); 11] = [
+const NAMES: [(&str, Scenario); 12] = [
     ("calm", Scenario::Calm),
     ("region-outage", Scenario::RegionOutage),
     ("region-partition", Scenario::RegionPartition),
+    ("region-freeze", Scenario::RegionFreeze),
     ("node-crash", Scenario::NodeCrash),
     ("node-pause", Scenario::NodePause),
     ("flaky-wan", Scenario::FlakyWan),
@@ -58,9 +60,10 @@ impl Scenario {
 
 /// Fault kinds that `--without` can leave out of a plan (to bisect a failure, or to keep a known,
 /// reported bug out of a sweep until it is fixed).
-pub const FAULT_KINDS: [&str; 11] = [
+pub const FAULT_KINDS: [&str; 12] = [
     "region-outage",
     "region-partition",
+    "region-freeze",
     "node-crash",
     "node-pause",
     "flaky-wan",
@@ -106,6 +109,7 @@ impl Without {
         let kind = match e {
             Episode::RegionOutage { .. } => "region-outage",
             Episode::RegionPartition => "region-partition",
+            Episode::RegionFreeze => "region-freeze",
             Episode::NodeCrash => "node-crash",
             Episode::NodePause => "node-pause",
             Episode::DiskFaults { .. } => "disk-faults",
@@ -127,6 +131,8 @@ pub enum Episode {
     RegionOutage { at_ack: bool, plus_node: bool },
     /// A region is cut off, both ways or one way, then healed.
     RegionPartition,
+    /// Every node of a region freezes (often past the liveness period), then resumes.
+    RegionFreeze,
     /// One node at a time loses power (the leader more often than not).
     NodeCrash,
     /// A node freezes (often the leader, sometimes beyond its lease), then resumes.
@@ -198,6 +204,7 @@ impl Plan {
                 one(Episode::RegionOutage { at_ack: rng.random_bool(0.7), plus_node: rng.random_bool(0.5) })
             }
             Scenario::RegionPartition => one(Episode::RegionPartition),
+            Scenario::RegionFreeze => one(Episode::RegionFreeze),
             Scenario::NodeCrash => one(Episode::NodeCrash),
             Scenario::NodePause => one(Episode::NodePause),
             Scenario::FlakyWan => Plan { episodes: vec![], flaky_wan: Some(whole), clock_skew: None },
@@ -228,10 +235,11 @@ impl Plan {
             // region fault after it would be a second failed region.
             let e = loop {
                 let e = match rng.random_range(0..100u32) {
-                    0..30 => Episode::RegionOutage { at_ack: rng.random_bool(0.7), plus_node: rng.random_bool(0.5) },
-                    30..42 => Episode::RegionPartition,
-                    42..55 => Episode::NodeCrash,
-                    55..65 => Episode::NodePause,
+                    0..26 => Episode::RegionOutage { at_ack: rng.random_bool(0.7), plus_node: rng.random_bool(0.5) },
+                    26..37 => Episode::RegionPartition,
+                    37..45 => Episode::RegionFreeze,
+                    45..56 => Episode::NodeCrash,
+                    56..65 => Episode::NodePause,
                     65..80 => Episode::DiskFaults { rot: !without.has("bit-rot") },
                     80..86 => Episode::RollingRestart { all: false },
                     _ => Episode::WipedRegion { plus_node: rng.random_bool(0.8) },

@@ -17,6 +17,7 @@ use rand::{RngExt, SeedableRng};
 use tetrad_node::node::{ApiError, Node};
 use tetrad_node::seams::net::NodeId;
 
+use crate::net::SimNet;
 use crate::trace::Trace;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct Ack {
     pub index: u64,
     /// The node that answered.
     pub by: NodeId,
+    /// The write was there already (a retry): term and index are those of the entry that stored
+    /// it, which may belong to an older epoch whose log a promotion carried over.
+    pub already_present: bool,
 }
 
 /// Runs once, at the instant of the next ack.
@@ -114,6 +118,8 @@ pub struct ClientSpec {
     pub max_bytes: usize,
     /// Pause between one ack and the next push, drawn from this range.
     pub think_ms: (u64, u64),
+    /// The region the client lives in: it reaches only nodes its region is not cut off from.
+    pub region: usize,
 }
 
 /// Picks the node to ask: the hinted leader if it runs, else the first running node after it.
@@ -152,6 +158,7 @@ fn segment_size(rng: &mut SmallRng, min: usize, max: usize) -> usize {
 pub async fn run_client(
     spec: ClientSpec,
     handles: Arc<Mutex<BTreeMap<NodeId, Node>>>,
+    net: SimNet,
     acks: AckLog,
     trace: Trace,
     origin: tokio::time::Instant,
@@ -178,8 +185,21 @@ pub async fn run_client(
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
+            if !net.client_reaches(spec.region, id) {
+                // Cut off from this client: the connection attempt fails after a short while.
+                hint = next_after(&handles, id);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             let r =
                 tokio::time::timeout(Duration::from_secs(10), node.push(&spec.tenant, &name, hash, data.clone())).await;
+            // An answer that cannot travel back (the region was cut off meanwhile) never arrives:
+            // to the client the outcome is unknown, and it retries.
+            let r = if net.client_reaches(spec.region, id) {
+                r
+            } else {
+                Ok(Err(ApiError::OutcomeUnknown("cut off".into())))
+            };
             match r {
                 Ok(Ok(out)) => {
                     let at = origin.elapsed().as_millis() as u64;
@@ -194,6 +214,7 @@ pub async fn run_client(
                         term: out.term,
                         index: out.index,
                         by: id,
+                        already_present: out.already_present,
                     });
                     hint = id;
                     break;

@@ -1,6 +1,6 @@
-//! Seeds that once failed, pinned. The first reproduces a node
-//! bug that the simulator found and that is still open (sim/README.md, "Open findings") and
-//! assert that they still do, so a fix flips them; the rest must hold every oracle.
+//! Seeds that once failed, pinned; each must now hold every oracle. A node bug that the
+//! simulator finds and that is not fixed yet is pinned with `still_reproduces` (listed in
+//! sim/README.md, "Open findings"), so that its fix flips the test to `holds`.
 
 mod common;
 
@@ -9,6 +9,7 @@ use common::{sim, stdout};
 /// An open finding, pinned as it stands: the seed must still fail with this violation. When the
 /// node bug is fixed this test fails, and must then become a `holds` test. (It is not hidden: the
 /// bug is listed in sim/README.md "Open findings" and in the issue notes.)
+#[allow(dead_code)] // No finding is open now; the next one is pinned with it.
 fn still_reproduces(args: &[&str], violation: &str) {
     let o = sim(args);
     let out = stdout(&o);
@@ -26,12 +27,15 @@ fn holds(args: &[&str]) {
     assert_eq!(o.status.code(), Some(0), "tetrad-sim {}:\n{}", args.join(" "), stdout(&o));
 }
 
-/// Bit rot in one replica's chunk file must not stop that replica: its tenant group died at its
-/// next snapshot (`TenantState::snapshot_bytes` fails on the corrupt chunk and openraft treats a
-/// snapshot build error as fatal), so the replica never converged.
+/// Found by the simulator: bit rot in one replica's chunk file stopped that replica for good. Its
+/// tenant group died at its next snapshot (`TenantState::snapshot_bytes` failed on the corrupt
+/// chunk and openraft treats a snapshot build error as fatal), so the replica never converged.
+/// Now the snapshot builder repairs the chunk from another member of the group (`FetchChunk`,
+/// verified against the hash) and rebuilds; a build that still cannot complete hands openraft a
+/// snapshot that changes nothing, never an error. Reads and the scrub repair the same way.
 #[test]
-fn open_bug_one_rotten_chunk_stops_a_replica() {
-    still_reproduces(&["run", "--seed", "1", "--scenario", "disk-faults"], "convergence: replicas of t/t1/1 differ");
+fn one_rotten_chunk_is_repaired_and_the_replica_converges() {
+    holds(&["run", "--seed", "1", "--scenario", "disk-faults", "--mode", "sync"]);
 }
 
 /// Found by the simulator: a wiped and re-initialised node must not vote under its old identity.
@@ -40,7 +44,7 @@ fn open_bug_one_rotten_chunk_stops_a_replica() {
 /// now carry the responder's incarnation and are checked against the directory (`PeerBook`).
 #[test]
 fn a_wiped_region_cannot_vote_away_an_acked_write() {
-    holds(&["run", "--seed", "2", "--scenario", "wiped-region"]);
+    holds(&["run", "--seed", "2", "--scenario", "wiped-region", "--mode", "sync"]);
 }
 
 /// Found in the simulator itself: a lost snapshot RPC waited for its whole 120 s deadline (the
@@ -49,5 +53,43 @@ fn a_wiped_region_cannot_vote_away_an_acked_write() {
 /// simulator now.
 #[test]
 fn a_lost_snapshot_does_not_stall_a_replica_for_its_whole_deadline() {
-    holds(&["run", "--seed", "15", "--scenario", "mixed"]);
+    holds(&["run", "--seed", "15", "--scenario", "mixed", "--mode", "sync"]);
+}
+
+/// Found by the simulator (issue #4): `read_durable_log` decoded the `purged` marker as
+/// `Option<LogId>` while `GroupLog::purge` writes a bare `LogId`, so once a tenant's log had been
+/// compacted no sealed replica could report its log, promotion found no candidate and the tenant
+/// never acked again. Fixed in `node/src/raft/log_store.rs`.
+#[test]
+fn a_compacted_replica_can_be_promoted() {
+    holds(&["run", "--seed", "7", "--mode", "async"]);
+}
+
+/// Found by the simulator (issue #4): a cut-off primary region healed after the promotion
+/// renewed its lease and acked in the superseded epoch before its copy of the directory showed the
+/// new one (its voters were unreachable, never sealed): two epochs acked at overlapping times. A
+/// renewal now counts only once the node's directory has applied it (and so everything committed
+/// before it), and the ack re-checks that the epoch is still current.
+#[test]
+fn a_healed_old_primary_does_not_ack_in_its_superseded_epoch() {
+    holds(&["run", "--seed", "1", "--scenario", "region-partition", "--mode", "async"]);
+}
+
+/// Found by the simulator: with traffic *into* the sync leader's region cut, the followers kept
+/// hearing its heartbeats and never elected another leader, while it could commit nothing (25 s
+/// without an ack). A leader whose node has had no valid lease for a whole period hands the lead
+/// over.
+#[test]
+fn a_leader_cut_off_one_way_hands_over() {
+    holds(&["run", "--seed", "39"]);
+}
+
+/// Found by the simulator: a meta leader paused past the liveness period came back, judged
+/// liveness from what it saw before the pause and sealed a healthy epoch through the new leader;
+/// and an epoch promoted onto a node that then stopped before seeding could not be promoted from.
+/// The controller now proposes only on its own replica and starts over after a long gap between
+/// looks; a seal is answered from the newest epoch a node holds.
+#[test]
+fn a_paused_meta_leader_does_not_seal_a_healthy_epoch() {
+    holds(&["run", "--seed", "2"]);
 }
