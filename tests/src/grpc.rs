@@ -20,6 +20,8 @@ use tonic::transport::{Channel, Endpoint};
 const DATA_MESSAGE_BYTES: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long one attempt on one node may take before the next node is tried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// An acked push.
 #[derive(Debug, Clone)]
@@ -117,13 +119,28 @@ impl Pusher {
             };
             let body = data.chunks(DATA_MESSAGE_BYTES).map(|c| PushWalRequest { msg: Some(Msg::Data(c.to_vec())) });
             let messages: Vec<PushWalRequest> = std::iter::once(header).chain(body).collect();
-            let status = match timeout_at(deadline, client.push_wal(futures::stream::iter(messages))).await {
+            // One attempt may hang on a node that is frozen or cut off: give up on it after
+            // ATTEMPT_TIMEOUT and try the next node (the outcome of the abandoned attempt is
+            // unknown, and repeating the same push is idempotent).
+            let attempt_deadline = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
+            let status = match timeout_at(attempt_deadline, client.push_wal(futures::stream::iter(messages))).await {
                 Ok(Ok(reply)) => {
                     *self.leader_hint.lock().expect("hint lock") = Some(addr);
                     return Ok(Pushed { reply: reply.into_inner(), failed_attempts, maybe_stored_before });
                 }
                 Ok(Err(status)) => status,
-                Err(_) => return Err(PushError::Deadline { last: format!("the attempt on {addr} was still running") }),
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(PushError::Deadline { last: format!("the attempt on {addr} was still running") })
+                }
+                Err(_) => {
+                    last = format!("{addr}: no answer within {ATTEMPT_TIMEOUT:?}");
+                    failed_attempts.push(last.clone());
+                    maybe_stored_before = true;
+                    self.forget(&addr);
+                    *self.leader_hint.lock().expect("hint lock") = None;
+                    addr = self.next_addr(&addr);
+                    continue;
+                }
             };
             let kind = status.metadata().get(ERROR_KIND_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
             last = format!(
