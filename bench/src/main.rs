@@ -4,6 +4,11 @@
 //! - `cluster-up --runs N`: time of `tetradctl cluster up --local` (fresh directory each run).
 //! - `push --count N --size BYTES`: single-client push latency against a running local cluster,
 //!   over gRPC from this process (no CLI start-up cost), following leader redirects.
+//! - `rto --modes sync,near-sync,async --runs N`: recovery time after a region kill, per mode,
+//!   each run on a fresh local cluster (`rto.rs`).
+
+mod pusher;
+mod rto;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,6 +46,23 @@ enum Cmd {
         count: u32,
         #[arg(long, default_value_t = 1 << 20)]
         size: usize,
+    },
+    /// Kills the region of a tenant's leader under a writer and measures the time to the first
+    /// ack from the new leader, `runs` times per mode, each on a fresh local cluster.
+    Rto {
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "sync,near-sync,async")]
+        modes: Vec<rto::Mode>,
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Bytes per pushed segment.
+        #[arg(long, default_value_t = 64 << 10)]
+        segment_bytes: usize,
+        /// Passed to `cluster up --tuning` (`[raft]`, `[liveness]`); default: the nodes' defaults.
+        #[arg(long, value_name = "FILE")]
+        tuning: Option<PathBuf>,
+        /// Copy each run's node logs to DIR/<mode>-<run>/ before its cluster is torn down.
+        #[arg(long, value_name = "DIR")]
+        keep_logs: Option<PathBuf>,
     },
 }
 
@@ -148,6 +170,10 @@ fn main() -> Result<()> {
         Cmd::ClusterUp { runs } => cluster_up(runs),
         Cmd::Push { cluster, tenant, count, size } => {
             tokio::runtime::Runtime::new()?.block_on(push(cluster, tenant, count, size))
+        }
+        Cmd::Rto { modes, runs, segment_bytes, tuning, keep_logs } => {
+            let args = rto::RtoArgs { ctl: bin("tetradctl")?, modes, runs, segment_bytes, tuning, keep_logs };
+            tokio::runtime::Runtime::new()?.block_on(rto::rto(args))
         }
     }
 }
