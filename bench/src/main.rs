@@ -7,7 +7,6 @@
 //! - `rto --modes sync,near-sync,async --runs N`: recovery time after a region kill, per mode,
 //!   each run on a fresh local cluster (`rto.rs`).
 
-mod pusher;
 mod rto;
 
 use std::path::PathBuf;

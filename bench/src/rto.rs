@@ -10,7 +10,7 @@
 //! (near-sync, async: the failover controller's new epoch) or, for sync, whose (epoch, term) is
 //! past the newest one acked before the kill (openraft's election inside the same epoch; the
 //! term rules out an ack the dead leader had sent before it died). It includes the client's own
-//! delay in noticing (a backoff of at most 250 ms, see `pusher.rs`). For near-sync and async the
+//! delay in noticing (a backoff of at most 250 ms, [`MAX_BACKOFF`]). For near-sync and async the
 //! tenant's own record (`tenant history --json`, `rto_ms`, counted from the old leader's last
 //! liveness renewal to the new epoch's first ack) is collected beside it.
 
@@ -26,7 +26,11 @@ use tetrad_proto::v1::StatusRequest;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 
-use crate::pusher::Pusher;
+use tetrad_tests::grpc::Pusher;
+
+/// Lower than the test client's 1 s: the backoff bounds how late the writer notices that a new
+/// leader acks, so it bounds the resolution of a measured RTO.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The tenant's primary region.
 const PRIMARY: &str = "eu-west";
@@ -203,13 +207,13 @@ impl Writer {
         let failed: Arc<Mutex<Vec<String>>> = Arc::default();
         let (log, errors) = (acks.clone(), failed.clone());
         let task = tokio::spawn(async move {
-            let pusher = Pusher::new(addrs);
+            let pusher = Pusher::new(addrs).with_max_backoff(MAX_BACKOFF);
             for n in 1u64.. {
                 let name = segment_name(n);
                 let bytes = segment_data(&tenant, n, segment_bytes);
                 match pusher.push(&tenant, &name, &bytes, PUSH_BOUND).await {
-                    Ok(reply) => {
-                        let ack = Ack { at: Instant::now(), epoch: reply.epoch, term: reply.term };
+                    Ok(pushed) => {
+                        let ack = Ack { at: Instant::now(), epoch: pushed.reply.epoch, term: pushed.reply.term };
                         log.lock().expect("ack log").push(ack);
                     }
                     Err(e) => errors.lock().expect("error log").push(format!("{name}: {e}")),

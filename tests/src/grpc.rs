@@ -56,6 +56,7 @@ impl std::fmt::Display for PushError {
 /// first. Cheap to share between tasks (`&Pusher`).
 pub struct Pusher {
     addrs: Vec<String>,
+    max_backoff: Duration,
     channels: Mutex<HashMap<String, Channel>>,
     leader_hint: Mutex<Option<String>>,
 }
@@ -64,7 +65,14 @@ impl Pusher {
     /// `addrs`: every node's API address (`host:port`).
     pub fn new(addrs: Vec<String>) -> Self {
         assert!(!addrs.is_empty(), "a pusher needs at least one node address");
-        Self { addrs, channels: Mutex::new(HashMap::new()), leader_hint: Mutex::new(None) }
+        Self { addrs, max_backoff: MAX_BACKOFF, channels: Mutex::new(HashMap::new()), leader_hint: Mutex::new(None) }
+    }
+
+    /// Caps the backoff between retries at `max` instead of 1 s: a writer that measures how soon
+    /// a new leader acks (the RTO bench) must not notice it late.
+    pub fn with_max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
     }
 
     async fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -157,7 +165,7 @@ impl Pusher {
                         Some(l) if l != addr => l,
                         _ => {
                             sleep(backoff).await;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            backoff = (backoff * 2).min(self.max_backoff);
                             self.next_addr(&addr)
                         }
                     };
@@ -165,7 +173,7 @@ impl Pusher {
                 Some("unavailable" | "outcome-unknown") => {
                     maybe_stored_before = true;
                     sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(self.max_backoff);
                 }
                 Some(other) => {
                     return Err(PushError::Refused { kind: other.to_owned(), message: status.message().to_owned() });
@@ -175,7 +183,7 @@ impl Pusher {
                     self.forget(&addr);
                     addr = self.next_addr(&addr);
                     sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(self.max_backoff);
                 }
             }
         }
