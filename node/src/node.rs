@@ -8,6 +8,7 @@ mod epochs;
 mod failover;
 mod ops;
 mod repair;
+mod takeover;
 mod tasks;
 
 use std::collections::BTreeMap;
@@ -74,6 +75,9 @@ pub(crate) struct Inner {
     pub stop: watch::Sender<bool>,
     /// Monotonic time the node started.
     pub started: std::time::Duration,
+    /// Per group this node leads: the term and the monotonic time it was first seen leading in
+    /// it (see `Node::led_for`).
+    pub leading_since: Mutex<std::collections::HashMap<String, (u64, std::time::Duration)>>,
 }
 
 /// A running node. Cheap to clone.
@@ -145,6 +149,7 @@ impl Node {
             acks: Mutex::new(BTreeMap::new()),
             controller: Mutex::new(Default::default()),
             started,
+            leading_since: Mutex::new(Default::default()),
             stop,
             cfg,
         });

@@ -51,6 +51,7 @@ impl Trace {
 
     pub fn event(&self, what: &str) {
         let t = self.now_us();
+        tracing::info!(target: "tetrad_sim::trace", "t={:.3}s {what}", t as f64 / 1e6);
         let mut h = self.h.lock().expect("trace lock");
         h.update(b"evt");
         h.update(&t.to_le_bytes());

@@ -234,6 +234,7 @@ pub async fn run_client(
                     break;
                 }
                 _ => {
+                    tracing::debug!(target: "tetrad_sim::client", client = spec.id, node = id, t_ms = origin.elapsed().as_millis() as u64, "{name}: {r:?}");
                     hint = next_after(&handles, id);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -93,3 +93,14 @@ fn a_leader_cut_off_one_way_hands_over() {
 fn a_paused_meta_leader_does_not_seal_a_healthy_epoch() {
     holds(&["run", "--seed", "2"]);
 }
+
+/// Found by the sweep once followers took over silent leaders promptly (`node/takeover.rs`):
+/// after the meta group was without a quorum for longer than a liveness period (a wiped
+/// primary region plus a crashed voter), every node's lease had lapsed, and each new meta or
+/// tenant leader handed the lead over at once, before its first renewal could commit; the lead
+/// went round forever and the tenant acked nothing after healing. A leader now hands over only
+/// once it has led, unable to renew, for a whole period.
+#[test]
+fn a_new_leader_renews_before_it_may_hand_the_lead_over() {
+    holds(&["run", "--seed", "48", "--mode", "sync"]);
+}

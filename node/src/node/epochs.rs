@@ -360,7 +360,7 @@ impl Node {
             }
         }
         let st = g.status();
-        if st.is_leader && rec.spec.mode == Mode::Sync && self.fenced_for_long() {
+        if rec.spec.mode == Mode::Sync && self.should_hand_over(&group, &st) {
             // A leader whose node has had no valid lease for a whole period cannot ack; if its
             // followers still hear its heartbeats (traffic into its region is cut, not out of
             // it) they never elect another. Hand the lead to the most caught-up voter elsewhere.
@@ -373,6 +373,32 @@ impl Node {
             }
             self.update_tenant_state(&g, rec).await;
         }
+    }
+
+    /// How long this node has led `group` in its current term, as seen by the loops that call
+    /// this (every reconcile tick); zero when it does not lead.
+    pub(super) fn led_for(&self, group: &str, st: &GroupStatus) -> Duration {
+        let now = self.inner.clock.mono_now();
+        let mut leading = self.inner.leading_since.lock().expect("leading lock");
+        if !st.is_leader {
+            leading.remove(group);
+            return Duration::ZERO;
+        }
+        let since = leading.entry(group.to_string()).or_insert((st.term, now));
+        if since.0 != st.term {
+            *since = (st.term, now);
+        }
+        now.saturating_sub(since.1)
+    }
+
+    /// Whether a leader of `group` should hand the lead over because it cannot ack: its lease
+    /// has been invalid for a whole period *while it led* for a whole period. The second half
+    /// matters after the meta group was unavailable for longer than a period: every node's lease
+    /// has lapsed then, and a new leader that stepped down before its first renewal could commit
+    /// would hand the lead round forever (sim seed 48).
+    pub(super) fn should_hand_over(&self, group: &str, st: &GroupStatus) -> bool {
+        let led = self.led_for(group, st);
+        st.is_leader && self.fenced_for_long() && led >= self.inner.cfg.liveness.period()
     }
 
     /// Whether this node's lease has been invalid for at least one liveness period (and the node

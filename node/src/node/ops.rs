@@ -24,6 +24,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const META_PROPOSE_TIMEOUT: Duration = Duration::from_millis(800);
 /// How long a probe of a group's members waits: one WAN round trip with room to spare.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// How long a push to a replica that knows no leader waits for an election to end.
+const ELECTION_WAIT: Duration = Duration::from_millis(1_000);
 
 /// The leader the probes point at: one that says it leads, else the hint of the highest term.
 fn best_leader(probes: &[(NodeId, GroupProbeReply)]) -> Option<NodeId> {
@@ -349,23 +351,48 @@ impl Node {
                 return Some(l);
             }
         }
-        best_leader(&self.probe_members(rec).await)
+        // The first member that says it leads settles it; otherwise the best hint once every
+        // member answered or timed out.
+        use futures::stream::StreamExt;
+        let mut asks = self.probe_stream(rec);
+        let mut probes = Vec::new();
+        while let Some(p) = asks.next().await {
+            if let Some((id, reply)) = p {
+                if reply.is_leader {
+                    return Some(id);
+                }
+                probes.push((id, reply));
+            }
+        }
+        best_leader(&probes)
     }
 
     /// Asks every other member of a tenant's group what it knows, all at once, so that dead
     /// members cost one short timeout in total rather than one each.
     async fn probe_members(&self, rec: &TenantRecord) -> Vec<(NodeId, GroupProbeReply)> {
+        use futures::stream::StreamExt;
+        self.probe_stream(rec).filter_map(|p| async move { p }).collect().await
+    }
+
+    /// The probes of [`Node::probe_members`], answered in the order they arrive.
+    fn probe_stream<'a>(
+        &'a self,
+        rec: &TenantRecord,
+    ) -> futures::stream::FuturesUnordered<impl std::future::Future<Output = Option<(NodeId, GroupProbeReply)>> + 'a>
+    {
         let group = rec.group();
-        let asks = rec.members().filter(|m| *m != self.inner.me).map(|m| {
-            let group = group.clone();
-            async move {
-                match self.call_peer_within(m, Request::GroupProbe { group }, PROBE_TIMEOUT).await {
-                    Ok(Reply::Probe(p)) => Some((m, p)),
-                    _ => None,
+        rec.members()
+            .filter(|m| *m != self.inner.me)
+            .map(|m| {
+                let group = group.clone();
+                async move {
+                    match self.call_peer_within(m, Request::GroupProbe { group }, PROBE_TIMEOUT).await {
+                        Ok(Reply::Probe(p)) => Some((m, p)),
+                        _ => None,
+                    }
                 }
-            }
-        });
-        futures::future::join_all(asks).await.into_iter().flatten().collect()
+            })
+            .collect()
     }
 
     /// Stores one WAL segment. Answers only once it is durable as the tenant's mode promises and
@@ -389,11 +416,16 @@ impl Node {
             return Err(ApiError::NotLeader { leader: self.locate_leader(&rec).await });
         };
         if !g.status().is_leader {
-            let leader = match g.status().leader {
+            // No leader known here: an election is under way (or this replica is cut off).
+            // Waiting for its outcome answers the client with the new leader, or takes the
+            // write here if this node won, instead of sending it on a round of probes.
+            let leader = match g.wait_leader(ELECTION_WAIT).await {
                 Some(l) => Some(l),
                 None => self.locate_leader(&rec).await,
             };
-            return Err(ApiError::NotLeader { leader });
+            if leader != Some(self.inner.me) || !g.status().is_leader {
+                return Err(ApiError::NotLeader { leader });
+            }
         }
         let ignore_lease = crate::planted::on(crate::planted::Bug::IgnoreLease);
         if !self.inner.liveness.is_valid() && !ignore_lease {

@@ -1,9 +1,10 @@
 //! The node's background loops: liveness renewal, reconciliation with the meta directory, and
-//! the chunk scrub.
+//! the chunk scrub, and the takeover of groups whose leader went silent.
 
 use std::time::Duration;
 
 use super::repair::Scrub;
+use super::takeover::Takeover;
 use super::Node;
 use crate::meta::state::{MetaCommand, MetaReply};
 
@@ -15,6 +16,7 @@ pub(super) fn spawn_all(node: &Node) {
     tokio::spawn(reconcile_loop(node.clone()));
     tokio::spawn(control_loop(node.clone()));
     tokio::spawn(scrub_loop(node.clone()));
+    tokio::spawn(takeover_loop(node.clone()));
 }
 
 async fn liveness_loop(node: Node) {
@@ -66,7 +68,7 @@ async fn reconcile_loop(node: Node) {
         }
         reconcile_tenants(&node, ticks % 8 == 1).await;
         let meta = node.inner.meta.status();
-        if meta.is_leader && node.fenced_for_long() {
+        if node.should_hand_over(crate::meta::META_GROUP, &meta) {
             node.step_down(&node.inner.meta, &meta).await;
         }
         tokio::select! {
@@ -97,6 +99,19 @@ async fn reconcile_tenants(node: &Node, slow_tick: bool) {
     let records: Vec<_> = node.inner.meta.sm.read().await.state.tenants.values().cloned().collect();
     for rec in records {
         node.reconcile_tenant(&rec, slow_tick).await;
+    }
+}
+
+/// Campaigns in groups whose leader went silent past its lease (`takeover.rs`).
+async fn takeover_loop(node: Node) {
+    let mut stop = node.inner.stop.subscribe();
+    let mut state = Takeover::default();
+    loop {
+        node.takeover_once(&mut state).await;
+        tokio::select! {
+            _ = tokio::time::sleep(super::takeover::TAKEOVER_EVERY) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

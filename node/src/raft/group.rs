@@ -59,6 +59,9 @@ pub struct Group<S: GroupState> {
     pub name: String,
     pub raft: RaftOf<S>,
     pub sm: Arc<RwLock<SmInner<S>>>,
+    /// When this node last accepted a leader's append (or snapshot): the same moment openraft
+    /// renews the leader's lease here. Read by the takeover loop (`node/takeover.rs`).
+    contact: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// openraft's config from tetrad's tuning.
@@ -93,7 +96,7 @@ impl<S: GroupState> Group<S> {
         let net = GroupNetwork::new(name, transport, store.incarnation(), Duration::from_secs(120), peers);
         let log = GroupLog::new(store, name);
         let raft = openraft::Raft::new(me, config, net, log, sm).await.map_err(|e| GroupError::Raft(e.to_string()))?;
-        Ok(Self { name: name.to_string(), raft, sm: reader })
+        Ok(Self { name: name.to_string(), raft, sm: reader, contact: std::sync::Mutex::new(None) })
     }
 
     /// Initialises a new group with `voters`. Returns false when it was already initialised.
@@ -148,6 +151,30 @@ impl<S: GroupState> Group<S> {
             Err(RaftError::APIError(e)) => Err(WriteError::Unavailable(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(WriteError::Unavailable(format!("group stopped: {e}"))),
         }
+    }
+
+    /// Waits up to `within` for this node to know a leader (an election in progress ends), and
+    /// returns it; `None` when none was known in time.
+    pub async fn wait_leader(&self, within: Duration) -> Option<NodeId> {
+        if let Some(l) = self.status().leader {
+            return Some(l);
+        }
+        self.raft
+            .wait(Some(within))
+            // A candidate's own vote is committed a moment before it serves as leader, and a new
+            // leader refuses writes until a quorum has acked it once (openraft's write lease):
+            // wait for both when the leader is this node.
+            .metrics(
+                |m| match m.current_leader {
+                    Some(l) if l == m.id => m.state == openraft::ServerState::Leader && m.last_quorum_acked.is_some(),
+                    Some(_) => true,
+                    None => false,
+                },
+                "a known leader",
+            )
+            .await
+            .ok()
+            .and_then(|m| m.current_leader)
     }
 
     /// Returns once this node's state machine reflects every write committed before the call,
@@ -214,25 +241,58 @@ impl<S: GroupState> Group<S> {
     pub async fn handle(&self, rpc: RaftRpc) -> wire::Reply {
         let fail = |e: String| wire::Reply::Error(WireError::Failed(e));
         match rpc {
-            RaftRpc::Append(r) => {
-                self.raft.append_entries(r).await.map(wire::Reply::Append).unwrap_or_else(|e| fail(e.to_string()))
-            }
+            RaftRpc::Append(r) => match self.raft.append_entries(r).await {
+                Ok(resp) => {
+                    if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                        self.touch_contact();
+                    }
+                    wire::Reply::Append(resp)
+                }
+                Err(e) => fail(e.to_string()),
+            },
             RaftRpc::Vote(r) => self.raft.vote(r).await.map(wire::Reply::Vote).unwrap_or_else(|e| fail(e.to_string())),
             RaftRpc::PreVote(r) => {
                 self.raft.pre_vote(r).await.map(wire::Reply::Vote).unwrap_or_else(|e| fail(e.to_string()))
             }
-            RaftRpc::Snapshot { vote, meta, data } => self
-                .raft
-                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
-                .await
-                .map(wire::Reply::Snapshot)
-                .unwrap_or_else(|e| fail(e.to_string())),
+            RaftRpc::Snapshot { vote, meta, data } => {
+                match self.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await {
+                    Ok(resp) => {
+                        self.touch_contact();
+                        wire::Reply::Snapshot(resp)
+                    }
+                    Err(e) => fail(e.to_string()),
+                }
+            }
             RaftRpc::TransferLeader(r) => self
                 .raft
                 .handle_transfer_leader(r)
                 .await
                 .map(wire::Reply::TransferLeader)
                 .unwrap_or_else(|e| fail(e.to_string())),
+        }
+    }
+
+    fn touch_contact(&self) {
+        *self.contact.lock().expect("contact lock") = Some(tokio::time::Instant::now());
+    }
+
+    /// When this node last accepted a leader's append or snapshot; `None` before the first.
+    pub fn last_leader_contact(&self) -> Option<tokio::time::Instant> {
+        *self.contact.lock().expect("contact lock")
+    }
+
+    /// openraft's leader lease on a follower: how long after the last append it refuses to vote
+    /// for anyone else (openraft takes `election_timeout_max`).
+    pub fn leader_lease(&self) -> Duration {
+        Duration::from_millis(self.raft.config().election_timeout_max)
+    }
+
+    /// Starts a Pre-Vote round and, if a quorum would grant it, an election. A no-op while this
+    /// node still holds a leader's lease or already leads; never disturbs a live leader that a
+    /// quorum still hears (their leases refuse the Pre-Vote).
+    pub async fn campaign(&self) {
+        if let Err(e) = self.raft.trigger().elect(true).await {
+            tracing::debug!(group = %self.name, error = %e, "campaign not started");
         }
     }
 
