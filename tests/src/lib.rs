@@ -12,7 +12,8 @@
 //! - [`grpc::Pusher`]: pushes over gRPC without a `tetradctl` process per segment, for tests that
 //!   push thousands;
 //! - [`wait_until`] / [`wait_for`]: polling a condition with a bound (never a fixed sleep);
-//! - [`metric`]: measured figures, printed and appended to `$TETRAD_METRICS_FILE`.
+//! - [`metric`]: measured figures, printed and appended to `$TETRAD_METRICS_FILE`;
+//! - [`wan_proxy::WanProxy`]: a UDP relay between the nodes that can cut a region off the others.
 //!
 //! The binaries are the ones built beside the test executable: a test built with `--release`
 //! runs `target/release/tetrad` and `target/release/tetradctl`, which
@@ -24,6 +25,7 @@ mod run;
 pub mod segments;
 pub mod sockets;
 pub mod status;
+pub mod wan_proxy;
 
 use std::fmt::Display;
 use std::io::Write;

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tetrad_node::config::NodeConfig;
+
 use crate::run::{run_bounded, Ran};
 use crate::segments::{file_blake3, Expected};
 use crate::status::{ListedSegment, SegmentList, Status, TenantInfo};
+use crate::wan_proxy::{RelayedNode, WanProxy};
 use crate::{binaries, strip_ansi, wait_for, Binaries};
 
 /// The regions `tetradctl cluster up --local` creates, in its order.
@@ -24,11 +27,13 @@ pub struct UpOptions {
     pub nodes_per_region: u32,
     /// The text of a `--tuning` TOML file.
     pub tuning: Option<String>,
+    /// Route all node-to-node traffic through a [`WanProxy`] (see [`LocalCluster::wan`]).
+    pub wan_proxy: bool,
 }
 
 impl Default for UpOptions {
     fn default() -> Self {
-        Self { nodes_per_region: 3, tuning: None }
+        Self { nodes_per_region: 3, tuning: None, wan_proxy: false }
     }
 }
 
@@ -41,6 +46,8 @@ pub struct LocalCluster {
     nodes_per_region: u32,
     /// Wall time of `cluster up`, as the operator sees it.
     pub up_elapsed: Duration,
+    /// The relay between the nodes, when asked for. Dropped after `drop` has stopped the nodes.
+    wan: Option<WanProxy>,
     // Last, so that it is removed after `drop` has stopped the nodes.
     tmp: tempfile::TempDir,
 }
@@ -62,6 +69,7 @@ impl LocalCluster {
             scratch,
             nodes_per_region: opts.nodes_per_region,
             up_elapsed: Duration::ZERO,
+            wan: None,
             tmp,
         };
         let n = opts.nodes_per_region.to_string();
@@ -74,8 +82,59 @@ impl LocalCluster {
         let ran = cluster.ctl(&args);
         ran.expect_success();
         cluster.up_elapsed = ran.elapsed;
+        if opts.wan_proxy {
+            cluster.route_through_wan_proxy();
+        }
         cluster.assert_loopback_only();
         cluster
+    }
+
+    /// The relay between the nodes; panics unless the cluster was started with
+    /// [`UpOptions::wan_proxy`].
+    pub fn wan(&self) -> &WanProxy {
+        self.wan.as_ref().expect("the cluster was started without UpOptions::wan_proxy")
+    }
+
+    /// Puts a [`WanProxy`] between the nodes of the running cluster: stops every node
+    /// (`cluster down`, data kept), rewrites each node's config so that every *other* node's
+    /// `raft_addr` is that node's address on the relay (its own entry keeps the address it binds),
+    /// and starts every region again (`cluster start-region`). `cluster.toml` keeps the real
+    /// addresses. The relay's sockets are bound while the nodes still hold theirs, so none of
+    /// them can take a port a node needs again.
+    fn route_through_wan_proxy(&mut self) {
+        let first = self.node_names().into_iter().next().expect("a cluster has nodes");
+        let topology = NodeConfig::load(&self.node_config(&first)).unwrap_or_else(|e| panic!("{e}")).nodes;
+        let relayed = topology
+            .iter()
+            .map(|p| RelayedNode { name: p.name.clone(), region: p.region.clone(), real: p.raft_addr })
+            .collect();
+        let wan = WanProxy::start(relayed).unwrap_or_else(|e| panic!("cannot start the wan proxy: {e}"));
+        self.ctl(&["cluster", "down"]).expect_success();
+        for name in self.node_names() {
+            let path = self.node_config(&name);
+            let mut cfg = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            for peer in cfg.nodes.iter_mut().filter(|p| p.name != name) {
+                peer.raft_addr = wan.front_addr(&peer.name);
+            }
+            std::fs::write(&path, cfg.to_toml()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            NodeConfig::load(&path).unwrap_or_else(|e| panic!("the rewritten config is not valid: {e}"));
+        }
+        self.wan = Some(wan);
+        for region in REGIONS {
+            self.ctl(&["cluster", "start-region", region]).expect_success();
+        }
+        let nodes = self.node_names().len();
+        wait_for("every node is up again behind the wan proxy, with a meta leader", Duration::from_secs(120), || {
+            let s = self.status()?;
+            let down = s.down_nodes();
+            if s.meta_leader.as_deref().is_some_and(|l| !l.is_empty()) && down.is_empty() && s.nodes.len() == nodes {
+                Ok(())
+            } else {
+                Err(format!("meta leader {:?}, down {down:?}", s.meta_leader))
+            }
+        });
+        let counts = self.wan().counts();
+        assert!(counts.forwarded > 0, "no node traffic went through the wan proxy: {counts:?}");
     }
 
     /// The pid of a node's running process, from its pid file.

@@ -1,6 +1,7 @@
 //! Issue #4 on real processes: near-sync and async tenants fail over on their own when their
-//! primary region is killed, frozen (SIGSTOP past the liveness period) or handed over by an
-//! operator, and what the cluster serves afterwards is checked against an exact log of the
+//! primary region is killed, cut off from the other regions (a UDP relay between the nodes drops
+//! what crosses the region's border), frozen (SIGSTOP past the liveness period) or handed over by
+//! an operator, and what the cluster serves afterwards is checked against an exact log of the
 //! writers' acks, under each mode's claim (DESIGN.md, "Replication modes"):
 //!
 //! - near-sync (`on_lag = block`): the lost acked writes all lie within one span of at most
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tetrad_tests::grpc::Pusher;
 use tetrad_tests::segments::{segment_bytes, segment_name};
-use tetrad_tests::{metric, wait_for, LocalCluster, UpOptions};
+use tetrad_tests::{metric, wait_for, wait_until, LocalCluster, UpOptions};
 
 const PRIMARY: &str = "eu-west";
 /// Room for an ack's delivery from the leader to the client on loopback.
@@ -32,6 +33,8 @@ const SEGMENT_BYTES: usize = 64 << 10;
 /// One push by a writer.
 #[derive(Clone, Debug)]
 struct Push {
+    /// The writer's index in [`Writers::start`]'s address lists.
+    writer: usize,
     name: String,
     /// Wall clock (ms since the Unix epoch) when the answer arrived.
     at_ms: u64,
@@ -54,6 +57,15 @@ struct Writers {
 impl Writers {
     /// Starts one writer per address list; writer `w` names its segments from `w * 1_000_000`.
     fn start(tenant: &str, addr_sets: Vec<Vec<String>>) -> Self {
+        Self::start_with_bound(tenant, addr_sets, Duration::from_secs(20))
+    }
+
+    /// As [`Writers::start`], each push given up (and logged as failed) after `bound`. A writer
+    /// starts a new client after a failed push, as `archive_command` runs a new `tetradctl` for
+    /// each attempt: a client stays with the node that last acked while that node answers
+    /// `unavailable`, which a leader cut off from the meta group does for as long as the cut
+    /// lasts, so only a new client finds the new epoch's leader.
+    fn start_with_bound(tenant: &str, addr_sets: Vec<Vec<String>>, bound: Duration) -> Self {
         let log: Arc<Mutex<Vec<Push>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU64::new(0));
@@ -62,16 +74,20 @@ impl Writers {
             let (log, stop, next, tenant) = (log.clone(), stop.clone(), next.clone(), tenant.to_string());
             handles.push(std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                let pusher = Pusher::new(addrs);
+                let mut pusher = Pusher::new(addrs.clone());
                 let mut n = (w as u64 + 1) * 1_000_000;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     next.fetch_add(1, Ordering::SeqCst);
                     let name = segment_name(n);
                     let bytes = segment_bytes(&format!("failover/{n}"), SEGMENT_BYTES);
-                    let r = rt.block_on(pusher.push(&tenant, &name, &bytes, Duration::from_secs(20)));
+                    let r = rt.block_on(pusher.push(&tenant, &name, &bytes, bound));
                     let outcome = r.map(|p| p.reply.epoch).map_err(|e| e.to_string());
-                    log.lock().expect("log").push(Push { name, at_ms: wall_ms(), at: Instant::now(), outcome });
+                    if outcome.is_err() {
+                        pusher = Pusher::new(addrs.clone());
+                    }
+                    let push = Push { writer: w, name, at_ms: wall_ms(), at: Instant::now(), outcome };
+                    log.lock().expect("log").push(push);
                 }
             }));
         }
@@ -166,36 +182,23 @@ fn assert_epochs_never_overlap(pushes: &[Push]) {
     }
 }
 
-/// Kills the primary region of a `mode` tenant under two writers, checks the claim, brings the
-/// region back and checks the loss record against the writers' log.
-fn region_kill_drill(mode: &str) {
-    let cluster = LocalCluster::up(UpOptions::default());
-    let tenant = format!("drill-{mode}");
-    let mut args = vec!["--mode", mode, "--primary", PRIMARY];
-    if mode == "near-sync" {
-        args.extend_from_slice(&["--rpo-target", "1s", "--on-lag", "block"]);
+/// The `tenant create` arguments of a drill's `mode` tenant in [`PRIMARY`].
+fn mode_args(mode: &str) -> Vec<&'static str> {
+    match mode {
+        "near-sync" => vec!["--mode", "near-sync", "--primary", PRIMARY, "--rpo-target", "1s", "--on-lag", "block"],
+        "async" => vec!["--mode", "async", "--primary", PRIMARY],
+        other => panic!("the drills cover near-sync and async, not {other}"),
     }
-    create(&cluster, &tenant, &args);
-    let all = addrs(&cluster);
-    let writers = Writers::start(&tenant, vec![all.clone(), all]);
-    writers.wait_acked_in(1, 40, Duration::from_secs(60));
-    let killed_at = Instant::now();
-    cluster.ctl(&["cluster", "kill-region", PRIMARY]).expect_success();
-    eprintln!("killed {PRIMARY}, the primary region of {tenant} ({mode})");
-    writers.wait_acked_in(2, 20, Duration::from_secs(60));
-    let pushes = writers.stop();
-    let first_new = pushes.iter().filter(|p| p.outcome == Ok(2)).map(|p| p.at).min().expect("epoch 2 acked");
-    let rto = first_new - killed_at;
-    eprintln!("{mode}: first ack of epoch 2 {:.2}s after the kill", rto.as_secs_f64());
-    metric(&format!("rto_region_kill_{}_s", mode.replace('-', "_")), format!("{:.2}", rto.as_secs_f64()));
-    assert_epochs_never_overlap(&pushes);
+}
 
-    let ev = event_from(&cluster, &tenant, 1, Duration::from_secs(30));
-    assert_eq!(ev["kind"], "failover", "{ev}");
-    eprintln!("failover record: {ev}");
-    let have = served(&cluster, &tenant);
+/// Checks the mode's claim on what the failover recorded in `ev` lost: every acked write that
+/// `tenant` no longer serves was acked by the old epoch (1), there are at least
+/// `lost_writes_min` of them, and they lie within one `rpo_target` span (near-sync) or inside the
+/// recorded loss window (async). Returns the lost acked writes.
+fn check_claim(cluster: &LocalCluster, tenant: &str, mode: &str, ev: &serde_json::Value, pushes: &[Push]) -> Vec<Push> {
+    let have = served(cluster, tenant);
     let acked: Vec<&Push> = pushes.iter().filter(|p| p.outcome.is_ok()).collect();
-    let lost: Vec<&Push> = acked.iter().copied().filter(|p| !have.contains(&p.name)).collect();
+    let lost: Vec<Push> = acked.iter().copied().filter(|p| !have.contains(&p.name)).cloned().collect();
     eprintln!(
         "{mode}: {} acked, {} lost: {:?}",
         acked.len(),
@@ -231,18 +234,22 @@ fn region_kill_drill(mode: &str) {
             }
         }
     }
+    lost
+}
 
-    // The old region returns: its replicas rejoin as followers, list their tails, and the
-    // record's maximum is filled in and bounds the loss.
-    cluster.ctl(&["cluster", "start-region", PRIMARY]).expect_success();
+/// Once the old primary region is back: the failover record's `lost_writes_max` is filled in
+/// and bounds the loss, every lost acked write is listed in a divergent tail, and an old-region
+/// node is a member (follower) of the new epoch.
+fn check_old_region_rejoined(cluster: &LocalCluster, tenant: &str, mode: &str, lost: &[Push]) {
     let (ev, _) = wait_for("lost_writes_max is filled in", Duration::from_secs(60), || {
-        let ev = event_from(&cluster, &tenant, 1, Duration::from_secs(5));
+        let ev = event_from(cluster, tenant, 1, Duration::from_secs(5));
         if ev["lost_writes_max"].is_null() {
             Err(format!("not yet: {ev}"))
         } else {
             Ok(ev)
         }
     });
+    let min = ev["lost_writes_min"].as_u64().expect("lost_writes_min is set at failover");
     let max = ev["lost_writes_max"].as_u64().expect("a number");
     eprintln!("{mode}: loss {} within [{min}, {max}]", lost.len());
     assert!(lost.len() as u64 <= max, "{} acked writes lost, more than the recorded maximum {max}: {ev}", lost.len());
@@ -255,11 +262,11 @@ fn region_kill_drill(mode: &str) {
                 .collect()
         })
         .unwrap_or_default();
-    for p in &lost {
+    for p in lost {
         assert!(listed.contains(&p.name), "lost write {} is not in any listed divergent tail: {ev}", p.name);
     }
     wait_for("an old-region node follows the new epoch", Duration::from_secs(60), || {
-        let info = cluster.tenant_show(&tenant);
+        let info = cluster.tenant_show(tenant);
         let status = cluster.status()?;
         if info.learners.iter().chain(&info.voters).any(|m| status.region_of(m) == Some(PRIMARY)) {
             Ok(())
@@ -267,6 +274,37 @@ fn region_kill_drill(mode: &str) {
             Err(format!("members: voters {:?} learners {:?}", info.voters, info.learners))
         }
     });
+}
+
+/// Kills the primary region of a `mode` tenant under two writers, checks the claim, brings the
+/// region back and checks the loss record against the writers' log.
+fn region_kill_drill(mode: &str) {
+    let cluster = LocalCluster::up(UpOptions::default());
+    let tenant = format!("drill-{mode}");
+    create(&cluster, &tenant, &mode_args(mode));
+    let all = addrs(&cluster);
+    let writers = Writers::start(&tenant, vec![all.clone(), all]);
+    writers.wait_acked_in(1, 40, Duration::from_secs(60));
+    let killed_at = Instant::now();
+    cluster.ctl(&["cluster", "kill-region", PRIMARY]).expect_success();
+    eprintln!("killed {PRIMARY}, the primary region of {tenant} ({mode})");
+    writers.wait_acked_in(2, 20, Duration::from_secs(60));
+    let pushes = writers.stop();
+    let first_new = pushes.iter().filter(|p| p.outcome == Ok(2)).map(|p| p.at).min().expect("epoch 2 acked");
+    let rto = first_new - killed_at;
+    eprintln!("{mode}: first ack of epoch 2 {:.2}s after the kill", rto.as_secs_f64());
+    metric(&format!("rto_region_kill_{}_s", mode.replace('-', "_")), format!("{:.2}", rto.as_secs_f64()));
+    assert_epochs_never_overlap(&pushes);
+
+    let ev = event_from(&cluster, &tenant, 1, Duration::from_secs(30));
+    assert_eq!(ev["kind"], "failover", "{ev}");
+    eprintln!("failover record: {ev}");
+    let lost = check_claim(&cluster, &tenant, mode, &ev, &pushes);
+
+    // The old region returns: its replicas rejoin as followers, list their tails, and the
+    // record's maximum is filled in and bounds the loss.
+    cluster.ctl(&["cluster", "start-region", PRIMARY]).expect_success();
+    check_old_region_rejoined(&cluster, &tenant, mode, &lost);
 }
 
 #[test]
@@ -277,6 +315,91 @@ fn near_sync_tenant_fails_over_within_its_rpo_when_its_primary_region_dies() {
 #[test]
 fn async_tenant_fails_over_and_records_its_loss_when_its_primary_region_dies() {
     region_kill_drill("async");
+}
+
+/// Cuts the primary region of a `mode` tenant off the other regions (every node-to-node datagram
+/// across its border dropped by the [`tetrad_tests::wan_proxy::WanProxy`], both ways; client gRPC
+/// untouched), under two writers that may use any node and one pinned to the old leader, so that
+/// the old epoch is asked to ack all along. The cut lasts past the new epoch's first ack by more
+/// than the liveness period; the writers go on while the cut heals. Then: the old epoch acked
+/// nothing after the new one started acking, the loss obeys the mode's claim, and the old region
+/// rejoins as followers with its tails listed and `lost_writes_max` filled in.
+fn region_cut_drill(mode: &str) {
+    const PINNED: usize = 2;
+    // The liveness period (`LivenessTuning`'s default, which `cluster up` keeps).
+    const LIVENESS_PERIOD: Duration = Duration::from_secs(4);
+    let cluster = LocalCluster::up(UpOptions { wan_proxy: true, ..UpOptions::default() });
+    let tenant = format!("cut-{mode}");
+    create(&cluster, &tenant, &mode_args(mode));
+    let status = cluster.status().expect("status");
+    let leader = status.tenant(&tenant).expect("tenant").leader.clone();
+    assert_eq!(status.region_of(&leader), Some(PRIMARY), "{tenant} leads from its primary region");
+    let leader_addr = status.node(&leader).expect("leader node").api_addr.clone();
+    let all = addrs(&cluster);
+    // Short pushes, so that a writer held by the cut-off leader starts a new client soon.
+    let writers = Writers::start_with_bound(&tenant, vec![all.clone(), all, vec![leader_addr]], Duration::from_secs(5));
+    writers.wait_acked_in(1, 30, Duration::from_secs(60));
+
+    let before = cluster.wan().counts();
+    let cut_at = Instant::now();
+    cluster.wan().cut(PRIMARY);
+    eprintln!("cut {PRIMARY} off, the primary region of {tenant} ({mode}), leader {leader}; relay so far {before:?}");
+    writers.wait_acked_in(2, 10, Duration::from_secs(90));
+    let first_new = writers.acks().iter().filter(|p| p.outcome == Ok(2)).map(|p| p.at).min().expect("epoch 2 acked");
+    let rto = first_new - cut_at;
+    eprintln!("{mode}: first ack of epoch 2 {:.2}s after the cut", rto.as_secs_f64());
+    metric(&format!("rto_region_cut_{}_s", mode.replace('-', "_")), format!("{:.2}", rto.as_secs_f64()));
+    // The old leader, its lease long lapsed, is asked to ack for more than a liveness period
+    // after the new epoch acks (its writer's pushes end at least every 5 s).
+    wait_until("the pinned writer was answered twice after a liveness period", Duration::from_secs(60), || {
+        let log = writers.log.lock().expect("log");
+        let after = first_new + LIVENESS_PERIOD + Duration::from_secs(1);
+        log.iter().filter(|p| p.writer == PINNED && p.at > after).count() >= 2
+    });
+    let during = cluster.wan().counts();
+    assert!(during.dropped > before.dropped, "the cut dropped nothing: {during:?}");
+    assert_eq!(during.unknown_source, 0, "datagrams from no node reached the relay: {during:?}");
+
+    let healed_at = Instant::now();
+    cluster.wan().heal();
+    eprintln!("healed the cut after {:.1}s; relay {during:?}", (healed_at - cut_at).as_secs_f64());
+    // The writers go on while the old region hears of the new epoch: its old leader must not ack
+    // in epoch 1 as soon as it can renew its liveness again.
+    let ev = wait_for("lost_writes_max is filled in after the heal", Duration::from_secs(60), || {
+        let ev = event_from(&cluster, &tenant, 1, Duration::from_secs(5));
+        if ev["lost_writes_max"].is_null() {
+            Err(format!("not yet: {ev}"))
+        } else {
+            Ok(ev)
+        }
+    })
+    .0;
+    wait_until("the pinned writer is answered after the heal", Duration::from_secs(30), || {
+        writers.log.lock().expect("log").iter().any(|p| p.writer == PINNED && p.at > healed_at + Duration::from_secs(1))
+    });
+    let pushes = writers.stop();
+    let pinned: Vec<String> = pushes
+        .iter()
+        .filter(|p| p.writer == PINNED && p.at > first_new)
+        .map(|p| format!("{} {:?}", p.name, p.outcome))
+        .collect();
+    eprintln!("the pinned writer after the first epoch-2 ack: {pinned:?}");
+    assert_epochs_never_overlap(&pushes);
+
+    assert_eq!(ev["kind"], "failover", "{ev}");
+    eprintln!("failover record: {ev}");
+    let lost = check_claim(&cluster, &tenant, mode, &ev, &pushes);
+    check_old_region_rejoined(&cluster, &tenant, mode, &lost);
+}
+
+#[test]
+fn near_sync_tenant_fails_over_within_its_rpo_when_its_primary_region_is_cut_off() {
+    region_cut_drill("near-sync");
+}
+
+#[test]
+fn async_tenant_fails_over_and_records_its_loss_when_its_primary_region_is_cut_off() {
+    region_cut_drill("async");
 }
 
 /// A frozen primary region (SIGSTOP past the liveness period, then SIGCONT) is failed over, and
