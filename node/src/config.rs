@@ -81,9 +81,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 300,
-            election_timeout_min_ms: 1_200,
-            election_timeout_max_ms: 2_400,
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
             snapshot_logs_since_last: 5_000,
             max_in_snapshot_log_to_keep: 1_000,
             max_payload_entries: 64,
@@ -216,7 +216,7 @@ mod tests {
     fn parses_a_valid_config() {
         let cfg = NodeConfig::parse(&sample(), Path::new("t.toml")).expect("valid");
         assert_eq!(cfg.me().id, 1);
-        assert_eq!(cfg.raft.election_timeout_min_ms, 1_200);
+        assert_eq!(cfg.raft.election_timeout_min_ms, 1_000);
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Redirects followed in a row without a wait. Two nodes that each name the other (during an
 /// election) would otherwise make the client spin.
 pub const REDIRECT_HOPS_FREE: u32 = 3;
+/// Times in a row one node may answer "cannot serve now" before the client tries the others. A
+/// leader whose region is cut off answers `unavailable` (its lease lapsed) for as long as the
+/// cut lasts, while a new epoch serves elsewhere; an election in progress is over well within
+/// two backoffs.
+pub const BACKOFFS_ON_ONE_NODE: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -45,6 +50,8 @@ pub struct Route {
     /// Nodes tried since the last success or the last backoff; a full round of failures backs off.
     failures_in_round: usize,
     redirect_hops: u32,
+    /// The node that answered "cannot serve now" last, and how many times in a row.
+    backoffs: Option<(String, u32)>,
 }
 
 impl Route {
@@ -59,6 +66,7 @@ impl Route {
             backoff: BACKOFF_MIN,
             failures_in_round: 0,
             redirect_hops: 0,
+            backoffs: None,
         }
     }
 
@@ -80,11 +88,15 @@ impl Route {
         self.backoff = BACKOFF_MIN;
         self.failures_in_round = 0;
         self.redirect_hops = 0;
+        self.backoffs = None;
     }
 
     pub fn failed(&mut self, addr: &str, decision: &Decision) {
         if self.sticky.as_deref() == Some(addr) && *decision != Decision::Backoff {
             self.sticky = None;
+        }
+        if *decision != Decision::Backoff {
+            self.backoffs = None;
         }
         match decision {
             Decision::Redirect(leader) => {
@@ -102,8 +114,24 @@ impl Route {
                 }
             }
             Decision::Backoff => {
-                self.pinned = Some(addr.to_owned());
+                let times = match &self.backoffs {
+                    Some((a, n)) if a == addr => n + 1,
+                    _ => 1,
+                };
                 self.wait = self.take_backoff();
+                if times >= BACKOFFS_ON_ONE_NODE {
+                    // This node keeps refusing: ask the others (round robin from after it).
+                    self.backoffs = None;
+                    if self.sticky.as_deref() == Some(addr) {
+                        self.sticky = None;
+                    }
+                    if let Some(i) = self.nodes.iter().position(|n| n == addr) {
+                        self.cursor = (i + 1) % self.nodes.len();
+                    }
+                } else {
+                    self.backoffs = Some((addr.to_owned(), times));
+                    self.pinned = Some(addr.to_owned());
+                }
             }
             Decision::Stop => {}
         }
@@ -180,16 +208,19 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_asks_the_same_node_again_after_a_capped_backoff() {
+    fn unavailable_asks_the_same_node_once_more_then_the_others_with_a_capped_backoff() {
         let mut r = route();
-        let _ = next(&mut r);
-        let mut waits = Vec::new();
+        let (mut addr, _) = next(&mut r);
+        let mut seen = Vec::new();
         for _ in 0..8 {
-            r.failed("a", &Decision::Backoff);
-            let (addr, wait) = next(&mut r);
-            assert_eq!(addr, "a");
-            waits.push(wait);
+            r.failed(&addr, &Decision::Backoff);
+            let (a, wait) = next(&mut r);
+            seen.push((a.clone(), wait));
+            addr = a;
         }
+        let addrs: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(addrs, vec!["a", "b", "b", "c", "c", "a", "a", "b"]);
+        let waits: Vec<u64> = seen.iter().map(|(_, w)| *w).collect();
         assert_eq!(waits, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000]);
     }
 

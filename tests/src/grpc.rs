@@ -103,6 +103,7 @@ impl Pusher {
         let mut last = String::from("no attempt finished");
         let mut failed_attempts = Vec::new();
         let mut maybe_stored_before = false;
+        let mut unavailable_here = 0;
         loop {
             if Instant::now() >= deadline {
                 return Err(PushError::Deadline { last });
@@ -174,6 +175,14 @@ impl Pusher {
                     maybe_stored_before = true;
                     sleep(backoff).await;
                     backoff = (backoff * 2).min(self.max_backoff);
+                    // As tetradctl does (ops/src/route.rs): a node that keeps refusing (a leader
+                    // cut off with its lease lapsed) is left for the others after two answers.
+                    unavailable_here += 1;
+                    if unavailable_here >= 2 {
+                        unavailable_here = 0;
+                        *self.leader_hint.lock().expect("hint lock") = None;
+                        addr = self.next_addr(&addr);
+                    }
                 }
                 Some(other) => {
                     return Err(PushError::Refused { kind: other.to_owned(), message: status.message().to_owned() });
