@@ -90,6 +90,7 @@ pub struct SmInner<S> {
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta,
+    #[serde(with = "crate::storage::byte_buf")]
     data: Vec<u8>,
 }
 

@@ -31,7 +31,13 @@ pub struct SegmentRecord {
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TenantCommand {
-    PutSegment { name: String, blake3: Hash, data: Vec<u8>, proposed_at_ms: u64 },
+    PutSegment {
+        name: String,
+        blake3: Hash,
+        #[serde(with = "crate::storage::byte_buf")]
+        data: Vec<u8>,
+        proposed_at_ms: u64,
+    },
 }
 
 impl std::fmt::Debug for TenantCommand {

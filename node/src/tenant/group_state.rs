@@ -50,6 +50,7 @@ pub struct ScrubBatch {
 #[derive(Serialize, Deserialize)]
 struct TenantSnapshot {
     segments: Vec<SegmentRecord>,
+    #[serde(with = "crate::storage::byte_buf::pairs")]
     chunks: Vec<(Hash, Vec<u8>)>,
 }
 
