@@ -68,6 +68,8 @@ pub type TxnFn = Box<dyn FnOnce(&WriteTransaction) -> Result<(), StoreError> + S
 
 struct WriteJob {
     work: Vec<TxnFn>,
+    /// Whether the caller needs the work on stable storage before it is told it is done.
+    durable: bool,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -236,11 +238,28 @@ impl Store {
 
     /// Runs `work` in the next batch transaction and returns once that transaction is durable.
     pub async fn write(&self, work: Vec<TxnFn>) -> Result<(), StoreError> {
+        self.submit(work, true).await
+    }
+
+    /// Runs `work` in the next batch transaction and returns once it is committed and visible to
+    /// readers, not necessarily durable: it becomes durable with the next durable commit (the
+    /// writer is one FIFO queue, and a durable redb commit persists every commit before it), and
+    /// a power loss before that undoes it as a whole, never in part.
+    ///
+    /// Only for state that is derived from something already durable and rebuilt from it after
+    /// a power loss: a group's applied state (catalog rows, the meta directory, the applied log
+    /// id), which openraft re-applies from the durable Raft log, which in turn is never purged
+    /// past the applied position except by a durable commit.
+    pub async fn write_derived(&self, work: Vec<TxnFn>) -> Result<(), StoreError> {
+        self.submit(work, false).await
+    }
+
+    async fn submit(&self, work: Vec<TxnFn>, durable: bool) -> Result<(), StoreError> {
         if work.is_empty() {
             return Ok(());
         }
         let (done, rx) = oneshot::channel();
-        self.writer.send(WriteJob { work, done }).await.map_err(|_| StoreError::WriterGone)?;
+        self.writer.send(WriteJob { work, durable, done }).await.map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -273,11 +292,13 @@ async fn run_writer(db: Arc<redb::Database>, mut rx: mpsc::Receiver<WriteJob>) {
         }
         let mut dones = Vec::with_capacity(jobs.len());
         let mut works = Vec::with_capacity(jobs.len());
+        let mut durable = false;
         for j in jobs {
+            durable |= j.durable;
             dones.push(j.done);
             works.push(j.work);
         }
-        let result = blocking(|| commit_batch(&db, works));
+        let result = blocking(|| commit_batch(&db, works, durable));
         if let Err(e) = &result {
             tracing::error!(error = %e, "store batch failed; every write in it reports the failure");
         }
@@ -288,9 +309,13 @@ async fn run_writer(db: Arc<redb::Database>, mut rx: mpsc::Receiver<WriteJob>) {
     }
 }
 
-fn commit_batch(db: &redb::Database, works: Vec<Vec<TxnFn>>) -> Result<(), StoreError> {
+/// Commits one batch: with `Durability::Immediate` (one fdatasync, which also persists every
+/// earlier non-durable commit) when any job in it must be durable, else with `Durability::None`
+/// (visible to readers, no page flush, no sync).
+fn commit_batch(db: &redb::Database, works: Vec<Vec<TxnFn>>, durable: bool) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(StoreError::db)?;
-    txn.set_durability(redb::Durability::Immediate).map_err(StoreError::db)?;
+    let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
+    txn.set_durability(durability).map_err(StoreError::db)?;
     for work in works {
         for f in work {
             if let Err(e) = f(&txn) {
