@@ -126,7 +126,12 @@ impl Catalog {
                 existing_size: existing.size,
             });
         }
-        let chunks = crate::storage::chunks::split(data).map(|c| *::blake3::hash(c).as_bytes()).collect();
+        // A segment of one chunk (nearly all WAL segments) has the chunk's hash: reuse it.
+        let chunks = if !data.is_empty() && data.len() <= crate::storage::chunks::CHUNK_BYTES {
+            vec![actual]
+        } else {
+            crate::storage::chunks::split(data).map(|c| *::blake3::hash(c).as_bytes()).collect()
+        };
         PutDecision::Store(SegmentRecord {
             name: name.to_string(),
             size: data.len() as u64,
