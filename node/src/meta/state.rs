@@ -463,17 +463,20 @@ mod group_state {
         fn apply(
             &mut self,
             _store: &Arc<Store>,
-            group: &str,
+            _group: &str,
             _at: ApplyInfo,
             cmd: &Command,
-            work: &mut Vec<TxnFn>,
+            _work: &mut Vec<TxnFn>,
         ) -> Result<Reply, StoreError> {
             let Command::Meta(c) = cmd else {
                 return Ok(Reply::None);
             };
-            let reply = MetaState::apply(self, c);
+            Ok(Reply::Meta(MetaState::apply(self, c)))
+        }
+
+        // The directory is one value: written once per batch of applies, not once per command.
+        fn stage_whole(&self, group: &str, work: &mut Vec<TxnFn>) {
             work.push(Store::kv_put(group, "state", postcard::to_stdvec(self).expect("meta state encodes")));
-            Ok(Reply::Meta(reply))
         }
 
         fn snapshot_bytes(&self, _store: &Arc<Store>) -> Result<Vec<u8>, StoreError> {

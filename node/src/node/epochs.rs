@@ -262,6 +262,11 @@ impl Node {
         if from != e {
             self.seal_local(&from_group).await;
         }
+        // Log appends the stopped group queued may still be committing: report the log as it
+        // ends once they are durable.
+        if let Err(err) = self.inner.store.flush().await {
+            return Reply::Error(crate::raft::wire::WireError::Failed(err.to_string()));
+        }
         match epoch::inspect(&self.inner.store, &from_group) {
             Ok(r) => Reply::Sealed { mark: Some(r.mark()), epoch: from },
             Err(err) => {
@@ -524,6 +529,9 @@ impl Node {
             }
             if self.tenant_group(&old).is_some() {
                 continue;
+            }
+            if store.flush().await.is_err() {
+                return;
             }
             let Ok(replica) = epoch::inspect(store, &old) else { continue };
             let Some(names) = self.current_catalog(rec).await else { return };

@@ -208,7 +208,7 @@ impl Node {
     }
 
     pub fn meta_leader(&self) -> Option<NodeId> {
-        self.inner.meta.status().leader
+        self.inner.meta.term_leader().1
     }
 
     fn topology(&self) -> Vec<NodeSlot> {
@@ -347,7 +347,7 @@ impl Node {
     /// Finds who leads a tenant's group, asking its members when this node does not host it.
     pub(super) async fn locate_leader(&self, rec: &TenantRecord) -> Option<NodeId> {
         if let Some(g) = self.tenant_group(&rec.group()) {
-            if let Some(l) = g.status().leader {
+            if let Some(l) = g.term_leader().1 {
                 return Some(l);
             }
         }
@@ -642,11 +642,11 @@ impl Node {
     /// (term, leader) of every group this node runs, for the one-leader-per-term oracle.
     pub fn group_leaders(&self) -> Vec<(String, u64, Option<NodeId>)> {
         let mut out = vec![];
-        let m = self.inner.meta.status();
-        out.push((crate::meta::META_GROUP.to_string(), m.term, m.leader));
+        let (term, leader) = self.inner.meta.term_leader();
+        out.push((crate::meta::META_GROUP.to_string(), term, leader));
         for (name, g) in self.inner.tenants.lock().expect("tenants lock").iter() {
-            let s = g.status();
-            out.push((name.clone(), s.term, s.leader));
+            let (term, leader) = g.term_leader();
+            out.push((name.clone(), term, leader));
         }
         out
     }

@@ -112,6 +112,16 @@ impl<S: GroupState> Group<S> {
         }
     }
 
+    /// (term, leader) as this replica sees them, read in place: `status` clones all of
+    /// openraft's metrics (membership, replication progress), and the simulator's
+    /// one-leader-per-term monitor asks every replica for this every 50 ms.
+    pub fn term_leader(&self) -> (u64, Option<NodeId>) {
+        use openraft_rt::WatchReceiver;
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        (m.current_term, m.current_leader)
+    }
+
     pub fn status(&self) -> GroupStatus {
         let m = {
             use openraft_rt::WatchReceiver;

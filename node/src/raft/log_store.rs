@@ -3,11 +3,18 @@
 //! Appends go through the store's writer, so they are fsync'd (and group-committed with other
 //! groups' appends) before openraft is told the I/O completed: a follower answers an append only
 //! after its entries are on stable storage.
+//!
+//! `append` does not wait for that commit, as openraft's contract asks: it queues the entries
+//! with the writer, keeps them in memory (`pending`) so that they are readable at once, and
+//! reports the flush through openraft's callback when the commit is durable. openraft meanwhile
+//! goes on (a follower applies what it learned was committed, and that apply joins the same
+//! store commit).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -16,16 +23,25 @@ use redb::ReadableDatabase;
 use super::types::{Entry, LogId, TypeConfig, Vote};
 use crate::storage::store::{group_keys, Store, StoreError, TxnFn, KV, LOG};
 
+/// Entries queued with the store's writer whose commit has not completed, by index.
+type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
+
 /// One group's log, vote and purge marker.
 #[derive(Clone)]
 pub struct GroupLog {
     store: Arc<Store>,
     group: Arc<str>,
+    /// Appended entries not yet committed by the writer: read from here until they are.
+    pending: Pending,
+}
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+    p.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl GroupLog {
     pub fn new(store: Arc<Store>, group: &str) -> Self {
-        Self { store, group: group.into() }
+        Self { store, group: group.into(), pending: Arc::default() }
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T, io::Error> {
@@ -45,6 +61,11 @@ impl GroupLog {
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, io::Error> {
+        // Pending entries come after everything committed (truncation drops pending entries
+        // from the truncation point on).
+        if let Some((_, e)) = lock(&self.pending).last_key_value() {
+            return Ok(Some(e.log_id));
+        }
         let txn = self.store.db().begin_read().map_err(StoreError::db)?;
         let log = txn.open_table(LOG).map_err(StoreError::db)?;
         let mut it = log.range((&*self.group, 0u64)..=(&*self.group, u64::MAX)).map_err(StoreError::db)?;
@@ -79,14 +100,20 @@ impl RaftLogReader<TypeConfig> for GroupLog {
         if lo > hi {
             return Ok(vec![]);
         }
-        let txn = self.store.db().begin_read().map_err(StoreError::db)?;
-        let log = txn.open_table(LOG).map_err(StoreError::db)?;
-        let mut out = vec![];
-        for item in log.range((&*self.group, lo)..=(&*self.group, hi)).map_err(StoreError::db)? {
-            let (_, v) = item.map_err(StoreError::db)?;
-            out.push(self.decode("log entry", v.value())?);
+        // Pending entries in the range, taken first: a committed row at the same index is
+        // older (it is being replaced after a truncation) or the same entry.
+        let mut out: BTreeMap<u64, Entry> = lock(&self.pending).range(lo..=hi).map(|(i, e)| (*i, e.clone())).collect();
+        let committed_hi = out.keys().next().map_or(hi, |first| first.saturating_sub(1).min(hi));
+        if lo <= committed_hi && out.len() as u64 != hi.saturating_sub(lo).saturating_add(1) {
+            let txn = self.store.db().begin_read().map_err(StoreError::db)?;
+            let log = txn.open_table(LOG).map_err(StoreError::db)?;
+            for item in log.range((&*self.group, lo)..=(&*self.group, committed_hi)).map_err(StoreError::db)? {
+                let (k, v) = item.map_err(StoreError::db)?;
+                let e: Entry = self.decode("log entry", v.value())?;
+                out.entry(k.value().1).or_insert(e);
+            }
         }
-        Ok(out)
+        Ok(out.into_values().collect())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -119,9 +146,12 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
         I::IntoIter: OptionalSend,
     {
         let mut rows = vec![];
+        let mut queued = vec![];
         for e in entries {
             rows.push((e.log_id.index, postcard::to_stdvec(&e).map_err(io::Error::other)?));
+            queued.push(e);
         }
+        let ids: Vec<LogId> = queued.iter().map(|e| e.log_id).collect();
         let group = self.group.clone();
         let work: TxnFn = Box::new(move |txn| {
             let mut log = txn.open_table(LOG).map_err(StoreError::db)?;
@@ -136,22 +166,42 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             Ok(done) => return done,
             Err(back) => back,
         };
-        let res = self.store.write(vec![work]).await;
-        match res {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let err = io::Error::from(e);
-                callback.io_completed(Err(io::Error::new(err.kind(), err.to_string())));
-                Err(err)
+        {
+            let mut pending = lock(&self.pending);
+            for e in queued {
+                pending.insert(e.log_id.index, e);
             }
         }
+        let pending = self.pending.clone();
+        let group = self.group.clone();
+        let then: crate::storage::store::ThenFn = Box::new(move |res| {
+            // Committed (now readable from the store) or failed: either way no longer pending,
+            // unless a later append has replaced the entry at that index.
+            {
+                let mut p = lock(&pending);
+                for id in &ids {
+                    if p.get(&id.index).map(|e| e.log_id) == Some(*id) {
+                        p.remove(&id.index);
+                    }
+                }
+            }
+            match res {
+                Ok(()) => callback.io_completed(Ok(())),
+                Err(e) => {
+                    tracing::error!(group = %group, error = %e, "log append failed");
+                    callback.io_completed(Err(io::Error::from(e)));
+                }
+            }
+        });
+        self.store.write_durable_then(vec![work], then).await;
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        // Queued appends at or past `from` still commit first (the writer keeps order); the
+        // removal below, queued after them, deletes them again.
+        lock(&self.pending).split_off(&from);
         let group = self.group.clone();
         let work: TxnFn = Box::new(move |txn| {
             let mut log = txn.open_table(LOG).map_err(StoreError::db)?;
@@ -167,6 +217,12 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let group = self.group.clone();
         let upto = log_id.index;
+        // openraft purges only applied entries, which are flushed; drop any stale copy anyway.
+        {
+            let mut p = lock(&self.pending);
+            let keep = p.split_off(&(upto + 1));
+            *p = keep;
+        }
         let marker = postcard::to_stdvec(&log_id).map_err(io::Error::other)?;
         let work: TxnFn = Box::new(move |txn| {
             {

@@ -53,6 +53,10 @@ pub trait GroupState: Sized + Send + Sync + 'static {
         cmd: &Command,
         work: &mut Vec<TxnFn>,
     ) -> Result<Reply, StoreError>;
+    /// Stages the rows that persist state kept as one value (the meta directory), once after a
+    /// batch of applies that ran at least one command, rather than once per command in
+    /// [`GroupState::apply`]; default: nothing (per-command rows are staged by `apply`).
+    fn stage_whole(&self, _group: &str, _work: &mut Vec<TxnFn>) {}
     /// The whole state as bytes, for a snapshot.
     fn snapshot_bytes(&self, store: &Arc<Store>) -> Result<Vec<u8>, StoreError>;
     /// Replaces the state from snapshot bytes, staging the rows to persist in `work`.
@@ -90,6 +94,7 @@ pub struct SmInner<S> {
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta,
+    #[serde(with = "crate::storage::byte_buf")]
     data: Vec<u8>,
 }
 
@@ -231,6 +236,7 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
         let mut inner = self.inner.write().await;
         let mut work: Vec<TxnFn> = vec![];
         let mut replies = vec![];
+        let mut ran_commands = false;
         while let Some((entry, responder)) = entries.try_next().await? {
             let at = ApplyInfo { term: entry.log_id.leader_id.term, index: entry.log_id.index };
             let reply = match &entry.payload {
@@ -239,6 +245,7 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
                     Reply::None
                 }
                 EntryPayload::Normal(cmd) => {
+                    ran_commands = true;
                     let store = self.store.clone();
                     let group = self.group.clone();
                     crate::storage::store::blocking(|| inner.state.apply(&store, &group, at, cmd, &mut work))?
@@ -252,8 +259,14 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
             inner.applied = Some(entry.log_id);
             replies.push((responder, reply));
         }
+        if ran_commands {
+            inner.state.stage_whole(&self.group, &mut work);
+        }
         work.extend(self.bookkeeping(inner.applied, &inner.membership));
-        self.store.write(work).await?;
+        // The applied state is derived from the Raft log, which is durable before anything is
+        // applied; a power loss that undoes this commit leaves openraft to apply the same entries
+        // again (see `Store::write_derived`). Snapshot installs, below, stay durable writes.
+        self.store.write_derived(work).await?;
         self.peers.learn(inner.state.incarnations());
         for (responder, reply) in replies {
             if let Some(r) = responder {

@@ -36,7 +36,12 @@ pub enum RaftRpc {
     Append(AppendRequest),
     Vote(VoteRequest),
     PreVote(VoteRequest),
-    Snapshot { vote: Vote, meta: SnapshotMeta, data: Vec<u8> },
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        #[serde(with = "crate::storage::byte_buf")]
+        data: Vec<u8>,
+    },
     TransferLeader(TransferLeaderRequest),
 }
 
@@ -95,7 +100,7 @@ pub enum Reply {
     Tenant(Option<crate::meta::state::TenantRecord>),
     Error(WireError),
     /// A chunk's bytes, whose blake3 the sender checked against the hash asked for.
-    Chunk(Vec<u8>),
+    Chunk(#[serde(with = "crate::storage::byte_buf")] Vec<u8>),
     /// This replica is sealed; its durable log ends at `mark` (None: it holds nothing).
     Sealed {
         mark: Option<crate::meta::state::AckMark>,

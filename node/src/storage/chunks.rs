@@ -120,7 +120,13 @@ impl ChunkStore {
 
     /// Writes a chunk durably unless it is already present and intact.
     pub fn put(&self, data: &[u8]) -> Result<Hash, ChunkError> {
-        let h: Hash = *blake3::hash(data).as_bytes();
+        self.put_hashed(*blake3::hash(data).as_bytes(), data)
+    }
+
+    /// [`ChunkStore::put`] for bytes whose blake3 `h` the caller has just computed over these
+    /// very bytes (the apply path checks a segment's hash, which for a one-chunk segment is its
+    /// chunk's): saves hashing them again.
+    pub fn put_hashed(&self, h: Hash, data: &[u8]) -> Result<Hash, ChunkError> {
         let path = self.path(&h);
         if self.disk.exists(&path) && self.get(&h).is_ok() {
             return Ok(h);

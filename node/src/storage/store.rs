@@ -66,9 +66,31 @@ impl From<StoreError> for std::io::Error {
 /// Work for the writer: a closure run inside the batch's write transaction.
 pub type TxnFn = Box<dyn FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send>;
 
+/// Called by the writer with the outcome of the commit that carried a job.
+pub type ThenFn = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 struct WriteJob {
     work: Vec<TxnFn>,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    /// Whether the caller needs the work on stable storage before it is told it is done.
+    durable: bool,
+    done: Done,
+}
+
+enum Done {
+    /// A caller awaits the outcome.
+    Wait(oneshot::Sender<Result<(), StoreError>>),
+    /// The writer hands the outcome to a callback (the caller went on at once).
+    Then(ThenFn),
+}
+
+impl Done {
+    fn send(self, result: Result<(), StoreError>) {
+        match self {
+            // A caller that went away no longer needs the answer.
+            Done::Wait(tx) => drop(tx.send(result)),
+            Done::Then(f) => f(result),
+        }
+    }
 }
 
 /// Adapter so a boxed backend from the disk seam can be handed to redb.
@@ -236,12 +258,48 @@ impl Store {
 
     /// Runs `work` in the next batch transaction and returns once that transaction is durable.
     pub async fn write(&self, work: Vec<TxnFn>) -> Result<(), StoreError> {
+        self.submit(work, true).await
+    }
+
+    /// Runs `work` in the next batch transaction and returns once it is committed and visible to
+    /// readers, not necessarily durable: it becomes durable with the next durable commit (the
+    /// writer is one FIFO queue, and a durable redb commit persists every commit before it), and
+    /// a power loss before that undoes it as a whole, never in part.
+    ///
+    /// Only for state that is derived from something already durable and rebuilt from it after
+    /// a power loss: a group's applied state (catalog rows, the meta directory, the applied log
+    /// id), which openraft re-applies from the durable Raft log, which in turn is never purged
+    /// past the applied position except by a durable commit.
+    pub async fn write_derived(&self, work: Vec<TxnFn>) -> Result<(), StoreError> {
+        self.submit(work, false).await
+    }
+
+    async fn submit(&self, work: Vec<TxnFn>, durable: bool) -> Result<(), StoreError> {
         if work.is_empty() {
             return Ok(());
         }
         let (done, rx) = oneshot::channel();
-        self.writer.send(WriteJob { work, done }).await.map_err(|_| StoreError::WriterGone)?;
+        self.writer
+            .send(WriteJob { work, durable, done: Done::Wait(done) })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues `work` for the next durable batch and returns as soon as it is queued (waiting only
+    /// while the queue is full); `then` gets the outcome once that batch committed durably, or
+    /// `WriterGone` if the writer stopped first. Jobs commit in the order they were queued.
+    pub async fn write_durable_then(&self, work: Vec<TxnFn>, then: ThenFn) {
+        let job = WriteJob { work, durable: true, done: Done::Then(then) };
+        if let Err(mpsc::error::SendError(job)) = self.writer.send(job).await {
+            job.done.send(Err(StoreError::WriterGone));
+        }
+    }
+
+    /// Returns once every job queued before it has committed durably (a barrier for code that
+    /// reads what a stopped group left on disk).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write(vec![Box::new(|_| Ok(()))]).await
     }
 
     /// Reads one KV value.
@@ -264,6 +322,10 @@ impl Store {
 
 async fn run_writer(db: Arc<redb::Database>, mut rx: mpsc::Receiver<WriteJob>) {
     while let Some(first) = rx.recv().await {
+        // Let the tasks that are ready now queue their work too, so that it joins this batch
+        // (a follower's log append and the apply of the entries it learned were committed
+        // arrive together): one commit instead of two, at no cost in latency.
+        tokio::task::yield_now().await;
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH_JOBS {
             match rx.try_recv() {
@@ -273,24 +335,29 @@ async fn run_writer(db: Arc<redb::Database>, mut rx: mpsc::Receiver<WriteJob>) {
         }
         let mut dones = Vec::with_capacity(jobs.len());
         let mut works = Vec::with_capacity(jobs.len());
+        let mut durable = false;
         for j in jobs {
+            durable |= j.durable;
             dones.push(j.done);
             works.push(j.work);
         }
-        let result = blocking(|| commit_batch(&db, works));
+        let result = blocking(|| commit_batch(&db, works, durable));
         if let Err(e) = &result {
             tracing::error!(error = %e, "store batch failed; every write in it reports the failure");
         }
         for d in dones {
-            // A caller that went away no longer needs the answer.
-            let _ = d.send(result.clone());
+            d.send(result.clone());
         }
     }
 }
 
-fn commit_batch(db: &redb::Database, works: Vec<Vec<TxnFn>>) -> Result<(), StoreError> {
+/// Commits one batch: with `Durability::Immediate` (one fdatasync, which also persists every
+/// earlier non-durable commit) when any job in it must be durable, else with `Durability::None`
+/// (visible to readers, no page flush, no sync).
+fn commit_batch(db: &redb::Database, works: Vec<Vec<TxnFn>>, durable: bool) -> Result<(), StoreError> {
     let mut txn = db.begin_write().map_err(StoreError::db)?;
-    txn.set_durability(redb::Durability::Immediate).map_err(StoreError::db)?;
+    let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
+    txn.set_durability(durability).map_err(StoreError::db)?;
     for work in works {
         for f in work {
             if let Err(e) = f(&txn) {

@@ -31,7 +31,13 @@ pub struct SegmentRecord {
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TenantCommand {
-    PutSegment { name: String, blake3: Hash, data: Vec<u8>, proposed_at_ms: u64 },
+    PutSegment {
+        name: String,
+        blake3: Hash,
+        #[serde(with = "crate::storage::byte_buf")]
+        data: Vec<u8>,
+        proposed_at_ms: u64,
+    },
 }
 
 impl std::fmt::Debug for TenantCommand {
@@ -120,7 +126,12 @@ impl Catalog {
                 existing_size: existing.size,
             });
         }
-        let chunks = crate::storage::chunks::split(data).map(|c| *::blake3::hash(c).as_bytes()).collect();
+        // A segment of one chunk (nearly all WAL segments) has the chunk's hash: reuse it.
+        let chunks = if !data.is_empty() && data.len() <= crate::storage::chunks::CHUNK_BYTES {
+            vec![actual]
+        } else {
+            crate::storage::chunks::split(data).map(|c| *::blake3::hash(c).as_bytes()).collect()
+        };
         PutDecision::Store(SegmentRecord {
             name: name.to_string(),
             size: data.len() as u64,

@@ -64,6 +64,8 @@ pub async fn seed(store: &Arc<Store>, old_group: &str, new_group: &str) -> Resul
     if store.kv_get(new_group, SEEDED)?.is_some() {
         return Ok(0);
     }
+    // Appends the stopped old group queued may still be committing (see raft/log_store.rs).
+    store.flush().await?;
     let log = read_durable_log(store, old_group)?;
     let mut state = TenantState::load(store, old_group)?;
     let mut work: Vec<TxnFn> = vec![];

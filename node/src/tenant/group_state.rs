@@ -50,6 +50,7 @@ pub struct ScrubBatch {
 #[derive(Serialize, Deserialize)]
 struct TenantSnapshot {
     segments: Vec<SegmentRecord>,
+    #[serde(with = "crate::storage::byte_buf::pairs")]
     chunks: Vec<(Hash, Vec<u8>)>,
 }
 
@@ -182,8 +183,10 @@ impl GroupState for TenantState {
         let reply = match self.catalog.decide_put(name, blake3, data, *proposed_at_ms, at.term, at.index) {
             PutDecision::Reply(r) => r,
             PutDecision::Store(rec) => {
-                for piece in crate::storage::chunks::split(data) {
-                    self.chunks.put(piece).map_err(chunk_err)?;
+                // `rec.chunks` holds the blake3 of each piece, just computed by `decide_put`.
+                debug_assert_eq!(crate::storage::chunks::split(data).count(), rec.chunks.len());
+                for (piece, h) in crate::storage::chunks::split(data).zip(&rec.chunks) {
+                    self.chunks.put_hashed(*h, piece).map_err(chunk_err)?;
                 }
                 let row = postcard::to_stdvec(&rec).expect("segment record encodes");
                 let (g, n) = (group.to_string(), rec.name.clone());
