@@ -92,18 +92,27 @@ impl Node {
 
     async fn takeover_group<S: GroupState>(&self, g: &Group<S>, state: &mut Takeover) {
         let me = self.inner.me;
-        let st = g.status();
         let Some(contact) = g.last_leader_contact() else { return };
+        let schedule = Schedule::from_heartbeat(Duration::from_millis(self.inner.cfg.raft.heartbeat_interval_ms));
+        let now = Instant::now();
+        // Cheap looks first (this runs every 50 ms for every group): nothing to do while the
+        // leader's lease runs here, or while this node leads.
+        if now < schedule.due(contact, g.leader_lease(), 0, 1, None) {
+            return;
+        }
+        if g.term_leader().1 == Some(me) {
+            state.campaigned.remove(&g.name);
+            return;
+        }
+        let st = g.status();
         if st.is_leader || !st.voters.contains(&me) {
             state.campaigned.remove(&g.name);
             return;
         }
         let voters: Vec<NodeId> = st.voters.iter().copied().collect();
         let Some(rank) = rank_of(me, &voters, st.leader, |n| self.region_of(n).map(str::to_string)) else { return };
-        let schedule = Schedule::from_heartbeat(Duration::from_millis(self.inner.cfg.raft.heartbeat_interval_ms));
         let last = state.campaigned.get(&g.name).copied().filter(|t| *t > contact);
         let due = schedule.due(contact, g.leader_lease(), rank, voters.len(), last);
-        let now = Instant::now();
         if now < due {
             return;
         }
