@@ -8,6 +8,7 @@ mod epochs;
 mod failover;
 mod ops;
 mod repair;
+mod report_batch;
 mod takeover;
 mod tasks;
 
@@ -78,6 +79,8 @@ pub(crate) struct Inner {
     /// Per group this node leads: the term and the monotonic time it was first seen leading in
     /// it (see `Node::led_for`).
     pub leading_since: Mutex<std::collections::HashMap<String, (u64, std::time::Duration)>>,
+    /// Reports waiting for the next meta batch while this node leads the meta group.
+    pub reports: report_batch::ReportBatcher,
 }
 
 /// A running node. Cheap to clone.
@@ -150,6 +153,7 @@ impl Node {
             controller: Mutex::new(Default::default()),
             started,
             leading_since: Mutex::new(Default::default()),
+            reports: Default::default(),
             stop,
             cfg,
         });

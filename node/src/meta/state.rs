@@ -231,6 +231,18 @@ pub enum MetaCommand {
     FirstAck { tenant: String, epoch: u64, at_ms: u64 },
     /// A replica of `epoch` came back after the tenant moved on and lists its divergent tail.
     ReportTail { tenant: String, epoch: u64, node: NodeId, tail: Vec<TailWrite> },
+    /// Reports gathered by the meta leader into one entry (liveness renewals, ack marks; see
+    /// `node/src/node/report_batch.rs`), applied in order; the reply lists one answer each.
+    /// Only report commands belong in a batch (`MetaCommand::is_report`): a batch never nests.
+    Batch(Vec<MetaCommand>),
+}
+
+impl MetaCommand {
+    /// Periodic reports that commute with each other and can wait a moment for company: the
+    /// meta leader batches them into one entry.
+    pub fn is_report(&self) -> bool {
+        matches!(self, MetaCommand::Heartbeat { .. } | MetaCommand::ReportAcked { .. } | MetaCommand::FirstAck { .. })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +259,8 @@ pub enum MetaReply {
     },
     TenantUpdated(TenantRecord),
     Noted,
+    /// One answer per command of a `MetaCommand::Batch`, in its order.
+    Batch(Vec<MetaReply>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +373,14 @@ impl MetaState {
                 }
                 MetaReply::Noted
             }
+            MetaCommand::Batch(cmds) => MetaReply::Batch(
+                cmds.iter()
+                    .map(|c| match c {
+                        c if c.is_report() => self.apply(c),
+                        _ => MetaReply::Refused { reason: "only reports may be batched".into() },
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -397,6 +419,56 @@ mod tests {
         let r = s.apply(&MetaCommand::Heartbeat { node: 7, incarnation: 2, proposed_at_ms: 20 });
         assert!(matches!(r, MetaReply::HeartbeatRefused { .. }), "{r:?}");
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_batch_applies_each_report_in_order_and_refuses_anything_else() {
+        let mut s = MetaState::default();
+        let create = MetaCommand::CreateTenant {
+            record: TenantRecord {
+                spec: TenantSpec {
+                    name: "acme".into(),
+                    mode: Mode::Sync,
+                    primary: "eu-west".into(),
+                    rpo_target_ms: 0,
+                    on_lag: "block".into(),
+                    regions: vec![],
+                },
+                epoch: 1,
+                voters: vec![1, 2, 3],
+                learners: vec![],
+                created_at_ms: 5,
+                state: TenantState::Healthy,
+                founder: 1,
+                version: 0,
+                base: None,
+                sealed: false,
+                failover_to: None,
+                acked: None,
+            },
+        };
+        let r = s.apply(&MetaCommand::Batch(vec![
+            MetaCommand::Heartbeat { node: 7, incarnation: 1, proposed_at_ms: 10 },
+            MetaCommand::Heartbeat { node: 8, incarnation: 5, proposed_at_ms: 11 },
+            create,
+            MetaCommand::Heartbeat { node: 7, incarnation: 2, proposed_at_ms: 12 },
+            MetaCommand::Heartbeat { node: 7, incarnation: 1, proposed_at_ms: 13 },
+        ]));
+        let MetaReply::Batch(replies) = r else { panic!("not a batch reply: {r:?}") };
+        assert_eq!(replies.len(), 5);
+        assert_eq!(replies[0], MetaReply::HeartbeatAccepted);
+        assert_eq!(replies[1], MetaReply::HeartbeatAccepted);
+        assert!(
+            matches!(&replies[2], MetaReply::Refused { reason } if reason.contains("only reports")),
+            "{:?}",
+            replies[2]
+        );
+        assert!(matches!(replies[3], MetaReply::HeartbeatRefused { .. }), "{:?}", replies[3]);
+        assert_eq!(replies[4], MetaReply::HeartbeatAccepted);
+        assert!(s.tenants.is_empty(), "a batched non-report command changed the state");
+        assert_eq!(s.nodes[&7].last_heartbeat_ms, 13);
+        assert_eq!(s.nodes[&7].heartbeats, 2);
+        assert_eq!(s.nodes[&8].incarnation, 5);
     }
 
     #[test]

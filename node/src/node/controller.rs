@@ -327,7 +327,7 @@ mod tests {
         let ms = Duration::from_millis;
         let mut o = Observations::default();
         // The controller looks every 200 ms; node 1 renews once, at 103 s.
-        let mut look = |o: &mut Observations, from: u64, to: u64, count: u64| {
+        let look = |o: &mut Observations, from: u64, to: u64, count: u64| {
             let mut t = from;
             while t <= to {
                 o.observe([(1, count)], ms(t));

@@ -6,7 +6,6 @@ use super::Node;
 use crate::meta::META_GROUP;
 use crate::raft::group::WriteError;
 use crate::raft::wire::{self, Envelope, Reply, ReplyEnvelope, Request, WireError};
-use crate::raft::Command;
 use crate::seams::net::NodeId;
 
 pub(super) async fn handle(node: Node, from: NodeId, request: Bytes) -> Bytes {
@@ -47,7 +46,7 @@ async fn route(node: &Node, from: NodeId, env: Envelope) -> Reply {
                 }
             }
         }
-        Request::MetaPropose { cmd } => match node.inner.meta.write(Command::Meta(cmd)).await {
+        Request::MetaPropose { cmd } => match node.meta_write(cmd).await {
             Ok((crate::raft::Reply::Meta(reply), _, index)) => Reply::MetaAt { reply, index },
             Ok((other, _, _)) => Reply::Error(WireError::Failed(format!("unexpected meta reply {other:?}"))),
             Err(e) => write_err(e),

@@ -141,7 +141,7 @@ impl Node {
     /// the answer carries none: a refusal by a peer).
     pub async fn propose_meta_at(&self, cmd: MetaCommand) -> Result<(MetaReply, u64), ApiError> {
         let mut candidates: Vec<NodeId> = vec![];
-        match self.inner.meta.write(Command::Meta(cmd.clone())).await {
+        match self.meta_write(cmd.clone()).await {
             Ok((crate::raft::Reply::Meta(r), _, index)) => return Ok((r, index)),
             Ok((other, _, _)) => return Err(ApiError::Internal(format!("unexpected meta reply {other:?}"))),
             Err(WriteError::NotLeader(Some(l))) if l != self.inner.me => candidates.push(l),
