@@ -29,7 +29,11 @@ async fn liveness_loop(node: Node) {
             incarnation: node.inner.store.incarnation(),
             proposed_at_ms: node.inner.clock.wall_now_ms(),
         };
-        match tokio::time::timeout(every * 2, node.propose_meta_at(cmd)).await {
+        // The ack marks ride in the same meta batch as the renewal (`report_batch.rs`), so that
+        // a tenant leader's round takes as long as everyone else's and the rounds stay aligned.
+        let (renewal, ()) =
+            tokio::join!(tokio::time::timeout(every * 2, node.propose_meta_at(cmd)), node.report_acks());
+        match renewal {
             Ok(Ok((MetaReply::HeartbeatAccepted, index))) => {
                 // The lease counts only once this node's copy of the directory holds everything
                 // committed up to the renewal: a region that was cut off while the meta group
@@ -37,7 +41,6 @@ async fn liveness_loop(node: Node) {
                 if node.wait_meta_applied(index, every).await {
                     node.inner.liveness.renewed(sent_at);
                 }
-                node.report_acks().await;
             }
             Ok(Ok((MetaReply::HeartbeatRefused { reason }, _))) | Ok(Ok((MetaReply::Refused { reason }, _))) => {
                 node.inner.liveness.revoke();
