@@ -42,6 +42,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use redb::StorageBackend;
 use tetrad_node::seams::disk::Disk;
 
+mod pages;
+use pages::Pages;
+
 /// The granularity at which the cache tracks which bytes a backend wrote since its last sync.
 const PAGE_BYTES: usize = 4096;
 
@@ -106,8 +109,8 @@ struct State {
 
 #[derive(Default)]
 struct Inode {
-    durable: Vec<u8>,
-    volatile: Vec<u8>,
+    durable: Pages,
+    volatile: Pages,
     /// Indices of `PAGE_BYTES` pages in which `volatile` may differ from `durable`. Outside these
     /// pages the two agree wherever both have bytes (`assert_clean_pages_agree`).
     dirty_pages: BTreeSet<usize>,
@@ -119,7 +122,8 @@ struct Inode {
 
 impl Inode {
     fn with_contents(data: &[u8]) -> Self {
-        Self { durable: data.to_vec(), volatile: data.to_vec(), linked: true, ..Self::default() }
+        let bytes = Pages::from_slice(data);
+        Self { durable: bytes.clone(), volatile: bytes, linked: true, ..Self::default() }
     }
 
     fn mark_dirty(&mut self, start: usize, end: usize) {
@@ -129,13 +133,12 @@ impl Inode {
     }
 
     fn sync(&mut self) {
-        self.durable.resize(self.volatile.len(), 0);
+        self.durable.take_len_of(&self.volatile);
         for &page in &self.dirty_pages {
-            let range = page_range(page, self.volatile.len());
-            self.durable[range.clone()].copy_from_slice(&self.volatile[range]);
+            self.durable.take_page_of(&self.volatile, page);
         }
         self.dirty_pages.clear();
-        debug_assert_eq!(self.durable, self.volatile);
+        debug_assert!(self.durable.same_bytes(&self.volatile));
     }
 
     /// What the disk holds after a power loss; `tear` says which unsynced units and length change
@@ -146,17 +149,17 @@ impl Inode {
         let mut disk = std::mem::take(&mut self.durable);
         if let Some(tear) = tear {
             if self.volatile.len() != disk.len() && tear.lands(inode, u64::MAX) {
-                disk.resize(self.volatile.len(), 0);
+                disk.set_len(self.volatile.len());
             }
             let reachable = disk.len().min(self.volatile.len());
             for &page in &self.dirty_pages {
                 let page_range = page_range(page, reachable);
                 for start in page_range.clone().step_by(tear.unit_bytes) {
                     let unit = start..(start + tear.unit_bytes).min(page_range.end);
-                    if disk[unit.clone()] != self.volatile[unit.clone()]
+                    if !disk.same_range(&self.volatile, unit.clone())
                         && tear.lands(inode, (start / tear.unit_bytes) as u64)
                     {
-                        disk[unit.clone()].copy_from_slice(&self.volatile[unit]);
+                        disk.copy_range_from(&self.volatile, unit);
                         landed += 1;
                     }
                 }
@@ -175,7 +178,7 @@ impl Inode {
         for page in 0..common.div_ceil(PAGE_BYTES) {
             if !self.dirty_pages.contains(&page) {
                 let range = page_range(page, common);
-                assert_eq!(self.durable[range.clone()], self.volatile[range], "clean page {page} differs");
+                assert!(self.durable.same_range(&self.volatile, range), "clean page {page} differs");
             }
         }
     }
@@ -360,9 +363,9 @@ impl SimDisk {
                 format!("{} has {} durable bytes; cannot rot byte {offset}", path.display(), inode.durable.len()),
             ));
         }
-        inode.durable[offset] ^= 1 << bit;
+        inode.durable.flip_bit(offset, bit);
         if !inode.dirty_pages.contains(&(offset / PAGE_BYTES)) && offset < inode.volatile.len() {
-            inode.volatile[offset] ^= 1 << bit;
+            inode.volatile.flip_bit(offset, bit);
         }
         Ok(())
     }
@@ -433,7 +436,7 @@ impl Disk for SimDisk {
         let state = self.lock();
         state.require_not_dir(path)?;
         let id = state.files.get(path).ok_or_else(|| not_found(path))?;
-        Ok(state.inodes[id].volatile.clone())
+        Ok(state.inodes[id].volatile.to_vec())
     }
 
     fn exists(&self, path: &Path) -> bool {
@@ -532,11 +535,10 @@ impl StorageBackend for SimBackend {
         self.with_inode(|inode, _| {
             let file_len = inode.volatile.len();
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            let bytes = start
-                .checked_add(out.len())
-                .and_then(|end| inode.volatile.get(start..end))
-                .ok_or_else(|| out_of_range(&self.path, offset, out.len(), file_len))?;
-            out.copy_from_slice(bytes);
+            if start.checked_add(out.len()).is_none_or(|end| end > file_len) {
+                return Err(out_of_range(&self.path, offset, out.len(), file_len));
+            }
+            inode.volatile.read(start, out);
             Ok(())
         })
     }
@@ -552,7 +554,7 @@ impl StorageBackend for SimBackend {
             if len < old {
                 inode.mark_dirty(len, old);
             }
-            inode.volatile.resize(len, 0);
+            inode.volatile.set_len(len);
             Ok(())
         })
     }
@@ -581,10 +583,7 @@ impl StorageBackend for SimBackend {
                 .checked_add(data.len())
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("write at {offset} overflows")))?;
             // As a real file does, a write past the end extends it with zeros up to the write.
-            if end > inode.volatile.len() {
-                inode.volatile.resize(end, 0);
-            }
-            inode.volatile[start..end].copy_from_slice(data);
+            inode.volatile.write(start, data);
             inode.mark_dirty(start, end);
             stats.bytes_written += data.len() as u64;
             Ok(())
