@@ -60,9 +60,11 @@ pub enum Checked {
 }
 
 pub fn hex(h: &Hash) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
     for b in h {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
 }
@@ -207,6 +209,15 @@ pub fn split(data: &[u8]) -> impl Iterator<Item = &[u8]> {
 mod tests {
     use super::*;
     use crate::seams::disk::{DiskEvent, OsDisk};
+
+    #[test]
+    fn hex_is_blake3s_lowercase_hex_and_parses_back() {
+        for data in [&b""[..], b"wal", &[0xff; 100]] {
+            let h = *blake3::hash(data).as_bytes();
+            assert_eq!(hex(&h), blake3::Hash::from(h).to_hex().as_str());
+            assert_eq!(parse_hex(&hex(&h)), Some(h));
+        }
+    }
 
     /// A peer that holds its own copies.
     struct Peer(ChunkStore, NodeId);
