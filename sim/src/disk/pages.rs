@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use super::PAGE_BYTES;
 
-type Page = Arc<[u8; PAGE_BYTES]>;
+/// Always `PAGE_BYTES` long.
+type Page = Arc<[u8]>;
 
 static ZERO_PAGE: [u8; PAGE_BYTES] = [0; PAGE_BYTES];
 
@@ -36,7 +37,7 @@ impl Pages {
         self.len
     }
 
-    fn page(&self, index: usize) -> &[u8; PAGE_BYTES] {
+    fn page(&self, index: usize) -> &[u8] {
         self.pages[index].as_deref().unwrap_or(&ZERO_PAGE)
     }
 
@@ -75,11 +76,12 @@ impl Pages {
                 Some(p) if !overwrite_shared => {
                     Arc::make_mut(p)[at..at + n].copy_from_slice(&data[done..done + n]);
                 }
+                // A whole page is copied once, straight from the data.
+                _ if n == PAGE_BYTES => *slot = Some(Arc::from(&data[done..done + n])),
                 _ => {
-                    let mut fresh = Arc::new(ZERO_PAGE);
-                    Arc::get_mut(&mut fresh).expect("a fresh page is unshared")[at..at + n]
-                        .copy_from_slice(&data[done..done + n]);
-                    *slot = Some(fresh);
+                    let mut fresh = vec![0; PAGE_BYTES];
+                    fresh[at..at + n].copy_from_slice(&data[done..done + n]);
+                    *slot = Some(Arc::from(fresh));
                 }
             }
         });
