@@ -421,32 +421,35 @@ mod tests {
         assert_eq!(s, before);
     }
 
+    /// A sync tenant "acme" at epoch 1 on voters 1, 2, 3.
+    fn acme_record() -> TenantRecord {
+        TenantRecord {
+            spec: TenantSpec {
+                name: "acme".into(),
+                mode: Mode::Sync,
+                primary: "eu-west".into(),
+                rpo_target_ms: 0,
+                on_lag: "block".into(),
+                regions: vec![],
+            },
+            epoch: 1,
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            created_at_ms: 5,
+            state: TenantState::Healthy,
+            founder: 1,
+            version: 0,
+            base: None,
+            sealed: false,
+            failover_to: None,
+            acked: None,
+        }
+    }
+
     #[test]
     fn a_batch_applies_each_report_in_order_and_refuses_anything_else() {
         let mut s = MetaState::default();
-        let create = MetaCommand::CreateTenant {
-            record: TenantRecord {
-                spec: TenantSpec {
-                    name: "acme".into(),
-                    mode: Mode::Sync,
-                    primary: "eu-west".into(),
-                    rpo_target_ms: 0,
-                    on_lag: "block".into(),
-                    regions: vec![],
-                },
-                epoch: 1,
-                voters: vec![1, 2, 3],
-                learners: vec![],
-                created_at_ms: 5,
-                state: TenantState::Healthy,
-                founder: 1,
-                version: 0,
-                base: None,
-                sealed: false,
-                failover_to: None,
-                acked: None,
-            },
-        };
+        let create = MetaCommand::CreateTenant { record: acme_record() };
         let r = s.apply(&MetaCommand::Batch(vec![
             MetaCommand::Heartbeat { node: 7, incarnation: 1, proposed_at_ms: 10 },
             MetaCommand::Heartbeat { node: 8, incarnation: 5, proposed_at_ms: 11 },
@@ -473,28 +476,7 @@ mod tests {
 
     #[test]
     fn create_tenant_is_idempotent_and_refuses_a_different_spec() {
-        let spec = TenantSpec {
-            name: "acme".into(),
-            mode: Mode::Sync,
-            primary: "eu-west".into(),
-            rpo_target_ms: 0,
-            on_lag: "block".into(),
-            regions: vec![],
-        };
-        let rec = TenantRecord {
-            spec: spec.clone(),
-            epoch: 1,
-            voters: vec![1, 2, 3],
-            learners: vec![],
-            created_at_ms: 5,
-            state: TenantState::Healthy,
-            founder: 1,
-            version: 0,
-            base: None,
-            sealed: false,
-            failover_to: None,
-            acked: None,
-        };
+        let rec = acme_record();
         let mut s = MetaState::default();
         assert_eq!(s.apply(&MetaCommand::CreateTenant { record: rec.clone() }), MetaReply::TenantCreated(rec.clone()));
         let mut again = rec.clone();
