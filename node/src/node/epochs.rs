@@ -192,7 +192,7 @@ impl Node {
         }
     }
 
-    /// Reports each led group's newest ack to the meta group (called after a liveness renewal).
+    /// Reports each led group's newest ack to the meta group (sent alongside each liveness renewal).
     pub(super) async fn report_acks(&self) {
         let due: Vec<(String, AckMark)> = {
             let books = self.inner.acks.lock().expect("acks lock");

@@ -31,8 +31,12 @@ async fn liveness_loop(node: Node) {
         };
         // The ack marks ride in the same meta batch as the renewal (`report_batch.rs`), so that
         // a tenant leader's round takes as long as everyone else's and the rounds stay aligned.
-        let (renewal, ()) =
-            tokio::join!(tokio::time::timeout(every * 2, node.propose_meta_at(cmd)), node.report_acks());
+        // Both are bounded alike, so that an unreachable meta group delays the next renewal
+        // attempt no more than before (an unfinished report is sent again next round).
+        let (renewal, _) = tokio::join!(
+            tokio::time::timeout(every * 2, node.propose_meta_at(cmd)),
+            tokio::time::timeout(every * 2, node.report_acks())
+        );
         match renewal {
             Ok(Ok((MetaReply::HeartbeatAccepted, index))) => {
                 // The lease counts only once this node's copy of the directory holds everything
