@@ -90,7 +90,9 @@ impl Node {
 
     /// One look of the controller (called every [`CONTROL_EVERY`] by the node's loop).
     pub(super) async fn control_once(&self) {
-        if !self.inner.meta.status().is_leader {
+        // Every node asks every 200 ms: read the leader in place (`GroupStatus::is_leader` is
+        // the same test) rather than clone the group's metrics.
+        if self.inner.meta.term_leader().1 != Some(self.inner.me) {
             *self.inner.controller.lock().expect("controller lock") = Default::default();
             return;
         }
