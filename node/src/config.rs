@@ -76,6 +76,9 @@ pub struct RaftTuning {
     pub max_in_snapshot_log_to_keep: u64,
     /// Largest number of entries sent in one append.
     pub max_payload_entries: u64,
+    /// A Raft log file rolls over to a new one at this size; old files are deleted once their
+    /// entries were purged (node/src/storage/raft_log.rs).
+    pub log_file_bytes: u64,
 }
 
 impl Default for RaftTuning {
@@ -87,6 +90,7 @@ impl Default for RaftTuning {
             snapshot_logs_since_last: 5_000,
             max_in_snapshot_log_to_keep: 1_000,
             max_payload_entries: 64,
+            log_file_bytes: 64 << 20,
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::raft::peers::PeerBook;
 use crate::seams::clock::ClockRef;
 use crate::seams::disk::DiskRef;
 use crate::seams::net::{NodeId, RpcHandler, RpcHandlerRef, TransportRef};
-use crate::storage::store::{Store, StoreError};
+use crate::storage::store::{Store, StoreError, StoreOptions};
 use crate::tenant::group_state::TenantState;
 
 /// How long shutdown waits for one group.
@@ -123,7 +123,8 @@ impl Node {
         make_transport: impl FnOnce(RpcHandlerRef) -> Result<TransportRef, String>,
     ) -> Result<Node, StartError> {
         let me = cfg.me().id;
-        let store = Store::open(deps.disk.clone(), &cfg.data_dir, &cfg.name)?;
+        let options = StoreOptions { log_file_bytes: cfg.raft.log_file_bytes };
+        let store = Store::open_with(deps.disk.clone(), &cfg.data_dir, &cfg.name, &options)?;
         let slot = Arc::new(Mutex::new(Weak::new()));
         let transport = make_transport(Arc::new(LateHandler { node: slot.clone(), incarnation: store.incarnation() }))
             .map_err(StartError::Transport)?;

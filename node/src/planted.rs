@@ -11,8 +11,8 @@
 pub enum Bug {
     /// The push path acks as soon as the leader accepted the write, before it is committed.
     AckBeforeCommit,
-    /// The log store reports appended entries flushed after a commit without fsync
-    /// (`Durability::None`), so a follower answers an append before the entries are durable.
+    /// The log store reports appended entries flushed when they are queued for the log files,
+    /// before the fsync, so a follower answers an append before the entries are durable.
     AckBeforeFsync,
     /// A node whose disk was wiped silently re-creates an empty store under its old name, and peers
     /// stop checking the storage incarnation, so its empty log votes.
@@ -90,11 +90,10 @@ pub fn plant(bug: Option<Bug>) -> Result<(), String> {
 }
 
 #[cfg(feature = "planted-bugs")]
-pub use imp::{ack_before_commit, append_unsynced, reinit_if_wiped};
+pub use imp::{ack_before_commit, reinit_if_wiped, report_before_sync};
 
 #[cfg(feature = "planted-bugs")]
 mod imp {
-    use std::io;
     use std::path::Path;
     use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -106,7 +105,7 @@ mod imp {
     use crate::raft::types::TypeConfig;
     use crate::raft::Command;
     use crate::seams::disk::DiskRef;
-    use crate::storage::store::{Store, StoreError, TxnFn};
+    use crate::storage::store::Store;
     use crate::tenant::catalog::TenantCommand;
     use crate::tenant::group_state::TenantState;
 
@@ -142,37 +141,16 @@ mod imp {
         Ok(PushOutcome { already_present: false, size, blake3, epoch, term: 0, index: 0 })
     }
 
-    /// `ack-before-fsync`: commits an append with `Durability::None` instead of through the
-    /// store's fsyncing writer, then reports the I/O flushed. When the bug is not planted the work
-    /// and the callback come back in `Err`, untouched.
-    #[allow(clippy::type_complexity)]
-    pub fn append_unsynced(
-        store: &Store,
-        work: TxnFn,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<Result<(), io::Error>, (TxnFn, IOFlushed<TypeConfig>)> {
+    /// `ack-before-fsync`: reports an append flushed as soon as it is queued with the store's
+    /// writer, before the writer's sync (the writer still writes it, in order). A follower thus
+    /// answers an append before its entries are durable. Hands the callback back when the bug is
+    /// not planted.
+    pub fn report_before_sync(callback: IOFlushed<TypeConfig>) -> Option<IOFlushed<TypeConfig>> {
         if !super::on(Bug::AckBeforeFsync) {
-            return Err((work, callback));
+            return Some(callback);
         }
-        let commit = || -> Result<(), StoreError> {
-            // The simulator's runtime has one thread and the writer task never holds a write
-            // transaction across an await, so this cannot wait on the writer's transaction.
-            let mut txn = store.db().begin_write().map_err(StoreError::db)?;
-            txn.set_durability(redb::Durability::None).map_err(StoreError::db)?;
-            work(&txn)?;
-            txn.commit().map_err(StoreError::db)
-        };
-        Ok(match commit() {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let err = io::Error::from(e);
-                callback.io_completed(Err(io::Error::new(err.kind(), err.to_string())));
-                Err(err)
-            }
-        })
+        callback.io_completed(Ok(()));
+        None
     }
 
     /// `wiped-node-votes`: where the product refuses to open a missing store

@@ -46,6 +46,8 @@ use redb::StorageBackend;
 use tetrad_node::seams::disk::Disk;
 
 mod pages;
+#[cfg(test)]
+mod raft_log_tests;
 use pages::Pages;
 
 /// The granularity at which the cache tracks which bytes a backend wrote since its last sync.

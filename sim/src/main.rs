@@ -110,8 +110,64 @@ fn plant(p: Option<&str>) -> Result<Option<Bug>, String> {
     Ok(Some(bug))
 }
 
+/// Wall seconds a run may go without its runtime ever going idle (see `run::IDLE_TURNS`); a
+/// healthy run goes idle thousands of times per wall second. `TETRAD_SIM_LIVELOCK_SECS`
+/// overrides it.
+fn livelock_wall_secs() -> u64 {
+    std::env::var("TETRAD_SIM_LIVELOCK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30)
+}
+
+/// Watches one run from another thread. A livelocked run never returns to the caller (the
+/// simulator's runtime has one thread, and simulated time stands still), so the watchdog
+/// reports it in the sweep's failure format and ends the process with exit code 1.
+struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(opts: &RunOptions) -> Self {
+        use std::sync::atomic::Ordering;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seed, replay) = (opts.seed, replay(opts));
+        let flag = done.clone();
+        let limit = livelock_wall_secs();
+        let thread = std::thread::spawn(move || {
+            let mut last = tetrad_sim::run::IDLE_TURNS.load(Ordering::Relaxed);
+            let mut still = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::park_timeout(std::time::Duration::from_millis(200));
+                let now = tetrad_sim::run::IDLE_TURNS.load(Ordering::Relaxed);
+                if now != last {
+                    (last, still) = (now, Instant::now());
+                } else if still.elapsed().as_secs() >= limit && !flag.load(Ordering::Relaxed) {
+                    println!("seed {seed} FAILED (livelock):");
+                    println!(
+                        "  liveness: simulated time stood still for {limit} s of wall time: tasks keep each other busy without waiting"
+                    );
+                    println!("  replay: {replay}");
+                    println!("seeds: ? violations: 1 (the sweep stopped at the livelocked seed)");
+                    std::process::exit(1);
+                }
+            }
+        });
+        Watchdog { done, thread: Some(thread) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
 fn guarded(opts: &RunOptions) -> RunReport {
     let wall = Instant::now();
+    let _watchdog = Watchdog::start(opts);
     match std::panic::catch_unwind(|| run(opts)) {
         Ok(r) => r,
         Err(p) => {

@@ -124,6 +124,12 @@ fn record_panics() {
     PANICS.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
+/// How often a run's runtime ran out of ready tasks. Simulated time advances only then (the
+/// clock is paused and jumps to the next timer), so a count that stops moving while a run is
+/// going means tasks keep each other busy without time passing: a livelock, which the sweep's
+/// watchdog (main.rs) reports.
+pub static IDLE_TURNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Runs a seed on a fresh seeded runtime. A panic of the run itself unwinds to the caller; a
 /// panic in one of its tasks is reported as a violation.
 pub fn run(opts: &RunOptions) -> RunReport {
@@ -135,6 +141,9 @@ pub fn run(opts: &RunOptions) -> RunReport {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
+        .on_thread_park(|| {
+            IDLE_TURNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
         .rng_seed(tokio::runtime::RngSeed::from_bytes(&opts.seed.to_le_bytes()))
         .build()
         .expect("a current-thread runtime builds");
@@ -195,6 +204,16 @@ async fn run_async(opts: RunOptions) -> RunReport {
     c.trace.event(&format!("tenant {} primary {primary} voters {:?}", tenant.name, tenant.voters));
 
     end_phase("boot", &mut report);
+    // Test hook for the livelock watchdog (sim/tests/determinism.rs): a task that, from the given
+    // simulated time on, never waits.
+    if let Some(at) = std::env::var("TETRAD_SIM_SPIN_AT_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(at)).await;
+            loop {
+                tokio::task::yield_now().await;
+            }
+        });
+    }
     let origin = tokio::time::Instant::now();
     let tl = Timeline::new(origin);
     for id in c.ids() {

@@ -37,3 +37,22 @@ fn check_determinism_runs_a_seed_twice_in_one_process() {
     assert!(out.contains("determinism: same trace hash on a second run"), "{out}");
     assert!(!out.contains("VIOLATION: determinism"), "{out}");
 }
+
+/// The watchdog that turns a livelocked seed into a failure (sim/src/main.rs): a task that never
+/// waits, from 2 s of simulated time on, stops simulated time; the run must fail within the
+/// (shortened) limit and print the seed's replay command instead of hanging CI.
+#[test]
+fn a_livelocked_seed_fails_instead_of_hanging() {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tetrad-sim"))
+        .args(["sweep", "--seeds", "3..4", "--scenario", "calm"])
+        .env("TETRAD_SIM_SPIN_AT_MS", "2000")
+        .env("TETRAD_SIM_LIVELOCK_SECS", "2")
+        .output()
+        .expect("tetrad-sim runs");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "a livelock must fail the sweep:\n{text}");
+    assert!(text.contains("seed 3 FAILED (livelock)"), "{text}");
+    assert!(text.contains("replay: cargo run --release -p tetrad-sim"), "{text}");
+    assert!(started.elapsed().as_secs() < 60, "the watchdog took {:?}", started.elapsed());
+}

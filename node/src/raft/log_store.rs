@@ -1,4 +1,5 @@
-//! openraft's log storage for one group, over the node's shared [`Store`].
+//! openraft's log storage for one group, over the node's shared [`Store`]: entries in the node's
+//! Raft log files ([`crate::storage::raft_log`]), the vote and the purge marker in redb.
 //!
 //! Appends go through the store's writer, so they are fsync'd (and group-committed with other
 //! groups' appends) before openraft is told the I/O completed: a follower answers an append only
@@ -18,10 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use redb::ReadableDatabase;
 
 use super::types::{Entry, LogId, TypeConfig, Vote};
-use crate::storage::store::{group_keys, Store, StoreError, TxnFn, KV, LOG};
+use crate::storage::raft_log::LogOp;
+use crate::storage::store::{Store, StoreError};
 
 /// Entries queued with the store's writer whose commit has not completed, by index.
 type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
@@ -66,16 +67,11 @@ impl GroupLog {
         if let Some((_, e)) = lock(&self.pending).last_key_value() {
             return Ok(Some(e.log_id));
         }
-        let txn = self.store.db().begin_read().map_err(StoreError::db)?;
-        let log = txn.open_table(LOG).map_err(StoreError::db)?;
-        let mut it = log.range((&*self.group, 0u64)..=(&*self.group, u64::MAX)).map_err(StoreError::db)?;
-        match it.next_back() {
+        let log = self.store.raft_log();
+        let Some((_, last)) = log.bounds(&self.group) else { return Ok(None) };
+        match log.read(&self.group, last, last)?.pop() {
             None => Ok(None),
-            Some(item) => {
-                let (_, v) = item.map_err(StoreError::db)?;
-                let e: Entry = self.decode("log entry", v.value())?;
-                Ok(Some(e.log_id))
-            }
+            Some((_, bytes)) => Ok(Some(self.decode::<Entry>("log entry", bytes.bytes())?.log_id)),
         }
     }
 }
@@ -105,12 +101,10 @@ impl RaftLogReader<TypeConfig> for GroupLog {
         let mut out: BTreeMap<u64, Entry> = lock(&self.pending).range(lo..=hi).map(|(i, e)| (*i, e.clone())).collect();
         let committed_hi = out.keys().next().map_or(hi, |first| first.saturating_sub(1).min(hi));
         if lo <= committed_hi && out.len() as u64 != hi.saturating_sub(lo).saturating_add(1) {
-            let txn = self.store.db().begin_read().map_err(StoreError::db)?;
-            let log = txn.open_table(LOG).map_err(StoreError::db)?;
-            for item in log.range((&*self.group, lo)..=(&*self.group, committed_hi)).map_err(StoreError::db)? {
-                let (k, v) = item.map_err(StoreError::db)?;
-                let e: Entry = self.decode("log entry", v.value())?;
-                out.entry(k.value().1).or_insert(e);
+            for (at, bytes) in self.store.raft_log().read(&self.group, lo, committed_hi)? {
+                if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(at) {
+                    slot.insert(self.decode("log entry", bytes.bytes())?);
+                }
             }
         }
         Ok(out.into_values().collect())
@@ -126,6 +120,11 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let purged: Option<LogId> = self.read_kv("purged")?;
+        if let Some(p) = purged {
+            // A purge whose marker became durable before the node stopped may not have reached
+            // the log files: replay brought those entries back.
+            self.store.raft_log().purge_upto(&self.group, p.index);
+        }
         let last = self.last_entry_log_id()?.or(purged);
         Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
@@ -152,26 +151,18 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             queued.push(e);
         }
         let ids: Vec<LogId> = queued.iter().map(|e| e.log_id).collect();
-        let group = self.group.clone();
-        let work: TxnFn = Box::new(move |txn| {
-            let mut log = txn.open_table(LOG).map_err(StoreError::db)?;
-            for (idx, bytes) in rows {
-                log.insert((&*group, idx), bytes.as_slice()).map_err(StoreError::db)?;
-            }
-            Ok(())
-        });
-        // The callback fires only after the batch containing these entries is durable.
-        #[cfg(feature = "planted-bugs")]
-        let (work, callback) = match crate::planted::append_unsynced(&self.store, work, callback) {
-            Ok(done) => return done,
-            Err(back) => back,
-        };
+        let op = LogOp::Entries { group: self.group.clone(), entries: rows };
         {
             let mut pending = lock(&self.pending);
             for e in queued {
                 pending.insert(e.log_id.index, e);
             }
         }
+        // The callback fires only after the batch containing these entries is durable.
+        #[cfg(feature = "planted-bugs")]
+        let callback = crate::planted::report_before_sync(callback);
+        #[cfg(not(feature = "planted-bugs"))]
+        let callback = Some(callback);
         let pending = self.pending.clone();
         let group = self.group.clone();
         let then: crate::storage::store::ThenFn = Box::new(move |res| {
@@ -185,15 +176,14 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
                     }
                 }
             }
-            match res {
-                Ok(()) => callback.io_completed(Ok(())),
-                Err(e) => {
-                    tracing::error!(group = %group, error = %e, "log append failed");
-                    callback.io_completed(Err(io::Error::from(e)));
-                }
+            if let Err(e) = &res {
+                tracing::error!(group = %group, error = %e, "log append failed");
+            }
+            if let Some(callback) = callback {
+                callback.io_completed(res.map_err(io::Error::from));
             }
         });
-        self.store.write_durable_then(vec![work], then).await;
+        self.store.log_write_then(vec![op], then).await;
         Ok(())
     }
 
@@ -202,15 +192,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
         // Queued appends at or past `from` still commit first (the writer keeps order); the
         // removal below, queued after them, deletes them again.
         lock(&self.pending).split_off(&from);
-        let group = self.group.clone();
-        let work: TxnFn = Box::new(move |txn| {
-            let mut log = txn.open_table(LOG).map_err(StoreError::db)?;
-            for idx in group_keys(&log, &group, from..)? {
-                log.remove((&*group, idx)).map_err(StoreError::db)?;
-            }
-            Ok(())
-        });
-        self.store.write(vec![work]).await?;
+        self.store.log_write(vec![LogOp::TruncateFrom { group: self.group.clone(), from }]).await?;
         Ok(())
     }
 
@@ -224,18 +206,10 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             *p = keep;
         }
         let marker = postcard::to_stdvec(&log_id).map_err(io::Error::other)?;
-        let work: TxnFn = Box::new(move |txn| {
-            {
-                let mut kv = txn.open_table(KV).map_err(StoreError::db)?;
-                kv.insert((&*group, "purged"), marker.as_slice()).map_err(StoreError::db)?;
-            }
-            let mut log = txn.open_table(LOG).map_err(StoreError::db)?;
-            for idx in group_keys(&log, &group, ..=upto)? {
-                log.remove((&*group, idx)).map_err(StoreError::db)?;
-            }
-            Ok(())
-        });
-        self.store.write(vec![work]).await?;
+        // The marker is durable before the entries are let go: a restart in between finds the
+        // entries again in the files and drops them by the marker (`get_log_state`).
+        self.store.write(vec![Store::kv_put(&group, "purged", marker)]).await?;
+        self.store.raft_log().purge_upto(&group, upto);
         Ok(())
     }
 }
@@ -281,16 +255,13 @@ pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, S
         None => None,
     };
     let from = applied.map(|a| a.index + 1).unwrap_or(0);
-    let txn = store.db().begin_read().map_err(StoreError::db)?;
-    let log = txn.open_table(LOG).map_err(StoreError::db)?;
     let mut unapplied = vec![];
     let mut last = purged.map(|p| (p.leader_id.term, p.index));
     if let Some(a) = applied {
         last = last.max(Some((a.leader_id.term, a.index)));
     }
-    for item in log.range((group, from)..=(group, u64::MAX)).map_err(StoreError::db)? {
-        let (_, v) = item.map_err(StoreError::db)?;
-        let e = decode("log entry", v.value())?;
+    for (_, bytes) in store.raft_log().read(group, from, u64::MAX)? {
+        let e = decode("log entry", bytes.bytes())?;
         last = Some((e.log_id.leader_id.term, e.log_id.index));
         let command = match e.payload {
             openraft::EntryPayload::Normal(c) => Some(c),

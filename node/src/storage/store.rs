@@ -1,10 +1,15 @@
-//! The node's redb database and its single writer (group commit).
+//! The node's store: its Raft log files ([`RaftLog`]), its redb database, and the single writer
+//! that serves both (group commit).
 //!
-//! redb admits one write transaction at a time. Rather than let every group block on that lock,
-//! all writes of all groups on a node go to one writer task, which drains whatever is queued into
-//! one transaction and commits it with `Durability::Immediate` (one fdatasync for the batch):
-//! group commit across a node's groups. Callers await their job's completion, so a write is
-//! reported durable only after the commit that contains it returned.
+//! redb admits one write transaction at a time, and the log files one append. Rather than let
+//! every group block on those, all writes of all groups on a node go to one writer task, which
+//! drains whatever is queued into one batch: the batch's log records go out in one append and
+//! one fdatasync, then its redb work in one transaction (`Durability::Immediate`, one fdatasync,
+//! when any job in it must be durable): group commit across a node's groups. Callers await their
+//! job's completion, so a write is reported durable only after the sync that contains it returned.
+//!
+//! The log is written before the database in every batch, so redb's applied state, which is
+//! derived from log entries appended earlier, is never on disk ahead of the log it came from.
 //!
 //! The store also carries the node's storage identity: an incarnation id created with the store.
 //! A wiped node has no store; `Store::open` refuses it and `Store::init` gives it a new
@@ -17,10 +22,12 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::raft_log::{LogOp, RaftLog};
 use crate::seams::disk::DiskRef;
 
-/// Raft log entries: (group, index) -> encoded entry.
-pub const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
+/// Where Raft log entries lived before they moved to [`RaftLog`]'s files: (group, index) ->
+/// encoded entry. Only read, to move a store written by an older version ([`Store::open`]).
+const LEGACY_LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
 /// Small per-group values: (group, key) -> bytes (vote, purged id, applied state, ...).
 pub const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 /// Tenant catalogs: (group, segment name) -> encoded segment record.
@@ -28,6 +35,21 @@ pub const SEGMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new(
 
 const NODE_GROUP: &str = "node";
 const DB_FILE: &str = "tetrad.redb";
+/// The Raft log files' directory, under the data directory.
+pub const LOG_DIR: &str = "raftlog";
+
+/// How a store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// A Raft log file rolls over to a new one at this size.
+    pub log_file_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { log_file_bytes: 64 << 20 }
+    }
+}
 /// Most jobs folded into one transaction.
 const MAX_BATCH_JOBS: usize = 512;
 /// Writer queue depth: callers wait (back pressure) beyond it.
@@ -70,6 +92,8 @@ pub type TxnFn = Box<dyn FnOnce(&WriteTransaction) -> Result<(), StoreError> + S
 pub type ThenFn = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 struct WriteJob {
+    /// Raft log records, appended before the redb work of the batch runs.
+    log: Vec<LogOp>,
     work: Vec<TxnFn>,
     /// Whether the caller needs the work on stable storage before it is told it is done.
     durable: bool,
@@ -150,6 +174,7 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
 /// A node's open store.
 pub struct Store {
     db: Arc<redb::Database>,
+    log: Arc<RaftLog>,
     writer: mpsc::Sender<WriteJob>,
     disk: DiskRef,
     root: PathBuf,
@@ -179,7 +204,6 @@ impl Store {
             let mut kv = txn.open_table(KV).map_err(StoreError::db)?;
             kv.insert((NODE_GROUP, "name"), node_name.as_bytes()).map_err(StoreError::db)?;
             kv.insert((NODE_GROUP, "incarnation"), incarnation.to_be_bytes().as_slice()).map_err(StoreError::db)?;
-            txn.open_table(LOG).map_err(StoreError::db)?;
             txn.open_table(SEGMENTS).map_err(StoreError::db)?;
         }
         txn.commit().map_err(StoreError::db)?;
@@ -215,8 +239,19 @@ impl Store {
         }
     }
 
-    /// Opens an existing store and starts its writer task. Must be called inside a tokio runtime.
+    /// Opens an existing store with default options; see [`Self::open_with`].
     pub fn open(disk: DiskRef, root: &Path, node_name: &str) -> Result<Arc<Store>, StoreError> {
+        Self::open_with(disk, root, node_name, &StoreOptions::default())
+    }
+
+    /// Opens an existing store, recovers its Raft log and starts its writer task. Must be called
+    /// inside a tokio runtime.
+    pub fn open_with(
+        disk: DiskRef,
+        root: &Path,
+        node_name: &str,
+        options: &StoreOptions,
+    ) -> Result<Arc<Store>, StoreError> {
         let file = root.join(DB_FILE);
         #[cfg(feature = "planted-bugs")]
         crate::planted::reinit_if_wiped(&disk, root, node_name);
@@ -228,10 +263,13 @@ impl Store {
         if found != node_name {
             return Err(StoreError::WrongNode { expected: node_name.to_string(), found });
         }
+        let log = Arc::new(RaftLog::open(disk.clone(), &root.join(LOG_DIR), options.log_file_bytes)?);
+        move_legacy_log(&db, &log)?;
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        tokio::spawn(run_writer(db.clone(), rx));
+        tokio::spawn(run_writer(db.clone(), log.clone(), rx));
         Ok(Arc::new(Store {
             db,
+            log,
             writer: tx,
             disk,
             root: root.to_path_buf(),
@@ -254,6 +292,9 @@ impl Store {
     }
     pub fn db(&self) -> &redb::Database {
         &self.db
+    }
+    pub fn raft_log(&self) -> &RaftLog {
+        &self.log
     }
 
     /// Runs `work` in the next batch transaction and returns once that transaction is durable.
@@ -278,19 +319,29 @@ impl Store {
         if work.is_empty() {
             return Ok(());
         }
+        self.submit_job(vec![], work, durable).await
+    }
+
+    async fn submit_job(&self, log: Vec<LogOp>, work: Vec<TxnFn>, durable: bool) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
         self.writer
-            .send(WriteJob { work, durable, done: Done::Wait(done) })
+            .send(WriteJob { log, work, durable, done: Done::Wait(done) })
             .await
             .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Queues `work` for the next durable batch and returns as soon as it is queued (waiting only
-    /// while the queue is full); `then` gets the outcome once that batch committed durably, or
-    /// `WriterGone` if the writer stopped first. Jobs commit in the order they were queued.
-    pub async fn write_durable_then(&self, work: Vec<TxnFn>, then: ThenFn) {
-        let job = WriteJob { work, durable: true, done: Done::Then(then) };
+    /// Appends `ops` to the Raft log in the next batch and returns once they are durable.
+    pub async fn log_write(&self, ops: Vec<LogOp>) -> Result<(), StoreError> {
+        self.submit_job(ops, vec![], true).await
+    }
+
+    /// Queues `ops` for the next batch's log append and returns as soon as they are queued
+    /// (waiting only while the queue is full); `then` gets the outcome once that append is
+    /// durable, or `WriterGone` if the writer stopped first. Jobs are written in the order they
+    /// were queued.
+    pub async fn log_write_then(&self, ops: Vec<LogOp>, then: ThenFn) {
+        let job = WriteJob { log: ops, work: vec![], durable: true, done: Done::Then(then) };
         if let Err(mpsc::error::SendError(job)) = self.writer.send(job).await {
             job.done.send(Err(StoreError::WriterGone));
         }
@@ -320,7 +371,7 @@ impl Store {
     }
 }
 
-async fn run_writer(db: Arc<redb::Database>, mut rx: mpsc::Receiver<WriteJob>) {
+async fn run_writer(db: Arc<redb::Database>, log: Arc<RaftLog>, mut rx: mpsc::Receiver<WriteJob>) {
     while let Some(first) = rx.recv().await {
         // Let the tasks that are ready now queue their work too, so that it joins this batch
         // (a follower's log append and the apply of the entries it learned were committed
@@ -335,20 +386,67 @@ async fn run_writer(db: Arc<redb::Database>, mut rx: mpsc::Receiver<WriteJob>) {
         }
         let mut dones = Vec::with_capacity(jobs.len());
         let mut works = Vec::with_capacity(jobs.len());
+        let mut ops = vec![];
         let mut durable = false;
         for j in jobs {
-            durable |= j.durable;
+            if !j.work.is_empty() {
+                durable |= j.durable;
+                works.push(j.work);
+            }
+            ops.extend(j.log);
             dones.push(j.done);
-            works.push(j.work);
         }
-        let result = blocking(|| commit_batch(&db, works, durable));
+        let result = blocking(|| {
+            // The log first: redb's applied state may rest on entries in this very batch.
+            if !ops.is_empty() {
+                log.write(ops, true)?;
+            }
+            if !works.is_empty() {
+                commit_batch(&db, works, durable)?;
+            }
+            Ok(())
+        });
         if let Err(e) = &result {
             tracing::error!(error = %e, "store batch failed; every write in it reports the failure");
         }
         for d in dones {
             d.send(result.clone());
         }
+        if let Err(e) = blocking(|| log.maintain()) {
+            tracing::error!(error = %e, "raft log upkeep failed");
+        }
     }
+}
+
+/// Moves the entries of a store written before the Raft log left redb into the log files, then
+/// drops the old table: the entries are durable in the files before the table goes.
+fn move_legacy_log(db: &redb::Database, log: &RaftLog) -> Result<(), StoreError> {
+    let mut ops: Vec<LogOp> = vec![];
+    {
+        let txn = db.begin_read().map_err(StoreError::db)?;
+        let table = match txn.open_table(LEGACY_LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(StoreError::db(e)),
+        };
+        for item in table.iter().map_err(StoreError::db)? {
+            let (k, v) = item.map_err(StoreError::db)?;
+            let (group, index) = k.value();
+            let entry = (index, v.value().to_vec());
+            match ops.last_mut() {
+                Some(LogOp::Entries { group: g, entries }) if &**g == group => entries.push(entry),
+                _ => ops.push(LogOp::Entries { group: group.into(), entries: vec![entry] }),
+            }
+        }
+    }
+    let moved: usize = ops.iter().map(|o| if let LogOp::Entries { entries, .. } = o { entries.len() } else { 0 }).sum();
+    blocking(|| log.write(ops, true))?;
+    let mut txn = db.begin_write().map_err(StoreError::db)?;
+    txn.set_durability(redb::Durability::Immediate).map_err(StoreError::db)?;
+    txn.delete_table(LEGACY_LOG).map_err(StoreError::db)?;
+    txn.commit().map_err(StoreError::db)?;
+    tracing::info!(entries = moved, "moved the raft log out of redb into its own files");
+    Ok(())
 }
 
 /// Commits one batch: with `Durability::Immediate` (one fdatasync, which also persists every
@@ -367,35 +465,6 @@ fn commit_batch(db: &redb::Database, works: Vec<Vec<TxnFn>>, durable: bool) -> R
         }
     }
     txn.commit().map_err(StoreError::db)
-}
-
-/// Collects the keys of one group in `table` whose second component lies in `range`.
-pub fn group_keys<R: std::ops::RangeBounds<u64>>(
-    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
-    group: &str,
-    range: R,
-) -> Result<Vec<u64>, StoreError> {
-    use std::ops::Bound;
-    let lo = match range.start_bound() {
-        Bound::Included(&x) => x,
-        Bound::Excluded(&x) => x.saturating_add(1),
-        Bound::Unbounded => 0,
-    };
-    let hi = match range.end_bound() {
-        Bound::Included(&x) => Some(x),
-        Bound::Excluded(&x) => x.checked_sub(1),
-        Bound::Unbounded => Some(u64::MAX),
-    };
-    let Some(hi) = hi else { return Ok(vec![]) };
-    if lo > hi {
-        return Ok(vec![]);
-    }
-    let mut out = vec![];
-    for item in table.range((group, lo)..=(group, hi)).map_err(StoreError::db)? {
-        let (k, _) = item.map_err(StoreError::db)?;
-        out.push(k.value().1);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -450,6 +519,71 @@ mod tests {
         for g in 0..64u8 {
             assert_eq!(store.kv_get(&format!("g{g}"), "k").unwrap(), Some(vec![g]));
         }
+    }
+
+    #[tokio::test]
+    async fn a_log_append_returns_only_after_the_log_file_was_synced_and_is_read_back_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, log) = OsDisk::recording();
+        let disk: DiskRef = Arc::new(disk);
+        Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
+        let store = Store::open(disk.clone(), dir.path(), "n1").unwrap();
+        log.take();
+        let op = LogOp::Entries { group: "g".into(), entries: vec![(1, b"one".to_vec()), (2, b"two".to_vec())] };
+        store.log_write(vec![op]).await.unwrap();
+        let events = log.take();
+        let in_log = |p: &std::path::Path| p.parent().is_some_and(|d| d.ends_with(LOG_DIR));
+        let last_write = events.iter().rposition(|e| matches!(e, DiskEvent::Write(p) if in_log(p)));
+        let last_sync =
+            events.iter().rposition(|e| matches!(e, DiskEvent::Fdatasync(p) | DiskEvent::FsyncFile(p) if in_log(p)));
+        assert!(last_write.is_some(), "the append wrote a log file: {events:?}");
+        assert!(last_sync > last_write, "a sync of the log file follows its write: {events:?}");
+        assert!(
+            !events.iter().any(|e| matches!(e, DiskEvent::Write(p) if p.ends_with(DB_FILE))),
+            "a log append alone does not touch the database: {events:?}"
+        );
+        drop(store);
+        tokio::task::yield_now().await;
+        let store = Store::open(disk, dir.path(), "n1").unwrap();
+        let back: Vec<(u64, Vec<u8>)> =
+            store.raft_log().read("g", 0, 9).unwrap().into_iter().map(|(i, e)| (i, e.bytes().to_vec())).collect();
+        assert_eq!(back, vec![(1, b"one".to_vec()), (2, b"two".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn a_store_with_its_log_in_redb_has_it_moved_to_the_log_files_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
+        {
+            // What an older version left: entries in redb's "log" table.
+            let db = Store::open_db(&disk, &dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LEGACY_LOG).unwrap();
+                t.insert(("a", 1), b"a1".as_slice()).unwrap();
+                t.insert(("a", 2), b"a2".as_slice()).unwrap();
+                t.insert(("b", 5), b"b5".as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(disk.clone(), dir.path(), "n1").unwrap();
+        let read = |s: &Store, g: &str| -> Vec<(u64, Vec<u8>)> {
+            s.raft_log().read(g, 0, 9).unwrap().into_iter().map(|(i, e)| (i, e.bytes().to_vec())).collect()
+        };
+        assert_eq!(read(&store, "a"), vec![(1, b"a1".to_vec()), (2, b"a2".to_vec())]);
+        assert_eq!(read(&store, "b"), vec![(5, b"b5".to_vec())]);
+        {
+            let txn = store.db().begin_read().unwrap();
+            assert!(
+                matches!(txn.open_table(LEGACY_LOG), Err(redb::TableError::TableDoesNotExist(_))),
+                "the old table is dropped once its entries are in the files"
+            );
+        }
+        drop(store);
+        tokio::task::yield_now().await;
+        let store = Store::open(disk, dir.path(), "n1").unwrap();
+        assert_eq!(read(&store, "a").len(), 2, "moved once, not twice");
     }
 
     #[tokio::test]
