@@ -6,7 +6,10 @@
 //!   over gRPC from this process (no CLI start-up cost), following leader redirects.
 //! - `rto --modes sync,near-sync,async --runs N`: recovery time after a region kill, per mode,
 //!   each run on a fresh local cluster (`rto.rs`).
+//! - `log-append --count N --size BYTES --dir DIR`: durable Raft log appends, the node's log files
+//!   against one redb commit per append (`log_append.rs`).
 
+mod log_append;
 mod rto;
 
 use std::path::PathBuf;
@@ -62,6 +65,17 @@ enum Cmd {
         /// Copy each run's node logs to DIR/<mode>-<run>/ before its cluster is torn down.
         #[arg(long, value_name = "DIR")]
         keep_logs: Option<PathBuf>,
+    },
+    /// Durable Raft log appends one at a time: the node's log files against one redb commit per
+    /// append (how the log was stored before), on the disk holding `dir`.
+    LogAppend {
+        #[arg(long, default_value_t = 2000)]
+        count: u64,
+        #[arg(long, default_value_t = 64 << 10)]
+        size: usize,
+        /// Where to write (not a tmpfs: fdatasync must reach a disk).
+        #[arg(long, default_value = "/var/tmp")]
+        dir: PathBuf,
     },
 }
 
@@ -170,6 +184,7 @@ fn main() -> Result<()> {
         Cmd::Push { cluster, tenant, count, size } => {
             tokio::runtime::Runtime::new()?.block_on(push(cluster, tenant, count, size))
         }
+        Cmd::LogAppend { count, size, dir } => log_append::log_append(&dir, count, size),
         Cmd::Rto { modes, runs, segment_bytes, tuning, keep_logs } => {
             let args = rto::RtoArgs { ctl: bin("tetradctl")?, modes, runs, segment_bytes, tuning, keep_logs };
             tokio::runtime::Runtime::new()?.block_on(rto::rto(args))

@@ -451,7 +451,7 @@ mod tests {
         let mut written = vec![];
         for i in 0..20u8 {
             let p = vec![i; 10 + usize::from(i)];
-            let loc = f.append(&[p.clone()], &[true], true).unwrap()[0];
+            let loc = f.append(std::slice::from_ref(&p), &[true], true).unwrap()[0];
             assert_eq!(f.read(loc).unwrap(), Some(p.clone()));
             written.push((loc, p));
         }

@@ -60,7 +60,7 @@ fn ops(rng: &mut u64, next: &mut BTreeMap<&'static str, u64>, purged: &BTreeMap<
     for group in ["meta", "t:acme:e1"] {
         *rng = splitmix64(*rng);
         let at = next.entry(group).or_insert(1);
-        if *rng % 5 == 0 && *at > 3 {
+        if (*rng).is_multiple_of(5) && *at > 3 {
             let floor = purged.get(group).map_or(1, |p| p + 1);
             let from = (*at - 1 - (*rng >> 8) % 3).max(floor);
             out.push(LogOp::TruncateFrom { group: group.into(), from });
@@ -114,7 +114,7 @@ fn raft_log_over_torn_crashes_keeps_every_synced_record_and_at_most_a_prefix_of_
                     apply(&mut acked, op);
                 }
                 log.write(batch, true).unwrap();
-                if rng % 3 == 0 {
+                if rng.is_multiple_of(3) {
                     let g = "t:acme:e1";
                     // Raft purges only below the last entry (at most up to the applied one).
                     let span = acked.get(g).and_then(|e| Some((*e.first_key_value()?.0, *e.last_key_value()?.0)));
