@@ -44,7 +44,7 @@ impl ClusterSpec {
                 snapshot_logs_since_last: 200,
                 max_in_snapshot_log_to_keep: 50,
                 // Small log files, so that rolling, compaction and deletion run under faults.
-                log_file_bytes: 1 << 20,
+                log_file_bytes: 64 << 10,
                 ..RaftTuning::default()
             },
             liveness: LivenessTuning::default(),

@@ -411,6 +411,7 @@ impl LogFiles {
             };
             let path = self.dir.join(file_name(seq));
             blocking(|| self.disk.remove_file(&path)).map_err(|e| io("remove", &path, e))?;
+            tracing::debug!(file = %path.display(), "raft log file deleted");
             deleted += 1;
         }
         Ok(deleted)
