@@ -125,6 +125,7 @@ impl Node {
         let me = cfg.me().id;
         let options = StoreOptions { log_file_bytes: cfg.raft.log_file_bytes };
         let store = Store::open_with(deps.disk.clone(), &cfg.data_dir, &cfg.name, &options)?;
+        crate::raft::log_store::apply_purge_markers(&store)?;
         let slot = Arc::new(Mutex::new(Weak::new()));
         let transport = make_transport(Arc::new(LateHandler { node: slot.clone(), incarnation: store.incarnation() }))
             .map_err(StartError::Transport)?;

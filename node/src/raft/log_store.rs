@@ -214,6 +214,35 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
     }
 }
 
+/// Drops from the log index, for every group on the node, the entries its durable purge marker
+/// covers. Replaying the log files brings back purged entries still in a file that was not
+/// deleted yet; a running group drops them when openraft asks for its log state, but a group that
+/// never runs again (a sealed epoch's) would otherwise keep them live and carried forward by the
+/// log's compaction. Called once when the node opens its store.
+pub fn apply_purge_markers(store: &Store) -> Result<usize, StoreError> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let mut marks: Vec<(String, u64)> = vec![];
+    {
+        let txn = store.db().begin_read().map_err(StoreError::db)?;
+        let kv = txn.open_table(crate::storage::store::KV).map_err(StoreError::db)?;
+        for item in kv.iter().map_err(StoreError::db)? {
+            let (k, v) = item.map_err(StoreError::db)?;
+            let (group, key) = k.value();
+            if key == "purged" {
+                let id: LogId = postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
+                    what: format!("purged log id of {group}"),
+                    detail: e.to_string(),
+                })?;
+                marks.push((group.to_string(), id.index));
+            }
+        }
+    }
+    for (group, upto) in &marks {
+        store.raft_log().purge_upto(group, *upto);
+    }
+    Ok(marks.len())
+}
+
 /// One entry of a group's durable log, read without running the group.
 #[derive(Clone, Debug)]
 pub struct DurableEntry {
@@ -270,4 +299,32 @@ pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, S
         unapplied.push(DurableEntry { term: e.log_id.leader_id.term, index: e.log_id.index, command });
     }
     Ok(DurableLog { last, applied: applied.map(|a| (a.leader_id.term, a.index)), unapplied })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::seams::disk::{DiskRef, OsDisk};
+
+    #[tokio::test]
+    async fn purge_markers_drop_replayed_entries_of_every_group_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
+        let store = Store::open(disk.clone(), dir.path(), "n1").unwrap();
+        let entries = (1..=10u64).map(|i| (i, vec![i as u8; 8])).collect();
+        store.log_write(vec![LogOp::Entries { group: "t/sealed/1".into(), entries }]).await.unwrap();
+        // The purge of a group that then stops for good (a sealed epoch): the marker is durable,
+        // the entries are still in the log file.
+        let marker = LogId::new(1u64.into(), 6);
+        store.write(vec![Store::kv_put("t/sealed/1", "purged", postcard::to_stdvec(&marker).unwrap())]).await.unwrap();
+        drop(store);
+        tokio::task::yield_now().await;
+        let store = Store::open(disk, dir.path(), "n1").unwrap();
+        assert_eq!(store.raft_log().bounds("t/sealed/1"), Some((1, 10)), "replay brings the purged entries back");
+        assert_eq!(apply_purge_markers(&store).unwrap(), 1);
+        assert_eq!(store.raft_log().bounds("t/sealed/1"), Some((7, 10)));
+    }
 }

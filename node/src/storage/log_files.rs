@@ -7,17 +7,21 @@
 //!
 //! Layout:
 //! - a file starts with a 16-byte header: `TETRADLG` and its seq (big-endian);
-//! - then records: `magic u32 | len u32 | crc32 u32` (little-endian) and `len` payload bytes,
-//!   where the crc covers the length field and the payload.
+//! - then batches, one per append: `batch magic u32 | len u32 | crc32 u32` (little-endian) and
+//!   `len` bytes of records, the crc covering the length field and those bytes;
+//! - a record: `record magic u32 | len u32 | crc32 u32` and `len` payload bytes, with its own crc,
+//!   so one record can be read and checked on its own.
 //!
-//! Durability: [`LogFiles::append`] writes a batch of records with one write and, when asked,
-//! one `sync_data`, and returns only after that sync. Crash recovery ([`LogFiles::open`]):
-//! every file but the head was synced whole before the head rolled past it, so a bad record
-//! there is damage and the open fails. In the head, the first record that does not check out
-//! (short, wrong magic, wrong crc: what a torn or lost unsynced write leaves) ends the log; the
-//! file is cut there and synced before anything is appended after it. Everything cut was never
-//! reported durable.
-//!
+//! Durability: [`LogFiles::append`] writes one batch with one write and, when asked, one
+//! `sync_data`, and returns only after that sync. The store's writer appends a batch only after
+//! the previous one's sync returned, so at a crash at most the last batch is unsynced.
+//! Crash recovery ([`LogFiles::open`]): every file but the head was synced whole before the head
+//! rolled past it, so a bad batch there is damage and the open fails. In the head, a bad batch
+//! (short, wrong magic, wrong crc: what a torn or lost unsynced write leaves) ends the log when no
+//! valid batch follows it: the file is cut there and synced before anything is appended after it,
+//! and everything cut was never reported durable. A bad batch with a valid one after it is damage
+//! to synced bytes (bit rot), and the open fails rather than drop acknowledged entries.
+
 //! Space: the owner tells which records are still live ([`LogFiles::release`]); files are
 //! deleted oldest first once nothing live is left in them ([`LogFiles::collect`]). Deleting only
 //! a prefix keeps replay sound: a record that cancels older ones (a truncation) is never deleted
@@ -35,6 +39,7 @@ use crate::seams::disk::DiskRef;
 const FILE_MAGIC: &[u8; 8] = b"TETRADLG";
 const FILE_HEADER: u64 = 16;
 const RECORD_MAGIC: u32 = 0x7e7a_d10c;
+const BATCH_MAGIC: u32 = 0x7e7a_ba7c;
 /// Bytes of a record before its payload.
 pub const RECORD_HEADER: u64 = 12;
 /// The largest payload a record may carry (a log entry holds at most one WAL segment).
@@ -126,16 +131,40 @@ fn crc(len: u32, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn frame(out: &mut Vec<u8>, payload: &[u8]) -> Result<u32, StoreError> {
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|l| *l <= MAX_PAYLOAD)
-        .ok_or_else(|| StoreError::Io(format!("a log record of {} bytes is too large", payload.len())))?;
-    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc(len, payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    Ok(len)
+fn header(magic: u32, len: u32, body: &[u8]) -> [u8; RECORD_HEADER as usize] {
+    let mut h = [0u8; RECORD_HEADER as usize];
+    h[..4].copy_from_slice(&magic.to_le_bytes());
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..].copy_from_slice(&crc(len, body).to_le_bytes());
+    h
+}
+
+/// Checks the `magic | len | crc` header at the start of `bytes` against the body after it;
+/// returns the body.
+fn check(magic: u32, bytes: &[u8]) -> Option<&[u8]> {
+    let h = bytes.get(..RECORD_HEADER as usize)?;
+    let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    if word(0) != magic || word(4) == 0 {
+        return None;
+    }
+    let body = bytes.get(RECORD_HEADER as usize..RECORD_HEADER as usize + word(4) as usize)?;
+    (crc(word(4), body) == word(8)).then_some(body)
+}
+
+/// The payload lengths of a batch, or why it cannot be written. Checked before anything is
+/// written, so a refused batch leaves the log as it was.
+fn lengths(payloads: &[Vec<u8>]) -> Result<(Vec<u32>, u32), StoreError> {
+    let too_large = |n: usize| StoreError::Io(format!("a raft log record of {n} bytes is too large"));
+    let mut lens = Vec::with_capacity(payloads.len());
+    let mut total: u64 = 0;
+    for p in payloads {
+        let len =
+            u32::try_from(p.len()).ok().filter(|l| *l > 0 && *l <= MAX_PAYLOAD).ok_or_else(|| too_large(p.len()))?;
+        total += RECORD_HEADER + u64::from(len);
+        lens.push(len);
+    }
+    let total = u32::try_from(total).map_err(|_| too_large(total as usize))?;
+    Ok((lens, total))
 }
 
 /// Why a record could not be read where one was expected.
@@ -211,7 +240,7 @@ impl LogFiles {
         })
     }
 
-    /// Scans one file; returns the length up to its last good record (the head is cut there).
+    /// Scans one file; returns the length up to its last good batch (the head is cut there).
     fn recover(
         b: &dyn StorageBackend,
         path: &Path,
@@ -228,41 +257,79 @@ impl LogFiles {
             &header[..8] == FILE_MAGIC && header[8..] == seq.to_be_bytes()
         };
         if !header_ok {
-            if !is_head {
+            if !is_head || file_len > FILE_HEADER {
                 return Err(corrupt("bad file header".into()));
             }
-            // A head whose header never became durable holds nothing that was reported durable.
+            // A head whose header never became durable holds nothing else.
             Self::write_header(b, path, seq)?;
             return Ok(FILE_HEADER);
         }
+        // The batches: read whole, one at a time.
         let mut at = FILE_HEADER;
-        loop {
-            match read_record(b, at, file_len).map_err(|e| io("read", path, e))? {
-                Ok(payload) => {
-                    let loc = RecLoc { file: seq, offset: at, len: payload.len() as u32 };
-                    visit(loc, &payload)?;
-                    at += loc.size();
+        while at < file_len {
+            let batch = Self::read_batch(b, path, at, file_len)?;
+            let Some(batch) = batch else {
+                if !is_head {
+                    return Err(corrupt(format!("bad batch at byte {at} of a file that was synced whole")));
                 }
-                Err(bad) => {
-                    if at == file_len {
-                        return Ok(at);
-                    }
-                    if !is_head {
-                        let why = match bad {
-                            Bad::End => "truncated record".to_string(),
-                            Bad::Garbage(g) => g,
-                        };
-                        return Err(corrupt(format!("{why} at byte {at} of a file that was synced whole")));
-                    }
-                    if let Bad::Garbage(why) = bad {
-                        tracing::warn!(file = %path.display(), at, why, "raft log ends in a torn write; cutting it");
-                    }
-                    b.set_len(at).map_err(|e| io("cut", path, e))?;
-                    b.sync_data().map_err(|e| io("sync", path, e))?;
-                    return Ok(at);
+                if let Some(next) = Self::find_batch_after(b, path, at, file_len)? {
+                    return Err(corrupt(format!(
+                        "bad batch at byte {at}, but a valid one follows at byte {next}: synced bytes are damaged"
+                    )));
                 }
+                tracing::warn!(file = %path.display(), at, cut = file_len - at, "raft log ends in a torn or unsynced write; cutting it");
+                b.set_len(at).map_err(|e| io("cut", path, e))?;
+                b.sync_data().map_err(|e| io("sync", path, e))?;
+                return Ok(at);
+            };
+            let body_at = at + RECORD_HEADER;
+            let mut i = 0usize;
+            while i < batch.len() {
+                let payload = check(RECORD_MAGIC, &batch[i..]).ok_or_else(|| {
+                    corrupt(format!("bad record at byte {} inside a valid batch", body_at + i as u64))
+                })?;
+                let loc = RecLoc { file: seq, offset: body_at + i as u64, len: payload.len() as u32 };
+                visit(loc, payload)?;
+                i += loc.size() as usize;
+            }
+            at = body_at + batch.len() as u64;
+        }
+        Ok(at)
+    }
+
+    /// The body of the batch at `at`, or `None` when there is no valid batch there.
+    fn read_batch(b: &dyn StorageBackend, path: &Path, at: u64, file_len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if at + RECORD_HEADER > file_len {
+            return Ok(None);
+        }
+        let mut h = [0u8; RECORD_HEADER as usize];
+        b.read(at, &mut h).map_err(|e| io("read", path, e))?;
+        let len = u64::from(u32::from_le_bytes([h[4], h[5], h[6], h[7]]));
+        if u32::from_le_bytes([h[0], h[1], h[2], h[3]]) != BATCH_MAGIC || at + RECORD_HEADER + len > file_len {
+            return Ok(None);
+        }
+        let mut bytes = vec![0u8; (RECORD_HEADER + len) as usize];
+        b.read(at, &mut bytes).map_err(|e| io("read", path, e))?;
+        Ok(check(BATCH_MAGIC, &bytes).is_some().then(|| bytes.split_off(RECORD_HEADER as usize)))
+    }
+
+    /// The offset of a valid batch after a bad one at `bad`, if any (a torn tail has none: the
+    /// store's writer syncs each batch before it writes the next).
+    fn find_batch_after(
+        b: &dyn StorageBackend,
+        path: &Path,
+        bad: u64,
+        file_len: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut rest = vec![0u8; (file_len - bad) as usize];
+        b.read(bad, &mut rest).map_err(|e| io("read", path, e))?;
+        let magic = BATCH_MAGIC.to_le_bytes();
+        for i in 1..rest.len().saturating_sub(RECORD_HEADER as usize - 1) {
+            if rest[i..i + 4] == magic && check(BATCH_MAGIC, &rest[i..]).is_some() {
+                return Ok(Some(bad + i as u64));
             }
         }
+        Ok(None)
     }
 
     fn write_header(b: &dyn StorageBackend, path: &Path, seq: u64) -> Result<(), StoreError> {
@@ -292,21 +359,25 @@ impl LogFiles {
         if payloads.is_empty() {
             return Ok(vec![]);
         }
+        let (lens, total) = lengths(payloads)?;
         let mut head = lock(&self.head);
         if let Some(why) = &head.poisoned {
             return Err(StoreError::Io(format!("the raft log stopped taking writes after an earlier failure: {why}")));
         }
-        let result = blocking(|| self.append_locked(&mut head, payloads, live, sync));
+        let result = blocking(|| self.append_locked(&mut head, payloads, &lens, total, live, sync));
         if let Err(e) = &result {
             head.poisoned = Some(e.to_string());
         }
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn append_locked(
         &self,
         head: &mut Head,
         payloads: &[Vec<u8>],
+        lens: &[u32],
+        total: u32,
         live: &[bool],
         sync: bool,
     ) -> Result<Vec<RecLoc>, StoreError> {
@@ -327,14 +398,16 @@ impl LogFiles {
             let f = files.by_seq.get(&head.seq).expect("the head file is open");
             (f.backend.clone(), f.len)
         };
-        let total: usize = payloads.iter().map(|p| p.len() + RECORD_HEADER as usize).sum();
-        let mut buf = Vec::with_capacity(total);
+        let mut buf = Vec::with_capacity(RECORD_HEADER as usize + total as usize);
+        buf.extend_from_slice(&[0u8; RECORD_HEADER as usize]);
         let mut locs = Vec::with_capacity(payloads.len());
-        for p in payloads {
-            let offset = start + buf.len() as u64;
-            let len = frame(&mut buf, p)?;
-            locs.push(RecLoc { file: head.seq, offset, len });
+        for (p, len) in payloads.iter().zip(lens) {
+            locs.push(RecLoc { file: head.seq, offset: start + buf.len() as u64, len: *len });
+            buf.extend_from_slice(&header(RECORD_MAGIC, *len, p));
+            buf.extend_from_slice(p);
         }
+        let batch_header = header(BATCH_MAGIC, total, &buf[RECORD_HEADER as usize..]);
+        buf[..RECORD_HEADER as usize].copy_from_slice(&batch_header);
         let path = self.dir.join(file_name(head.seq));
         backend.write(start, &buf).map_err(|e| io("write", &path, e))?;
         if sync {
@@ -380,16 +453,33 @@ impl LogFiles {
         }
     }
 
-    /// The oldest file, when there are more than `keep` files and less than half of the
-    /// oldest is live: worth moving its live records to the head so it can be deleted.
+    /// The oldest file, when there are more than `keep` files and moving its live records to
+    /// the head costs less than half of the dead bytes its deletion starts to give back (files
+    /// are deleted only in order, so a live oldest file holds up every dead file behind it).
+    /// Each byte copied thus frees at least two, and a dense file that is never purged (a large
+    /// segment of a quiet tenant) is carried forward instead of pinning the log.
     pub fn sparse_oldest(&self, keep: usize) -> Option<u64> {
         let head = lock(&self.head).seq;
         let files = lock(&self.files);
         if files.by_seq.len() <= keep {
             return None;
         }
-        let (&seq, f) = files.by_seq.first_key_value()?;
-        (seq != head && f.live > 0 && f.live * 2 < f.len).then_some(seq)
+        let (&seq, oldest) = files.by_seq.first_key_value()?;
+        if seq == head || oldest.live == 0 {
+            return None;
+        }
+        let dead: u64 = files
+            .by_seq
+            .iter()
+            .filter(|(s, _)| **s != head)
+            .map(|(_, f)| f.len.saturating_sub(FILE_HEADER + f.live))
+            .sum();
+        (oldest.live * 2 < dead).then_some(seq)
+    }
+
+    /// Why appends stopped, if they did.
+    pub fn failed(&self) -> Option<String> {
+        lock(&self.head).poisoned.clone()
     }
 
     /// Deletes files, oldest first, while the oldest holds nothing live and is not the head.
@@ -479,9 +569,10 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let (f, seen) = open(&disk, dir.path(), 1 << 20);
         assert_eq!(seen, vec![(a, b"first".to_vec())]);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), b.offset, "the head was cut at the bad record");
+        let cut_at = b.offset - RECORD_HEADER;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), cut_at, "the head was cut at the bad batch");
         let c = f.append(&[b"third".to_vec()], &[true], true).unwrap()[0];
-        assert_eq!(c.offset, b.offset);
+        assert_eq!(c.offset, b.offset, "the next batch starts where the bad one did");
         drop(f);
         let (_, seen) = open(&disk, dir.path(), 1 << 20);
         assert_eq!(seen, vec![(a, b"first".to_vec()), (c, b"third".to_vec())]);
@@ -503,7 +594,36 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = LogFiles::open(disk, dir.path(), 40, |_, _| Ok(())).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-        assert!(err.to_string().contains("checksum"), "{err}");
+        assert!(err.to_string().contains("bad batch"), "{err}");
+    }
+
+    #[test]
+    fn damage_to_synced_bytes_of_the_head_refuses_the_open_instead_of_cutting() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let (f, _) = open(&disk, dir.path(), 1 << 20);
+        let a = f.append(&[b"first".to_vec()], &[true], true).unwrap()[0];
+        f.append(&[b"second".to_vec()], &[true], true).unwrap();
+        drop(f);
+        // Bit rot in the first batch; the second, synced after it, is intact.
+        let path = dir.path().join(file_name(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[a.offset as usize + RECORD_HEADER as usize] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = LogFiles::open(disk, dir.path(), 1 << 20, |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("a valid one follows"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was cut");
+    }
+
+    #[test]
+    fn a_refused_oversized_record_leaves_the_log_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let (f, _) = open(&disk, dir.path(), 1 << 20);
+        assert!(f.append(&[vec![]], &[true], true).is_err(), "an empty record is refused");
+        assert_eq!(f.failed(), None);
+        let loc = f.append(&[b"ok".to_vec()], &[true], true).unwrap()[0];
+        assert_eq!(f.read(loc).unwrap(), Some(b"ok".to_vec()));
     }
 
     #[test]

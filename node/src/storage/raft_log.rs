@@ -280,6 +280,11 @@ impl RaftLog {
         self.files.stats()
     }
 
+    /// Why the log stopped taking writes (a failed write or sync), if it did.
+    pub fn failed(&self) -> Option<String> {
+        self.files.failed()
+    }
+
     /// Groups with entries in the log.
     pub fn groups(&self) -> Vec<Arc<str>> {
         lock(&self.index).keys().cloned().collect()
@@ -344,6 +349,26 @@ mod tests {
         // Reopening brings back what the purge marker (kept elsewhere) covers; the group drops it.
         log.purge_upto("busy", 1995);
         assert_eq!(log.bounds("busy"), Some((1996, 2000)));
+    }
+
+    #[test]
+    fn a_dense_oldest_file_that_is_never_purged_does_not_stop_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let log = RaftLog::open(disk.clone(), dir.path(), 4096).unwrap();
+        // A quiet tenant's large segment fills the first file and is never purged.
+        log.write(vec![entries("quiet", 1, 1, 4000)], true).unwrap();
+        for round in 0..300u64 {
+            log.write(vec![entries("busy", round * 4 + 1, 4, 300)], true).unwrap();
+            log.purge_upto("busy", round * 4 + 2);
+            log.maintain().unwrap();
+        }
+        let s = log.stats();
+        assert!(s.files <= KEEP_FILES + 3, "files pile up behind the dense one: {s:?}");
+        assert_eq!(read_all(&log, "quiet"), vec![(1, vec![1; 4000])]);
+        drop(log);
+        let log = RaftLog::open(disk, dir.path(), 4096).unwrap();
+        assert_eq!(read_all(&log, "quiet"), vec![(1, vec![1; 4000])], "the moved entry survives a reopen");
     }
 
     #[test]

@@ -397,6 +397,14 @@ async fn run_writer(db: Arc<redb::Database>, log: Arc<RaftLog>, mut rx: mpsc::Re
             dones.push(j.done);
         }
         let result = blocking(|| {
+            // After the log failed, nothing more is written, redb included: openraft applies
+            // entries it handed to the log before their flush, and that applied state must not
+            // reach the disk when the entries did not.
+            if let Some(why) = log.failed() {
+                return Err(StoreError::Io(format!(
+                    "the raft log failed ({why}); the store takes no more writes until the node restarts"
+                )));
+            }
             // The log first: redb's applied state may rest on entries in this very batch.
             if !ops.is_empty() {
                 log.write(ops, true)?;
@@ -421,7 +429,9 @@ async fn run_writer(db: Arc<redb::Database>, log: Arc<RaftLog>, mut rx: mpsc::Re
 /// Moves the entries of a store written before the Raft log left redb into the log files, then
 /// drops the old table: the entries are durable in the files before the table goes.
 fn move_legacy_log(db: &redb::Database, log: &RaftLog) -> Result<(), StoreError> {
+    const LEGACY_PIECE_BYTES: usize = 64 << 20;
     let mut ops: Vec<LogOp> = vec![];
+    let mut moved = 0usize;
     {
         let txn = db.begin_read().map_err(StoreError::db)?;
         let table = match txn.open_table(LEGACY_LOG) {
@@ -429,17 +439,24 @@ fn move_legacy_log(db: &redb::Database, log: &RaftLog) -> Result<(), StoreError>
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(e) => return Err(StoreError::db(e)),
         };
+        let mut held = 0usize;
         for item in table.iter().map_err(StoreError::db)? {
             let (k, v) = item.map_err(StoreError::db)?;
             let (group, index) = k.value();
             let entry = (index, v.value().to_vec());
+            held += entry.1.len();
+            moved += 1;
             match ops.last_mut() {
                 Some(LogOp::Entries { group: g, entries }) if &**g == group => entries.push(entry),
                 _ => ops.push(LogOp::Entries { group: group.into(), entries: vec![entry] }),
             }
+            // In synced pieces, so a large old log never sits in memory whole.
+            if held >= LEGACY_PIECE_BYTES {
+                blocking(|| log.write(std::mem::take(&mut ops), true))?;
+                held = 0;
+            }
         }
     }
-    let moved: usize = ops.iter().map(|o| if let LogOp::Entries { entries, .. } = o { entries.len() } else { 0 }).sum();
     blocking(|| log.write(ops, true))?;
     let mut txn = db.begin_write().map_err(StoreError::db)?;
     txn.set_durability(redb::Durability::Immediate).map_err(StoreError::db)?;
