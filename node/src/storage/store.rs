@@ -263,8 +263,18 @@ impl Store {
         if found != node_name {
             return Err(StoreError::WrongNode { expected: node_name.to_string(), found });
         }
+        let replay = std::time::Instant::now();
         let log = Arc::new(RaftLog::open(disk.clone(), &root.join(LOG_DIR), options.log_file_bytes)?);
         move_legacy_log(&db, &log)?;
+        let s = log.stats();
+        tracing::info!(
+            files = s.files,
+            mib = s.bytes >> 20,
+            live_mib = s.live_bytes >> 20,
+            groups = log.groups().len(),
+            replay_ms = replay.elapsed().as_millis() as u64,
+            "raft log opened"
+        );
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         tokio::spawn(run_writer(db.clone(), log.clone(), rx));
         Ok(Arc::new(Store {
@@ -389,36 +399,42 @@ async fn run_writer(db: Arc<redb::Database>, log: Arc<RaftLog>, mut rx: mpsc::Re
         let mut ops = vec![];
         let mut durable = false;
         for j in jobs {
-            if !j.work.is_empty() {
+            let has_redb_work = !j.work.is_empty();
+            if has_redb_work {
                 durable |= j.durable;
                 works.push(j.work);
             }
             ops.extend(j.log);
-            dones.push(j.done);
+            dones.push((j.done, has_redb_work));
         }
-        let result = blocking(|| {
+        // Two outcomes: one group's failing redb work must not fail the log appends of every
+        // group that shared its batch (they are durable by then).
+        let (log_result, db_result) = blocking(|| {
             // After the log failed, nothing more is written, redb included: openraft applies
             // entries it handed to the log before their flush, and that applied state must not
             // reach the disk when the entries did not.
             if let Some(why) = log.failed() {
-                return Err(StoreError::Io(format!(
+                let e = StoreError::Io(format!(
                     "the raft log failed ({why}); the store takes no more writes until the node restarts"
-                )));
+                ));
+                return (Err(e.clone()), Err(e));
             }
             // The log first: redb's applied state may rest on entries in this very batch.
-            if !ops.is_empty() {
-                log.write(ops, true)?;
-            }
-            if !works.is_empty() {
-                commit_batch(&db, works, durable)?;
-            }
-            Ok(())
+            let log_result = if ops.is_empty() { Ok(()) } else { log.write(ops, true) };
+            let db_result = match &log_result {
+                Err(e) => Err(e.clone()),
+                Ok(()) if works.is_empty() => Ok(()),
+                Ok(()) => commit_batch(&db, works, durable),
+            };
+            (log_result, db_result)
         });
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "store batch failed; every write in it reports the failure");
+        if let Err(e) = &log_result {
+            tracing::error!(error = %e, "raft log append failed; every write in the batch reports the failure");
+        } else if let Err(e) = &db_result {
+            tracing::error!(error = %e, "store commit failed; its writes report the failure, the batch's log appends stand");
         }
-        for d in dones {
-            d.send(result.clone());
+        for (done, has_redb_work) in dones {
+            done.send(if has_redb_work { db_result.clone() } else { log_result.clone() });
         }
         if let Err(e) = blocking(|| log.maintain()) {
             tracing::error!(error = %e, "raft log upkeep failed");
@@ -601,6 +617,22 @@ mod tests {
         tokio::task::yield_now().await;
         let store = Store::open(disk, dir.path(), "n1").unwrap();
         assert_eq!(read(&store, "a").len(), 2, "moved once, not twice");
+    }
+
+    #[tokio::test]
+    async fn a_failing_redb_write_does_not_fail_the_log_appends_that_shared_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
+        let store = Store::open(disk, dir.path(), "n1").unwrap();
+        let failing: TxnFn =
+            Box::new(|_| Err(StoreError::Corrupt { what: "a group's state".into(), detail: "planted".into() }));
+        let op = LogOp::Entries { group: "other".into(), entries: vec![(1, b"entry".to_vec())] };
+        // Queued in one instant: the writer folds them into one batch.
+        let (redb, log) = tokio::join!(store.write(vec![failing]), store.log_write(vec![op]));
+        assert!(matches!(redb, Err(StoreError::Corrupt { .. })), "{redb:?}");
+        assert!(log.is_ok(), "the append is durable and must say so: {log:?}");
+        assert_eq!(store.raft_log().bounds("other"), Some((1, 1)));
     }
 
     #[tokio::test]
