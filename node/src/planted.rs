@@ -28,10 +28,18 @@ pub enum Bug {
     IgnoreLease,
     /// Promotion picks the surviving replica with the lowest log position instead of the highest.
     PromoteStaleRegion,
+    /// The near-sync lag gate counts a write durable elsewhere once one replica outside the
+    /// leader's region has it, so the region and that replica lost together take writes acked
+    /// over more than `rpo_target` (the rule before issue #18).
+    LagGateOneCopy,
+    /// The failover controller calls a node expired on the time since its last renewal alone,
+    /// so after the meta group lost its quorum it skips live replicas holding the newest writes
+    /// when it seals and promotes (sim seed 10179, issue #18).
+    ExpireOnSilence,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeCommit,
         Bug::AckBeforeFsync,
         Bug::WipedNodeVotes,
@@ -39,6 +47,8 @@ impl Bug {
         Bug::UndercountLoss,
         Bug::IgnoreLease,
         Bug::PromoteStaleRegion,
+        Bug::LagGateOneCopy,
+        Bug::ExpireOnSilence,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +60,8 @@ impl Bug {
             Bug::UndercountLoss => "undercount-loss",
             Bug::IgnoreLease => "ignore-lease",
             Bug::PromoteStaleRegion => "promote-stale-region",
+            Bug::LagGateOneCopy => "lag-gate-one-copy",
+            Bug::ExpireOnSilence => "expire-on-silence",
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::RngExt;
 use tetrad_node::meta::state::Mode;
+use tetrad_node::node::Node;
 use tetrad_node::seams::disk::Disk;
 use tetrad_node::seams::net::NodeId;
 
@@ -312,7 +313,8 @@ impl<'a> Driver<'a> {
     /// The tenant's voter outside `region` nearest to it, among those up.
     pub fn nearest_voter_outside(&self, region: usize) -> Option<NodeId> {
         let up = self.up_nodes();
-        nearest_voter(&self.tenant.voters, &up, &self.c.spec.one_way_ms, region, |id| self.c.region_of(id))
+        let leader = self.leader().and_then(|l| self.c.handles.lock().expect("handles lock").get(&l).cloned());
+        extra_victim(&self.tenant, leader.as_ref(), &up, &self.c.spec.one_way_ms, region, |id| self.c.region_of(id))
     }
 
     /// Right after the next ack (waiting at most `limit`), cuts power to the acking node's region
@@ -321,7 +323,7 @@ impl<'a> Driver<'a> {
     pub async fn strike_at_ack(&mut self, wipe: bool, plus_node: bool, limit: Duration) -> Option<Strike> {
         let switch = self.c.power_switch();
         let region_of: BTreeMap<NodeId, usize> = self.c.nodes.iter().map(|(id, n)| (*id, n.region)).collect();
-        let voters = self.tenant.voters.clone();
+        let tenant = self.tenant.clone();
         let matrix = self.c.spec.one_way_ms.clone();
         let handles = self.c.handles.clone();
         let seed: u64 = self.rng.random();
@@ -329,9 +331,15 @@ impl<'a> Driver<'a> {
         let out = struck.clone();
         self.acks.arm(Box::new(move |ack| {
             let Some(&region) = region_of.get(&ack.by) else { return };
-            let up: Vec<NodeId> = handles.lock().expect("handles lock").keys().copied().collect();
-            let extra =
-                if plus_node { nearest_voter(&voters, &up, &matrix, region, |id| region_of[&id]) } else { None };
+            let (up, leader): (Vec<NodeId>, Option<Node>) = {
+                let h = handles.lock().expect("handles lock");
+                (h.keys().copied().collect(), h.get(&ack.by).cloned())
+            };
+            let extra = if plus_node {
+                extra_victim(&tenant, leader.as_ref(), &up, &matrix, region, |id| region_of[&id])
+            } else {
+                None
+            };
             for (&id, _) in region_of.iter().filter(|(_, r)| **r == region) {
                 switch.cut(id, wipe, seed ^ id);
             }
@@ -426,6 +434,39 @@ impl<'a> Driver<'a> {
 }
 
 /// The voter outside `region` with the lowest latency from it (ties: lowest id), among `up`.
+/// The one more node a region fault takes with it (`plus_node`), chosen to test the claim at
+/// its edge. (With eu-central, which holds two meta voters, the holder is often eu-west-1, a
+/// meta voter: the meta group then loses its quorum too, as in seed 10179.) For sync, the first epoch's voter nearest the region (the likeliest partner of the
+/// region's voters in a commit quorum). For near-sync and async, given the tenant's `leader` (in
+/// that region), the replica outside the region that holds the newest writes as the leader knows
+/// them: the copy the lag gate is likeliest to be counting on. Otherwise the nearest voter.
+fn extra_victim(
+    tenant: &TenantInfo,
+    leader: Option<&Node>,
+    up: &[NodeId],
+    one_way_ms: &[Vec<u64>],
+    region: usize,
+    region_of: impl Fn(NodeId) -> usize,
+) -> Option<NodeId> {
+    if tenant.mode != Mode::Sync {
+        let prefix = tenant.group_prefix();
+        let newest = leader.into_iter().flat_map(|l| l.led_group_matched()).filter_map(|(g, matched)| {
+            let epoch = g.strip_prefix(&prefix)?.parse::<u64>().ok()?;
+            Some((epoch, matched))
+        });
+        if let Some((_, matched)) = newest.max_by_key(|(e, _)| *e) {
+            let best = matched
+                .into_iter()
+                .filter(|(m, i)| i.is_some() && up.contains(m) && region_of(*m) != region)
+                .max_by_key(|(m, i)| (*i, std::cmp::Reverse(one_way_ms[region][region_of(*m)]), std::cmp::Reverse(*m)));
+            if let Some((m, _)) = best {
+                return Some(m);
+            }
+        }
+    }
+    nearest_voter(&tenant.voters, up, one_way_ms, region, region_of)
+}
+
 fn nearest_voter(
     voters: &[NodeId],
     up: &[NodeId],

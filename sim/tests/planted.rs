@@ -94,6 +94,13 @@ fn lag_gate_off_by_one_is_caught() {
 }
 
 #[test]
+fn lag_gate_one_copy_is_caught() {
+    // A region fault that takes the replica the gate counted on with it (sim/src/fault.rs,
+    // `extra_victim`) loses writes acked over more than the target when one copy is enough.
+    caught_in("lag-gate-one-copy", "region-outage", "near-sync", "1..60");
+}
+
+#[test]
 fn promote_stale_region_is_caught() {
     caught_in("promote-stale-region", "region-outage", "async", "1..60");
 }

@@ -79,6 +79,30 @@ impl AckBook {
     }
 }
 
+/// How many replicas outside the leader's region must have an acked write durable before the
+/// lag gate counts it as safe from the loss of the leader's region.
+///
+/// Two, so that the near-sync claim holds within the whole fault budget: one region lost *plus*
+/// one more node anywhere. Counting one copy, the region and that copy's node can be lost
+/// together (the copy the gate counted on is gone, and promotion picks a survivor that lacks
+/// it: writes acked over more than `rpo_target` disappear). With two copies outside the region,
+/// one survives any such pair, and promotion picks the most up-to-date survivor. A tenant with
+/// a single replica outside its leader's region (residency in two regions, or right after a
+/// failover before placement has added learners) can only count that one: its claim covers the
+/// loss of a region, not of a region plus that replica.
+pub const GATE_COPIES_OUTSIDE: usize = 2;
+
+/// The highest log index durable on [`GATE_COPIES_OUTSIDE`] of the replicas outside the
+/// leader's region (or on all of them, when there are fewer), given their matched (flushed)
+/// indexes; 0 when there is none.
+pub fn durable_elsewhere(outside: &[Option<u64>]) -> u64 {
+    let mut flushed: Vec<u64> = outside.iter().map(|i| i.unwrap_or(0)).collect();
+    flushed.sort_unstable_by(|a, b| b.cmp(a));
+    let wanted = if crate::planted::on(crate::planted::Bug::LagGateOneCopy) { 1 } else { GATE_COPIES_OUTSIDE };
+    let copies = wanted.min(flushed.len());
+    copies.checked_sub(1).and_then(|k| flushed.get(k)).copied().unwrap_or(0)
+}
+
 /// Whether the gate lets an ack through: nothing exposed longer than `rpo`.
 pub fn gate_open(exposure: Exposure, rpo: Duration) -> bool {
     match exposure {
@@ -89,14 +113,16 @@ pub fn gate_open(exposure: Exposure, rpo: Duration) -> bool {
 }
 
 impl Node {
-    /// The highest log index that some member outside `region` has made durable (leader only).
+    /// The highest log index that the lag gate may count as durable outside `region` (leader
+    /// only): see [`durable_elsewhere`].
     fn replicated_outside(&self, st: &GroupStatus, region: &str) -> u64 {
-        st.matched
+        let outside: Vec<Option<u64>> = st
+            .matched
             .iter()
             .filter(|(m, _)| self.region_of(**m).is_some_and(|r| r != region))
-            .filter_map(|(_, i)| *i)
-            .max()
-            .unwrap_or(0)
+            .map(|(_, i)| *i)
+            .collect();
+        durable_elsewhere(&outside)
     }
 
     /// The gate's current exposure for a group this node leads.
@@ -610,6 +636,22 @@ mod tests {
         assert_eq!(b.exposure(49, ms(0)), Exposure::Unknown);
         assert!(!gate_open(Exposure::Unknown, Duration::from_secs(3600)));
         assert_eq!(b.exposure(50, ms(0)), Exposure::None);
+    }
+
+    #[test]
+    fn a_write_counts_as_durable_elsewhere_once_two_replicas_outside_have_it() {
+        // Three learners outside the leader's region: the second highest counts.
+        assert_eq!(durable_elsewhere(&[Some(40), Some(35), Some(12)]), 35);
+        assert_eq!(durable_elsewhere(&[Some(12), None, Some(40)]), 12);
+        assert_eq!(
+            durable_elsewhere(&[Some(40), None, None]),
+            0,
+            "one copy is not enough while there are more replicas"
+        );
+        // A single replica outside the region is all there is to count on.
+        assert_eq!(durable_elsewhere(&[Some(40)]), 40);
+        assert_eq!(durable_elsewhere(&[None]), 0);
+        assert_eq!(durable_elsewhere(&[]), 0, "no replica outside the region: nothing is durable elsewhere");
     }
 
     #[test]

@@ -642,6 +642,20 @@ impl Node {
         ))
     }
 
+    /// For every tenant group this node leads: each member's matched (flushed) log index as
+    /// the leader knows it. The simulator uses it to aim a fault at the replica that holds the
+    /// newest writes outside the leader's region.
+    pub fn led_group_matched(&self) -> Vec<(String, BTreeMap<NodeId, Option<u64>>)> {
+        let groups: Vec<_> = self.inner.tenants.lock().expect("tenants lock").values().cloned().collect();
+        groups
+            .into_iter()
+            .filter_map(|g| {
+                let st = g.status();
+                st.is_leader.then(|| (g.name.clone(), st.matched))
+            })
+            .collect()
+    }
+
     /// (term, leader) of every group this node runs, for the one-leader-per-term oracle.
     pub fn group_leaders(&self) -> Vec<(String, u64, Option<NodeId>)> {
         let mut out = vec![];
