@@ -72,8 +72,17 @@ enum Cmd {
     Sweep {
         #[arg(long)]
         seeds: String,
+        /// A scenario, or `all`: seed S then runs scenario number S modulo their count (in the
+        /// order of `Scenario::all`); each failure's replay line names its scenario.
         #[arg(long, default_value = "mixed")]
         scenario: String,
+        /// Run the seeds in this many child processes side by side (seed S goes to child S
+        /// modulo N); the totals are summed.
+        #[arg(long, default_value_t = 1)]
+        jobs: u32,
+        /// Internal, for `--jobs`: run only the seeds S with S modulo N = J (`J/N`).
+        #[arg(long, hide = true)]
+        shard: Option<String>,
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: Duration,
         #[arg(long)]
@@ -96,6 +105,120 @@ fn mode(m: Option<&str>) -> Result<Option<Mode>, String> {
 
 fn scenario(s: &str) -> Result<Scenario, String> {
     Scenario::parse(s).ok_or_else(|| format!("unknown scenario {s:?}; known: {}", Scenario::names().join(", ")))
+}
+
+/// The sweep's scenarios: one for every seed, or (`all`) each seed's from the list.
+fn sweep_scenarios(s: &str) -> Result<Vec<Scenario>, String> {
+    if s == "all" {
+        Ok(Scenario::all())
+    } else {
+        scenario(s).map(|sc| vec![sc])
+    }
+}
+
+/// `J/N` of `--shard`.
+fn shard(s: Option<&str>) -> Result<(u64, u64), String> {
+    let Some(s) = s else { return Ok((0, 1)) };
+    s.split_once('/')
+        .and_then(|(j, n)| Some((j.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+        .filter(|(j, n)| *n > 0 && j < n)
+        .ok_or_else(|| format!("--shard takes J/N with J < N, not {s:?}"))
+}
+
+/// Runs a sweep as `jobs` child processes of this binary, each with `--shard J/N`; prints
+/// their failures as they come and the summed totals. Exit 1 when any seed failed.
+fn sweep_in_children(jobs: u32) -> ExitCode {
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("cannot find this binary to run its shards");
+        return ExitCode::from(2);
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut children = vec![];
+    for j in 0..jobs {
+        let mut a: Vec<String> = vec![];
+        let mut it = args.iter();
+        while let Some(x) = it.next() {
+            match x.as_str() {
+                "--jobs" => {
+                    it.next();
+                }
+                _ if x.starts_with("--jobs=") => {}
+                _ => a.push(x.clone()),
+            }
+        }
+        a.push("--shard".into());
+        a.push(format!("{j}/{jobs}"));
+        match std::process::Command::new(&exe).args(&a).stdout(std::process::Stdio::piped()).spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                eprintln!("cannot start shard {j}/{jobs}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let wall = Instant::now();
+    let readers: Vec<_> = children
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(j, c)| c.stdout.take().map(|o| (j, o)))
+        .map(|(j, out)| {
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                let mut totals = (0u64, 0u64, 0.0f64);
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(t) = parse_totals(&line) {
+                        totals = (totals.0 + t.0, totals.1 + t.1, t.2);
+                    } else {
+                        println!(
+                            "{}{line}",
+                            if line.starts_with("rto-ms") || line.starts_with("beyond") {
+                                format!("shard {j}: ")
+                            } else {
+                                String::new()
+                            }
+                        );
+                    }
+                }
+                totals
+            })
+        })
+        .collect();
+    let (mut n, mut bad, mut sim) = (0u64, 0u64, 0.0f64);
+    for r in readers {
+        let (a, b, speed_wall) = r.join().unwrap_or((0, 1, 0.0));
+        n += a;
+        bad += b;
+        sim += speed_wall;
+    }
+    let mut failed_child = false;
+    for mut c in children {
+        failed_child |= !c.wait().is_ok_and(|s| s.success() || s.code() == Some(1));
+    }
+    if failed_child {
+        bad += 1;
+        println!("a shard ended abnormally");
+    }
+    println!("seeds: {n} violations: {bad} speed: {:.1}x", sim / f64::max(wall.elapsed().as_secs_f64(), 1e-9));
+    if bad > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A sweep's closing `seeds: N violations: V speed: Sx` line, with the simulated seconds it
+/// stands for (its `simulated:` total): (N, V, simulated seconds).
+fn parse_totals(line: &str) -> Option<(u64, u64, f64)> {
+    let rest = line.strip_prefix("seeds: ")?;
+    if rest.starts_with('?') {
+        // The watchdog stopped a livelocked shard; its failure was printed above.
+        return Some((0, 1, 0.0));
+    }
+    let mut w = rest.split_whitespace();
+    let n = w.next()?.parse().ok()?;
+    let v = w.nth(1)?.parse().ok()?;
+    let sim = rest.split("simulated: ").nth(1).and_then(|x| x.trim_end_matches('s').parse().ok()).unwrap_or(0.0);
+    Some((n, v, sim))
 }
 
 fn plant(p: Option<&str>) -> Result<Option<Bug>, String> {
@@ -283,13 +406,22 @@ fn main() -> ExitCode {
             .init();
     }
     let cli = Cli::parse();
+    if let Cmd::Sweep { jobs, shard: None, .. } = &cli.cmd {
+        if *jobs > 1 {
+            return sweep_in_children(*jobs);
+        }
+    }
     let parsed = match &cli.cmd {
         Cmd::Run { scenario: s, plant: p, without: w, mode: m, .. }
-        | Cmd::Sweep { scenario: s, plant: p, without: w, mode: m, .. } => scenario(s).and_then(|sc| {
-            plant(p.as_deref()).and_then(|b| Without::parse(w).and_then(|w| mode(m.as_deref()).map(|m| (sc, b, w, m))))
-        }),
+        | Cmd::Sweep { scenario: s, plant: p, without: w, mode: m, .. } => {
+            let sc = if matches!(cli.cmd, Cmd::Run { .. }) { scenario(s).map(|s| vec![s]) } else { sweep_scenarios(s) };
+            sc.and_then(|sc| {
+                plant(p.as_deref())
+                    .and_then(|b| Without::parse(w).and_then(|w| mode(m.as_deref()).map(|m| (sc, b, w, m))))
+            })
+        }
     };
-    let (sc, bug, without, mode) = match parsed {
+    let (scs, bug, without, mode) = match parsed {
         Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
@@ -298,7 +430,8 @@ fn main() -> ExitCode {
     };
     match cli.cmd {
         Cmd::Run { seed, duration, check_determinism, report, clients, .. } => {
-            let opts = RunOptions { seed, duration, scenario: sc, plant: bug, without: without.clone(), clients, mode };
+            let opts =
+                RunOptions { seed, duration, scenario: scs[0], plant: bug, without: without.clone(), clients, mode };
             let r = guarded(&opts);
             print_report(&r, &opts);
             let mut ok = r.ok();
@@ -326,7 +459,14 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Cmd::Sweep { seeds, duration, stop_at_first, .. } => {
+        Cmd::Sweep { seeds, duration, stop_at_first, shard: sh, .. } => {
+            let (j, of) = match shard(sh.as_deref()) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
             let Some((a, b)) =
                 seeds.split_once("..").and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
             else {
@@ -335,11 +475,11 @@ fn main() -> ExitCode {
             };
             let (mut n, mut bad, mut beyond, mut sim, mut wall) = (0u64, 0u64, 0u64, 0.0, 0.0);
             let mut rto: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
-            for seed in a..=b {
+            for seed in (a..=b).filter(|s| s % of == j) {
                 let opts = RunOptions {
                     seed,
                     duration,
-                    scenario: sc,
+                    scenario: scs[(seed % scs.len() as u64) as usize],
                     plant: bug,
                     without: without.clone(),
                     clients: CLIENTS,
@@ -373,7 +513,7 @@ fn main() -> ExitCode {
             for line in rto_summary(&rto) {
                 println!("{line}");
             }
-            println!("seeds: {n} violations: {bad} speed: {:.1}x", sim / f64::max(wall, 1e-9));
+            println!("seeds: {n} violations: {bad} speed: {:.1}x simulated: {sim:.1}s", sim / f64::max(wall, 1e-9));
             if bad > 0 {
                 ExitCode::from(1)
             } else {

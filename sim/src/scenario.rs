@@ -49,6 +49,12 @@ impl Scenario {
         NAMES.iter().find(|(n, _)| *n == s).map(|(_, sc)| *sc)
     }
 
+    /// Every scenario, in a fixed order: `sweep --scenario all` gives seed `s` the scenario
+    /// `all()[s % len]`, so a range of seeds covers each of them alike.
+    pub fn all() -> Vec<Scenario> {
+        NAMES.iter().map(|(_, sc)| *sc).collect()
+    }
+
     pub fn names() -> Vec<&'static str> {
         NAMES.iter().map(|(n, _)| *n).collect()
     }

@@ -30,7 +30,7 @@ pub fn sweep_totals(out: &str) -> Option<(u64, u64, f64)> {
     let last = out.lines().rev().find(|l| l.starts_with("seeds: "))?;
     let words: Vec<&str> = last.split_whitespace().collect();
     match words.as_slice() {
-        ["seeds:", n, "violations:", v, "speed:", s] => {
+        ["seeds:", n, "violations:", v, "speed:", s, ..] => {
             Some((n.parse().ok()?, v.parse().ok()?, s.trim_end_matches('x').parse().ok()?))
         }
         _ => None,
