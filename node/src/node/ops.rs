@@ -7,6 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Node;
+pub use crate::api::error::ApiError;
+pub use crate::api::status::{ClusterStatus, NodeView, TenantView};
 use crate::meta::state::{MetaCommand, MetaReply, Mode, TenantRecord, TenantSpec, TenantState as TState};
 use crate::raft::group::WriteError;
 use crate::raft::wire::{self, Envelope, GroupProbeReply, RegionLagWire, Reply, ReplyEnvelope, Request, WireError};
@@ -35,36 +37,6 @@ fn best_leader(probes: &[(NodeId, GroupProbeReply)]) -> Option<NodeId> {
     probes.iter().filter(|(_, p)| p.leader.is_some()).max_by_key(|(_, p)| p.term).and_then(|(_, p)| p.leader)
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum ApiError {
-    #[error("tenant {0:?} does not exist")]
-    UnknownTenant(String),
-    #[error("segment {0:?} does not exist")]
-    UnknownSegment(String),
-    #[error("segment {name:?} already exists with different bytes (stored blake3 {existing}, {existing_size} bytes); nothing was changed")]
-    Conflict { name: String, existing: String, existing_size: u64 },
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    #[error("this node does not lead the tenant's group")]
-    NotLeader { leader: Option<NodeId> },
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    #[error("outcome unknown: {0}; retrying the same write is safe")]
-    OutcomeUnknown(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> Self {
-        match e {
-            WriteError::NotLeader(l) => ApiError::NotLeader { leader: l },
-            WriteError::OutcomeUnknown(m) => ApiError::OutcomeUnknown(m),
-            WriteError::Unavailable(m) => ApiError::Unavailable(m),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushOutcome {
     pub already_present: bool,
@@ -73,29 +45,6 @@ pub struct PushOutcome {
     pub epoch: u64,
     pub term: u64,
     pub index: u64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeView {
-    pub id: NodeId,
-    pub name: String,
-    pub region: String,
-    pub up: bool,
-    pub api_addr: std::net::SocketAddr,
-    pub last_heartbeat_ago_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TenantView {
-    pub record: TenantRecord,
-    pub probe: Option<GroupProbeReply>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterStatus {
-    pub nodes: Vec<NodeView>,
-    pub meta_leader: Option<NodeId>,
-    pub tenants: Vec<TenantView>,
 }
 
 fn valid_tenant_name(name: &str) -> Result<(), ApiError> {

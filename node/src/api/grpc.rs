@@ -1,0 +1,363 @@
+//! The gRPC service (tonic) for clients and operators: maps `tetrad_proto` messages to
+//! [`Node`] operations and [`ApiError`]s to statuses carrying the `tetrad-error` kind (and, for
+//! redirects, the leader's address) that tetradctl relies on.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tetrad_proto::v1::tetrad_server::Tetrad;
+use tetrad_proto::v1::*;
+use tetrad_proto::{ERROR_KIND_KEY, LEADER_API_KEY};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::meta::state::{TenantEvent, TenantRecord};
+use crate::node::{ApiError, Node};
+use crate::storage::chunks::{hex, parse_hex, CHUNK_BYTES};
+use crate::tenant::catalog::MAX_SEGMENT_BYTES;
+
+/// Largest gRPC message accepted or sent (pushes and fetches stream in 1 MiB pieces).
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 << 20;
+
+pub struct Api {
+    node: Node,
+}
+
+impl Api {
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+
+    pub fn into_server(self) -> tetrad_proto::v1::tetrad_server::TetradServer<Api> {
+        tetrad_proto::v1::tetrad_server::TetradServer::new(self)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    }
+
+    fn status(&self, e: ApiError) -> Status {
+        let (code, kind) = match &e {
+            ApiError::UnknownTenant(_) => (tonic::Code::NotFound, "unknown-tenant"),
+            ApiError::UnknownSegment(_) => (tonic::Code::NotFound, "unknown-segment"),
+            ApiError::Conflict { .. } => (tonic::Code::AlreadyExists, "segment-conflict"),
+            ApiError::BadRequest(_) => (tonic::Code::InvalidArgument, "bad-request"),
+            ApiError::NotLeader { .. } => (tonic::Code::FailedPrecondition, "not-leader"),
+            ApiError::Unavailable(_) => (tonic::Code::Unavailable, "unavailable"),
+            ApiError::OutcomeUnknown(_) => (tonic::Code::Aborted, "outcome-unknown"),
+            ApiError::Internal(_) => (tonic::Code::Internal, "internal"),
+        };
+        let mut s = Status::new(code, e.to_string());
+        s.metadata_mut().insert(ERROR_KIND_KEY, kind.parse().expect("ascii kind"));
+        if let ApiError::NotLeader { leader: Some(l) } = e {
+            if let Some(addr) = self.node.api_addr_of(l) {
+                if let Ok(v) = addr.to_string().parse() {
+                    s.metadata_mut().insert(LEADER_API_KEY, v);
+                }
+            }
+        }
+        s
+    }
+
+    fn tenant_info(&self, r: &TenantRecord, leader: Option<u64>, term: u64) -> TenantInfo {
+        let name = |id: &u64| {
+            self.node.config().nodes.iter().find(|p| p.id == *id).map(|p| p.name.clone()).unwrap_or_default()
+        };
+        TenantInfo {
+            name: r.spec.name.clone(),
+            mode: r.spec.mode.as_str().to_string(),
+            primary: r.spec.primary.clone(),
+            epoch: r.epoch,
+            voters: r.voters.iter().map(name).collect(),
+            learners: r.learners.iter().map(name).collect(),
+            state: r.state.as_str().to_string(),
+            created_at_ms: r.created_at_ms,
+            leader: leader.as_ref().map(name).unwrap_or_default(),
+            term,
+            rpo_target_ms: r.spec.rpo_target_ms,
+            on_lag: r.spec.on_lag.clone(),
+            regions: r.spec.regions.clone(),
+        }
+    }
+
+    /// A recorded event in wire form; node ids become node names.
+    fn event_info(&self, e: &TenantEvent) -> TenantEventInfo {
+        TenantEventInfo {
+            kind: e.kind.as_str().to_string(),
+            at_ms: e.at_ms,
+            from_epoch: e.from_epoch,
+            to_epoch: e.to_epoch,
+            rto_ms: e.rto_ms,
+            lost_writes_min: e.lost_writes_min,
+            lost_writes_max: e.lost_writes_max,
+            loss_window_start_ms: e.loss_window_start_ms,
+            loss_window_end_ms: e.loss_window_end_ms,
+            old_voters: e.old_voters.iter().map(|v| self.node_label(*v)).collect(),
+            divergent: e
+                .tails
+                .iter()
+                .map(|(node, writes)| DivergentTail {
+                    node: self.node_label(*node),
+                    writes: writes
+                        .iter()
+                        .map(|w| TailWriteInfo {
+                            name: w.name.clone(),
+                            term: w.term,
+                            index: w.index,
+                            proposed_at_ms: w.proposed_at_ms,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            detail: e.detail.clone(),
+        }
+    }
+
+    fn node_name(&self, id: u64) -> String {
+        self.node.config().nodes.iter().find(|p| p.id == id).map(|p| p.name.clone()).unwrap_or_default()
+    }
+
+    /// A node's name, or its id when this node's configuration does not list it: a record of
+    /// where lost writes sit must never show a blank.
+    fn node_label(&self, id: u64) -> String {
+        let name = self.node_name(id);
+        if name.is_empty() {
+            format!("node-{id}")
+        } else {
+            name
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Tetrad for Api {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let st = self.node.status().await;
+        let nodes = st
+            .nodes
+            .iter()
+            .map(|n| NodeStatus {
+                id: n.name.clone(),
+                region: n.region.clone(),
+                up: n.up,
+                api_addr: n.api_addr.to_string(),
+                last_heartbeat_ago_ms: n.last_heartbeat_ago_ms.map(|x| x as i64).unwrap_or(-1),
+            })
+            .collect();
+        let tenants = st
+            .tenants
+            .iter()
+            .map(|t| {
+                let p = t.probe.as_ref();
+                TenantStatus {
+                    name: t.record.spec.name.clone(),
+                    mode: t.record.spec.mode.as_str().to_string(),
+                    state: t.record.state.as_str().to_string(),
+                    epoch: t.record.epoch,
+                    leader: p.and_then(|p| p.leader).map(|l| self.node_name(l)).unwrap_or_default(),
+                    term: p.map(|p| p.term).unwrap_or(0),
+                    lag: p
+                        .map(|p| {
+                            p.lag
+                                .iter()
+                                .map(|l| RegionLag {
+                                    region: l.region.clone(),
+                                    writes: l.writes,
+                                    bytes: l.bytes,
+                                    seconds: l.seconds,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    primary: t.record.spec.primary.clone(),
+                    voters: t.record.voters.iter().map(|v| self.node_name(*v)).collect(),
+                    segments: p.map(|p| p.segments).unwrap_or(0),
+                    learners: t.record.learners.iter().map(|v| self.node_name(*v)).collect(),
+                    rpo_target_ms: t.record.spec.rpo_target_ms,
+                    on_lag: t.record.spec.on_lag.clone(),
+                    regions: t.record.spec.regions.clone(),
+                }
+            })
+            .collect();
+        Ok(Response::new(StatusReply {
+            nodes,
+            meta_leader: st.meta_leader.map(|l| self.node_name(l)).unwrap_or_default(),
+            tenants,
+        }))
+    }
+
+    async fn init_cluster(&self, _req: Request<InitClusterRequest>) -> Result<Response<InitClusterReply>, Status> {
+        let did = self.node.init_cluster().await.map_err(|e| self.status(e))?;
+        Ok(Response::new(InitClusterReply {
+            already_initialized: !did,
+            meta_leader: self.node.meta_leader().map(|l| self.node_name(l)).unwrap_or_default(),
+        }))
+    }
+
+    async fn create_tenant(&self, req: Request<CreateTenantRequest>) -> Result<Response<TenantInfo>, Status> {
+        let r = req.into_inner();
+        let primary = if r.primary.is_empty() { None } else { Some(r.primary.as_str()) };
+        let rec = self
+            .node
+            .create_tenant(&r.name, &r.mode, primary, r.rpo_target_ms, &r.on_lag, &r.regions)
+            .await
+            .map_err(|e| self.status(e))?;
+        Ok(Response::new(self.tenant_info(&rec, None, 0)))
+    }
+
+    async fn list_tenants(&self, _req: Request<ListTenantsRequest>) -> Result<Response<ListTenantsReply>, Status> {
+        let recs = self.node.tenant_records().await;
+        Ok(Response::new(ListTenantsReply { tenants: recs.iter().map(|r| self.tenant_info(r, None, 0)).collect() }))
+    }
+
+    async fn get_tenant(&self, req: Request<GetTenantRequest>) -> Result<Response<TenantInfo>, Status> {
+        let name = req.into_inner().name;
+        let rec = self.node.tenant_record(&name).await.map_err(|e| self.status(e))?;
+        let st = self.node.status().await;
+        let probe = st.tenants.iter().find(|t| t.record.spec.name == name).and_then(|t| t.probe.clone());
+        Ok(Response::new(self.tenant_info(
+            &rec,
+            probe.as_ref().and_then(|p| p.leader),
+            probe.map(|p| p.term).unwrap_or(0),
+        )))
+    }
+
+    async fn push_wal(&self, req: Request<Streaming<PushWalRequest>>) -> Result<Response<PushWalReply>, Status> {
+        let mut stream = req.into_inner();
+        let bad = |m: String| self.status(ApiError::BadRequest(m));
+        let header = match stream.next().await {
+            Some(Ok(PushWalRequest { msg: Some(push_wal_request::Msg::Header(h)) })) => h,
+            Some(Ok(_)) => return Err(bad("the first message of a push must be its header".into())),
+            Some(Err(e)) => return Err(e),
+            None => return Err(bad("empty push".into())),
+        };
+        if header.size > MAX_SEGMENT_BYTES {
+            return Err(bad(format!("segment of {} bytes exceeds the limit of {MAX_SEGMENT_BYTES}", header.size)));
+        }
+        let Some(hash) = parse_hex(&header.blake3) else {
+            return Err(bad(format!("blake3 {:?} is not 64 hex digits", header.blake3)));
+        };
+        // Validate cheap things before receiving the bytes.
+        crate::tenant::catalog::validate_name(&header.name).map_err(bad)?;
+        self.node.tenant_record(&header.tenant).await.map_err(|e| self.status(e))?;
+        let mut data = Vec::with_capacity(header.size as usize);
+        while let Some(msg) = stream.next().await {
+            match msg?.msg {
+                Some(push_wal_request::Msg::Data(d)) => {
+                    if data.len() + d.len() > header.size as usize {
+                        return Err(bad(format!("more bytes than the header's size {}", header.size)));
+                    }
+                    data.extend_from_slice(&d);
+                }
+                _ => return Err(bad("a push carries one header, then data".into())),
+            }
+        }
+        if data.len() as u64 != header.size {
+            return Err(bad(format!("received {} bytes, header said {}", data.len(), header.size)));
+        }
+        let out = self.node.push(&header.tenant, &header.name, hash, data).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(PushWalReply {
+            name: header.name,
+            size: out.size,
+            blake3: hex(&out.blake3),
+            already_present: out.already_present,
+            epoch: out.epoch,
+            term: out.term,
+            index: out.index,
+        }))
+    }
+
+    type FetchWalStream = BoxStream<FetchWalReply>;
+
+    async fn fetch_wal(&self, req: Request<FetchWalRequest>) -> Result<Response<Self::FetchWalStream>, Status> {
+        let r = req.into_inner();
+        let rec = self.node.segment(&r.tenant, &r.name).await.map_err(|e| self.status(e))?;
+        let node = self.node.clone();
+        let tenant = r.tenant.clone();
+        let header = FetchWalReply {
+            msg: Some(fetch_wal_reply::Msg::Header(SegmentHeader {
+                name: rec.name.clone(),
+                size: rec.size,
+                blake3: hex(&rec.blake3),
+            })),
+        };
+        // Chunks are read one at a time as the client consumes them, so a large segment never
+        // sits in memory whole.
+        let chunks = rec.chunks.clone();
+        let body = futures::stream::iter(chunks).then(move |h| {
+            let node = node.clone();
+            let tenant = tenant.clone();
+            async move {
+                match node.read_chunk(&tenant, &h).await {
+                    Ok(bytes) => {
+                        debug_assert!(bytes.len() <= CHUNK_BYTES);
+                        Ok(FetchWalReply { msg: Some(fetch_wal_reply::Msg::Data(bytes)) })
+                    }
+                    Err(e) => {
+                        let mut s = Status::internal(format!("reading segment data failed: {e}"));
+                        s.metadata_mut().insert(ERROR_KIND_KEY, "internal".parse().expect("ascii"));
+                        Err(s)
+                    }
+                }
+            }
+        });
+        let stream = futures::stream::once(async move { Ok(header) }).chain(body);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_wal(&self, req: Request<ListWalRequest>) -> Result<Response<ListWalReply>, Status> {
+        let r = req.into_inner();
+        let segs = self.node.list(&r.tenant, &r.prefix).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(ListWalReply {
+            segments: segs
+                .into_iter()
+                .map(|s| SegmentInfo {
+                    name: s.name,
+                    size: s.size,
+                    blake3: hex(&s.blake3),
+                    proposed_at_ms: s.proposed_at_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    // The operator calls below go through the meta group's leader (the node forwards its
+    // proposals there), so whichever node tetradctl reaches serves them: no redirect.
+
+    async fn switchover_tenant(
+        &self,
+        req: Request<SwitchoverTenantRequest>,
+    ) -> Result<Response<TenantEventInfo>, Status> {
+        let r = req.into_inner();
+        if r.to_region.is_empty() {
+            return Err(self.status(ApiError::BadRequest("a switchover needs a target region".into())));
+        }
+        let ev = self.node.switchover(&r.name, &r.to_region).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(self.event_info(&ev)))
+    }
+
+    async fn failover_tenant(&self, req: Request<FailoverTenantRequest>) -> Result<Response<TenantEventInfo>, Status> {
+        let r = req.into_inner();
+        if r.to_region.is_empty() {
+            return Err(self.status(ApiError::BadRequest("a manual failover needs a target region".into())));
+        }
+        let ev =
+            self.node.manual_failover(&r.name, &r.to_region, r.accept_data_loss).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(self.event_info(&ev)))
+    }
+
+    async fn set_tenant_mode(&self, req: Request<SetTenantModeRequest>) -> Result<Response<TenantInfo>, Status> {
+        let r = req.into_inner();
+        let rec = self
+            .node
+            .set_mode(&r.name, &r.mode, r.rpo_target_ms, r.on_lag.as_deref())
+            .await
+            .map_err(|e| self.status(e))?;
+        Ok(Response::new(self.tenant_info(&rec, None, 0)))
+    }
+
+    async fn tenant_history(&self, req: Request<TenantHistoryRequest>) -> Result<Response<TenantHistoryReply>, Status> {
+        let name = req.into_inner().name;
+        let events = self.node.tenant_history(&name).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(TenantHistoryReply { events: events.iter().map(|e| self.event_info(e)).collect() }))
+    }
+}
