@@ -370,7 +370,7 @@ mod tests {
     fn looks(o: &mut Observations, others: &[(NodeId, u64)], from: Duration, to: Duration) {
         let mut t = from;
         while t <= to {
-            look(o, others, t, (t.as_millis() / 200) % 5 == 0);
+            look(o, others, t, (t.as_millis() / 200).is_multiple_of(5));
             t += Duration::from_millis(200);
         }
     }
@@ -415,7 +415,7 @@ mod tests {
         let mut t = ms(100_000);
         while t <= ms(110_000) {
             let c = (t.as_millis() / 1_000) as u64;
-            look(&mut o, &[(1, c), (2, c)], t, (t.as_millis() / 200) % 5 == 0);
+            look(&mut o, &[(1, c), (2, c)], t, (t.as_millis() / 200).is_multiple_of(5));
             t += ms(200);
         }
         let (c1, c2) = (110, 110);
