@@ -21,6 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
+use tetrad_proto::json;
 use tetrad_proto::v1::tetrad_client::TetradClient;
 use tetrad_proto::v1::StatusRequest;
 use tokio::task::JoinHandle;
@@ -308,12 +309,9 @@ async fn recorded_rto_ms(cluster: &Cluster, tenant: &str, from: u64) -> Result<u
     let deadline = Instant::now() + HISTORY_BOUND;
     loop {
         let out = cluster.ctl(&["tenant", "history", tenant, "--json"]).await?;
-        let events: Vec<serde_json::Value> =
+        let events: Vec<json::Event> =
             serde_json::from_str(&out).with_context(|| format!("history --json is not a list of events: {out}"))?;
-        let rto = events
-            .iter()
-            .filter(|e| e["kind"] == "failover" && e["from_epoch"].as_u64() == Some(from))
-            .find_map(|e| e["rto_ms"].as_u64());
+        let rto = events.iter().filter(|e| e.kind == "failover" && e.from_epoch == from).find_map(|e| e.rto_ms);
         if let Some(ms) = rto {
             return Ok(ms);
         }

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tetrad_node::config::{NodeConfig, PeerConfig, TlsConfig};
-use tetrad_node::tls::{CaBundle, NodeCert};
+use tetrad_config::certs::{CaBundle, NodeCert};
+use tetrad_config::file::{NodeConfig, PeerConfig, TlsConfig};
 
 use crate::ports::NodePorts;
 use crate::tuning::Tuning;

@@ -9,7 +9,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use anyhow::Context;
-use tetrad_node::tls::{CaBundle, NodeCert};
+use tetrad_config::certs::{CaBundle, NodeCert};
 use tetrad_proto::v1::InitClusterRequest;
 use tokio::time::{sleep, Instant};
 

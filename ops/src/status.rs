@@ -1,6 +1,7 @@
 //! `tetradctl status`: the cluster's nodes, meta leader and tenants, as a table or as JSON.
 //!
-//! The JSON shape is stable (fields may be added, never renamed or removed):
+//! The JSON shape is stable (fields may be added, never renamed or removed); it is defined once,
+//! in `tetrad_proto::json::Status`, which the tests read back:
 //!
 //! ```json
 //! {"nodes": [{"id": "eu-central-1", "region": "eu-central", "up": true,
@@ -22,7 +23,7 @@
 //! `catching-up` (its writes are outside its mode's claim), one without a leader, and lag past a
 //! near-sync tenant's rpo target.
 
-use serde::Serialize;
+use tetrad_proto::json;
 use tetrad_proto::v1::{StatusReply, StatusRequest, TenantStatus};
 
 use crate::client::Session;
@@ -37,98 +38,55 @@ pub async fn fetch_status(session: &mut Session) -> CmdResult<StatusReply> {
         .map_err(|g| gave_up(Op::Other, "status", g))
 }
 
-#[derive(Debug, Serialize)]
-pub struct StatusJson {
-    pub nodes: Vec<NodeJson>,
-    pub meta_leader: Option<String>,
-    pub tenants: Vec<TenantStatusJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct NodeJson {
-    pub id: String,
-    pub region: String,
-    pub up: bool,
-    pub api_addr: String,
-    pub last_heartbeat_ago_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TenantStatusJson {
-    pub name: String,
-    pub mode: String,
-    pub state: String,
-    pub epoch: u64,
-    pub leader: String,
-    pub term: u64,
-    pub primary: String,
-    pub voters: Vec<String>,
-    pub learners: Vec<String>,
-    pub segments: u64,
-    pub rpo_target_ms: u64,
-    pub on_lag: String,
-    pub regions: Vec<String>,
-    pub lag: Vec<LagJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LagJson {
-    pub region: String,
-    pub writes: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-}
-
-impl From<&StatusReply> for StatusJson {
-    fn from(r: &StatusReply) -> Self {
-        StatusJson {
-            nodes: r
-                .nodes
-                .iter()
-                .map(|n| NodeJson {
-                    id: n.id.clone(),
-                    region: n.region.clone(),
-                    up: n.up,
-                    api_addr: n.api_addr.clone(),
-                    last_heartbeat_ago_ms: u64::try_from(n.last_heartbeat_ago_ms).ok(),
-                })
-                .collect(),
-            meta_leader: Some(r.meta_leader.clone()).filter(|l| !l.is_empty()),
-            tenants: r
-                .tenants
-                .iter()
-                .map(|t| TenantStatusJson {
-                    name: t.name.clone(),
-                    mode: t.mode.clone(),
-                    state: t.state.clone(),
-                    epoch: t.epoch,
-                    leader: t.leader.clone(),
-                    term: t.term,
-                    primary: t.primary.clone(),
-                    voters: t.voters.clone(),
-                    learners: t.learners.clone(),
-                    segments: t.segments,
-                    rpo_target_ms: t.rpo_target_ms,
-                    on_lag: t.on_lag.clone(),
-                    regions: t.regions.clone(),
-                    lag: t
-                        .lag
-                        .iter()
-                        .map(|l| LagJson {
-                            region: l.region.clone(),
-                            writes: l.writes,
-                            bytes: l.bytes,
-                            seconds: l.seconds,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
+/// The printed form of a status reply (`tetrad_proto::json::Status`, where the shape is defined).
+pub fn to_json(r: &StatusReply) -> json::Status {
+    json::Status {
+        nodes: r
+            .nodes
+            .iter()
+            .map(|n| json::Node {
+                id: n.id.clone(),
+                region: n.region.clone(),
+                up: n.up,
+                api_addr: n.api_addr.clone(),
+                last_heartbeat_ago_ms: u64::try_from(n.last_heartbeat_ago_ms).ok(),
+            })
+            .collect(),
+        meta_leader: Some(r.meta_leader.clone()).filter(|l| !l.is_empty()),
+        tenants: r
+            .tenants
+            .iter()
+            .map(|t| json::TenantStatus {
+                name: t.name.clone(),
+                mode: t.mode.clone(),
+                state: t.state.clone(),
+                epoch: t.epoch,
+                leader: t.leader.clone(),
+                term: t.term,
+                primary: t.primary.clone(),
+                voters: t.voters.clone(),
+                learners: t.learners.clone(),
+                segments: t.segments,
+                rpo_target_ms: t.rpo_target_ms,
+                on_lag: t.on_lag.clone(),
+                regions: t.regions.clone(),
+                lag: t
+                    .lag
+                    .iter()
+                    .map(|l| json::Lag {
+                        region: l.region.clone(),
+                        writes: l.writes,
+                        bytes: l.bytes,
+                        seconds: l.seconds,
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
 pub fn render_json(r: &StatusReply) -> String {
-    serde_json::to_string_pretty(&StatusJson::from(r)).expect("status JSON always serializes")
+    serde_json::to_string_pretty(&to_json(r)).expect("status JSON always serializes")
 }
 
 pub fn render_table(r: &StatusReply) -> String {

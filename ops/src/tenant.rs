@@ -1,9 +1,10 @@
 //! `tetradctl tenant create | list | show`; the operator actions live beside it:
 //! [`failover`] (`switchover`, `failover`), [`mode`] (`set-mode`) and [`history`].
 //!
-//! JSON shape of a tenant (stable; fields may be added): `{"name", "mode", "primary", "epoch",
-//! "voters", "learners", "state", "created_at_ms", "leader", "term", "rpo_target_ms", "on_lag",
-//! "regions"}`; `tenant list --json` prints `{"tenants": [...]}`.
+//! JSON shape of a tenant (stable; fields may be added; defined in `tetrad_proto::json::Tenant`):
+//! `{"name", "mode", "primary", "epoch", "voters", "learners", "state", "created_at_ms", "leader",
+//! "term", "rpo_target_ms", "on_lag", "regions"}`; `tenant list --json` prints `{"tenants": [...]}`
+//! (`tetrad_proto::json::TenantList`).
 
 pub mod failover;
 pub mod history;
@@ -11,7 +12,7 @@ pub mod mode;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use tetrad_proto::json;
 use tetrad_proto::v1::{CreateTenantRequest, GetTenantRequest, ListTenantsRequest, TenantInfo};
 
 use crate::client::Session;
@@ -103,54 +104,32 @@ pub async fn show(session: &mut Session, name: &str) -> CmdResult<TenantInfo> {
         .map_err(|g| gave_up(Op::Other, &format!("tenant {name}"), g))
 }
 
-#[derive(Debug, Serialize)]
-pub struct TenantJson {
-    pub name: String,
-    pub mode: String,
-    pub primary: String,
-    pub epoch: u64,
-    pub voters: Vec<String>,
-    pub learners: Vec<String>,
-    pub state: String,
-    pub created_at_ms: u64,
-    pub leader: String,
-    pub term: u64,
-    pub rpo_target_ms: u64,
-    pub on_lag: String,
-    pub regions: Vec<String>,
-}
-
-impl From<&TenantInfo> for TenantJson {
-    fn from(t: &TenantInfo) -> Self {
-        TenantJson {
-            name: t.name.clone(),
-            mode: t.mode.clone(),
-            primary: t.primary.clone(),
-            epoch: t.epoch,
-            voters: t.voters.clone(),
-            learners: t.learners.clone(),
-            state: t.state.clone(),
-            created_at_ms: t.created_at_ms,
-            leader: t.leader.clone(),
-            term: t.term,
-            rpo_target_ms: t.rpo_target_ms,
-            on_lag: t.on_lag.clone(),
-            regions: t.regions.clone(),
-        }
+/// The printed form of a tenant (`tetrad_proto::json::Tenant`, where the shape is defined).
+pub fn to_json(t: &TenantInfo) -> json::Tenant {
+    json::Tenant {
+        name: t.name.clone(),
+        mode: t.mode.clone(),
+        primary: t.primary.clone(),
+        epoch: t.epoch,
+        voters: t.voters.clone(),
+        learners: t.learners.clone(),
+        state: t.state.clone(),
+        created_at_ms: t.created_at_ms,
+        leader: t.leader.clone(),
+        term: t.term,
+        rpo_target_ms: t.rpo_target_ms,
+        on_lag: t.on_lag.clone(),
+        regions: t.regions.clone(),
     }
 }
 
 pub fn render_json(t: &TenantInfo) -> String {
-    serde_json::to_string_pretty(&TenantJson::from(t)).expect("tenant JSON always serializes")
+    serde_json::to_string_pretty(&to_json(t)).expect("tenant JSON always serializes")
 }
 
 pub fn render_list_json(ts: &[TenantInfo]) -> String {
-    #[derive(Serialize)]
-    struct List {
-        tenants: Vec<TenantJson>,
-    }
-    serde_json::to_string_pretty(&List { tenants: ts.iter().map(TenantJson::from).collect() })
-        .expect("tenant JSON always serializes")
+    let list = json::TenantList { tenants: ts.iter().map(to_json).collect() };
+    serde_json::to_string_pretty(&list).expect("tenant JSON always serializes")
 }
 
 pub fn render(t: &TenantInfo) -> String {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::Deserialize;
-use tetrad_node::config::{LivenessTuning, RaftTuning};
+use tetrad_config::file::{LivenessTuning, RaftTuning};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -2,12 +2,13 @@
 //! `archive_command` (`tetradctl wal push --tenant T %p`) and `restore_command`
 //! (`tetradctl wal fetch --tenant T %f %p`).
 //!
-//! `wal list --json` prints `{"segments": [{"name", "size", "blake3", "proposed_at_ms"}]}`.
+//! `wal list --json` prints `{"segments": [{"name", "size", "blake3", "proposed_at_ms"}]}`
+//! (`tetrad_proto::json::SegmentList`).
 
 pub mod fetch;
 pub mod push;
 
-use serde::Serialize;
+use tetrad_proto::json;
 use tetrad_proto::v1::{ListWalRequest, SegmentInfo};
 
 use crate::client::Session;
@@ -31,24 +32,24 @@ pub async fn list(session: &mut Session, tenant: &str, prefix: &str) -> CmdResul
         .map_err(|g| gave_up(Op::Other, &format!("listing the WAL of tenant {tenant}"), g))
 }
 
-#[derive(Debug, Serialize)]
-struct SegmentJson<'a> {
-    name: &'a str,
-    size: u64,
-    blake3: &'a str,
-    proposed_at_ms: u64,
+/// The printed form of a segment list (`tetrad_proto::json::SegmentList`, where the shape is
+/// defined).
+pub fn to_json(segments: &[SegmentInfo]) -> json::SegmentList {
+    json::SegmentList {
+        segments: segments
+            .iter()
+            .map(|s| json::Segment {
+                name: s.name.clone(),
+                size: s.size,
+                blake3: s.blake3.clone(),
+                proposed_at_ms: s.proposed_at_ms,
+            })
+            .collect(),
+    }
 }
 
 pub fn render_list_json(segments: &[SegmentInfo]) -> String {
-    #[derive(Serialize)]
-    struct List<'a> {
-        segments: Vec<SegmentJson<'a>>,
-    }
-    let segments = segments
-        .iter()
-        .map(|s| SegmentJson { name: &s.name, size: s.size, blake3: &s.blake3, proposed_at_ms: s.proposed_at_ms })
-        .collect();
-    serde_json::to_string_pretty(&List { segments }).expect("segment JSON always serializes")
+    serde_json::to_string_pretty(&to_json(segments)).expect("segment JSON always serializes")
 }
 
 pub fn render_list(segments: &[SegmentInfo]) -> String {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fake_node::FakeNode;
-use tetrad_node::tls::{CaBundle, NodeCert};
+use tetrad_config::certs::{CaBundle, NodeCert};
 use tetrad_ops::cluster_dir::{self, ClusterFile, Layout};
 use tetrad_ops::exit::USAGE;
 use tetrad_ops::local_cluster::{self, NodeAction, Target, UpArgs};

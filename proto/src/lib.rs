@@ -1,8 +1,11 @@
-//! tetrad-proto: the client and operator API's wire types (prost) and service stubs (tonic).
+//! tetrad-proto: the wire formats of tetrad's outside edge: the client and operator API's types
+//! (prost) and service stubs (tonic) in [`v1`], and the JSON that `tetradctl` prints in [`json`].
 //! Nothing else lives here.
 
-#![allow(clippy::all)]
+pub mod json;
 
+// Generated code: clippy's opinions about it are prost's business.
+#[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("tetrad.v1");
 }

@@ -15,6 +15,9 @@
 //! - [`metric`]: measured figures, printed and appended to `$TETRAD_METRICS_FILE`;
 //! - [`wan_proxy::WanProxy`]: a UDP relay between the nodes that can cut a region off the others.
 //!
+//! The JSON that `tetradctl` prints is read into its one definition, `tetrad_proto::json` (the
+//! types tetradctl serializes), e.g. by [`LocalCluster::status`].
+//!
 //! The binaries are the ones built beside the test executable: a test built with `--release`
 //! runs `target/release/tetrad` and `target/release/tetradctl`, which
 //! `cargo build --release --bins` produces.
@@ -24,7 +27,6 @@ mod local_cluster;
 mod run;
 pub mod segments;
 pub mod sockets;
-pub mod status;
 pub mod wan_proxy;
 
 use std::fmt::Display;

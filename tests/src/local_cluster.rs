@@ -7,10 +7,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tetrad_node::config::NodeConfig;
+use tetrad_proto::json::{Segment, SegmentList, Status, Tenant};
 
 use crate::run::{run_bounded, Ran};
 use crate::segments::{file_blake3, Expected};
-use crate::status::{ListedSegment, SegmentList, Status, TenantInfo};
 use crate::wan_proxy::{RelayedNode, WanProxy};
 use crate::{binaries, strip_ansi, wait_for, Binaries};
 
@@ -219,20 +219,14 @@ impl LocalCluster {
         serde_json::from_str(&ran.stdout).map_err(|e| format!("status --json is not the documented JSON ({e}): {ran}"))
     }
 
-    /// `status --json` as untyped JSON. Panics if the command fails.
-    pub fn status_json(&self) -> serde_json::Value {
-        let ran = self.ctl(&["status", "--json"]);
-        serde_json::from_str(ran.expect_success()).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {ran}"))
-    }
-
     /// `tenant create NAME --mode sync --primary REGION --json`. Panics if it fails.
-    pub fn create_sync_tenant(&self, name: &str, primary: &str) -> TenantInfo {
+    pub fn create_sync_tenant(&self, name: &str, primary: &str) -> Tenant {
         let ran = self.ctl(&["tenant", "create", name, "--mode", "sync", "--primary", primary, "--json"]);
         serde_json::from_str(ran.expect_success()).unwrap_or_else(|e| panic!("tenant create --json ({e}): {ran}"))
     }
 
     /// `tenant show NAME --json`. Panics if it fails.
-    pub fn tenant_show(&self, name: &str) -> TenantInfo {
+    pub fn tenant_show(&self, name: &str) -> Tenant {
         let ran = self.ctl(&["tenant", "show", name, "--json"]);
         serde_json::from_str(ran.expect_success()).unwrap_or_else(|e| panic!("tenant show --json ({e}): {ran}"))
     }
@@ -273,7 +267,7 @@ impl LocalCluster {
     }
 
     /// `wal list --tenant T --json`. Panics if it fails.
-    pub fn list(&self, tenant: &str) -> Vec<ListedSegment> {
+    pub fn list(&self, tenant: &str) -> Vec<Segment> {
         let ran = self.ctl(&["wal", "list", "--tenant", tenant, "--json"]);
         let list: SegmentList =
             serde_json::from_str(ran.expect_success()).unwrap_or_else(|e| panic!("wal list --json ({e}): {ran}"));

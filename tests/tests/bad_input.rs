@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use tetrad_proto::json::Segment;
 use tetrad_tests::segments::{segment_bytes, segment_name, write_segment, Expected};
-use tetrad_tests::status::ListedSegment;
 use tetrad_tests::{wait_for, LocalCluster, Ran, UpOptions};
 
 const TENANT: &str = "acme";
@@ -29,7 +29,7 @@ fn assert_mentions(ran: &Ran, words: &[&str]) {
     }
 }
 
-fn assert_unchanged(cluster: &LocalCluster, before: &[ListedSegment], after: &str) {
+fn assert_unchanged(cluster: &LocalCluster, before: &[Segment], after: &str) {
     assert_eq!(cluster.list(TENANT), before, "the tenant's segments changed after {after}");
 }
 

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tetrad_proto::json::Event;
 use tetrad_tests::grpc::Pusher;
 use tetrad_tests::segments::{segment_bytes, segment_name};
 use tetrad_tests::{metric, wait_for, wait_until, LocalCluster, UpOptions};
@@ -124,14 +125,13 @@ impl Writers {
 }
 
 /// The failover events of `tenant`'s history (`tenant history --json`).
-fn history(cluster: &LocalCluster, tenant: &str) -> Vec<serde_json::Value> {
+fn history(cluster: &LocalCluster, tenant: &str) -> Vec<Event> {
     let ran = cluster.ctl(&["tenant", "history", tenant, "--json"]);
     serde_json::from_str(ran.expect_success()).unwrap_or_else(|e| panic!("history --json ({e}): {ran}"))
 }
 
-fn rfc3339_ms(v: &serde_json::Value) -> Option<u64> {
-    let s = v.as_str()?;
-    let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+fn rfc3339_ms(s: Option<&str>) -> Option<u64> {
+    let t = chrono::DateTime::parse_from_rfc3339(s?).ok()?;
     Some(t.timestamp_millis() as u64)
 }
 
@@ -151,11 +151,11 @@ fn addrs(cluster: &LocalCluster) -> Vec<String> {
 }
 
 /// The event that took `tenant` out of epoch `from`, once it exists.
-fn event_from(cluster: &LocalCluster, tenant: &str, from: u64, bound: Duration) -> serde_json::Value {
+fn event_from(cluster: &LocalCluster, tenant: &str, from: u64, bound: Duration) -> Event {
     wait_for(&format!("{tenant} has an event out of epoch {from}"), bound, || {
         history(cluster, tenant)
             .into_iter()
-            .find(|e| e["from_epoch"].as_u64() == Some(from) && e["to_epoch"].as_u64() > Some(from))
+            .find(|e| e.from_epoch == from && e.to_epoch > from)
             .ok_or_else(|| "none yet".to_string())
     })
     .0
@@ -195,7 +195,7 @@ fn mode_args(mode: &str) -> Vec<&'static str> {
 /// `tenant` no longer serves was acked by the old epoch (1), there are at least
 /// `lost_writes_min` of them, and they lie within one `rpo_target` span (near-sync) or inside the
 /// recorded loss window (async). Returns the lost acked writes.
-fn check_claim(cluster: &LocalCluster, tenant: &str, mode: &str, ev: &serde_json::Value, pushes: &[Push]) -> Vec<Push> {
+fn check_claim(cluster: &LocalCluster, tenant: &str, mode: &str, ev: &Event, pushes: &[Push]) -> Vec<Push> {
     let have = served(cluster, tenant);
     let acked: Vec<&Push> = pushes.iter().filter(|p| p.outcome.is_ok()).collect();
     let lost: Vec<Push> = acked.iter().copied().filter(|p| !have.contains(&p.name)).cloned().collect();
@@ -207,7 +207,7 @@ fn check_claim(cluster: &LocalCluster, tenant: &str, mode: &str, ev: &serde_json
     );
     metric(&format!("lost_acked_writes_{}", mode.replace('-', "_")), lost.len());
     assert!(lost.iter().all(|p| p.outcome == Ok(1)), "a write acked by the new epoch is missing");
-    let min = ev["lost_writes_min"].as_u64().expect("lost_writes_min is set at failover");
+    let min = ev.lost_writes_min.expect("lost_writes_min is set at failover");
     assert!(lost.len() as u64 >= min, "{} writes lost but the record says at least {min}", lost.len());
     match mode {
         "near-sync" => {
@@ -221,8 +221,8 @@ fn check_claim(cluster: &LocalCluster, tenant: &str, mode: &str, ev: &serde_json
             }
         }
         _ => {
-            let start = rfc3339_ms(&ev["loss_window_start"]);
-            let end = rfc3339_ms(&ev["loss_window_end"]);
+            let start = rfc3339_ms(ev.loss_window_start.as_deref());
+            let end = rfc3339_ms(ev.loss_window_end.as_deref());
             for p in &lost {
                 let (s, e) = (start.expect("a window when writes were lost"), end.expect("window end"));
                 assert!(
@@ -243,27 +243,19 @@ fn check_claim(cluster: &LocalCluster, tenant: &str, mode: &str, ev: &serde_json
 fn check_old_region_rejoined(cluster: &LocalCluster, tenant: &str, mode: &str, lost: &[Push]) {
     let (ev, _) = wait_for("lost_writes_max is filled in", Duration::from_secs(60), || {
         let ev = event_from(cluster, tenant, 1, Duration::from_secs(5));
-        if ev["lost_writes_max"].is_null() {
-            Err(format!("not yet: {ev}"))
+        if ev.lost_writes_max.is_none() {
+            Err(format!("not yet: {ev:?}"))
         } else {
             Ok(ev)
         }
     });
-    let min = ev["lost_writes_min"].as_u64().expect("lost_writes_min is set at failover");
-    let max = ev["lost_writes_max"].as_u64().expect("a number");
+    let min = ev.lost_writes_min.expect("lost_writes_min is set at failover");
+    let max = ev.lost_writes_max.expect("a number");
     eprintln!("{mode}: loss {} within [{min}, {max}]", lost.len());
-    assert!(lost.len() as u64 <= max, "{} acked writes lost, more than the recorded maximum {max}: {ev}", lost.len());
-    let listed: BTreeSet<String> = ev["divergent"]
-        .as_array()
-        .map(|ts| {
-            ts.iter()
-                .flat_map(|t| t["writes"].as_array().cloned().unwrap_or_default())
-                .filter_map(|w| w["name"].as_str().or(w.as_str()).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    assert!(lost.len() as u64 <= max, "{} acked writes lost, more than the recorded maximum {max}: {ev:?}", lost.len());
+    let listed: BTreeSet<String> = ev.divergent.iter().flat_map(|t| t.writes.iter()).map(|w| w.name.clone()).collect();
     for p in lost {
-        assert!(listed.contains(&p.name), "lost write {} is not in any listed divergent tail: {ev}", p.name);
+        assert!(listed.contains(&p.name), "lost write {} is not in any listed divergent tail: {ev:?}", p.name);
     }
     wait_for("an old-region node follows the new epoch", Duration::from_secs(60), || {
         let info = cluster.tenant_show(tenant);
@@ -297,8 +289,8 @@ fn region_kill_drill(mode: &str) {
     assert_epochs_never_overlap(&pushes);
 
     let ev = event_from(&cluster, &tenant, 1, Duration::from_secs(30));
-    assert_eq!(ev["kind"], "failover", "{ev}");
-    eprintln!("failover record: {ev}");
+    assert_eq!(ev.kind, "failover", "{ev:?}");
+    eprintln!("failover record: {ev:?}");
     let lost = check_claim(&cluster, &tenant, mode, &ev, &pushes);
 
     // The old region returns: its replicas rejoin as followers, list their tails, and the
@@ -367,8 +359,8 @@ fn region_cut_drill(mode: &str) {
     // in epoch 1 as soon as it can renew its liveness again.
     let ev = wait_for("lost_writes_max is filled in after the heal", Duration::from_secs(60), || {
         let ev = event_from(&cluster, &tenant, 1, Duration::from_secs(5));
-        if ev["lost_writes_max"].is_null() {
-            Err(format!("not yet: {ev}"))
+        if ev.lost_writes_max.is_none() {
+            Err(format!("not yet: {ev:?}"))
         } else {
             Ok(ev)
         }
@@ -386,8 +378,8 @@ fn region_cut_drill(mode: &str) {
     eprintln!("the pinned writer after the first epoch-2 ack: {pinned:?}");
     assert_epochs_never_overlap(&pushes);
 
-    assert_eq!(ev["kind"], "failover", "{ev}");
-    eprintln!("failover record: {ev}");
+    assert_eq!(ev.kind, "failover", "{ev:?}");
+    eprintln!("failover record: {ev:?}");
     let lost = check_claim(&cluster, &tenant, mode, &ev, &pushes);
     check_old_region_rejoined(&cluster, &tenant, mode, &lost);
 }
@@ -447,12 +439,12 @@ fn a_frozen_primary_region_never_acks_after_the_new_epoch_does() {
     let ev = event_from(&cluster, tenant, 1, Duration::from_secs(10));
     let have = served(&cluster, tenant);
     let lost: Vec<&Push> = pushes.iter().filter(|p| p.outcome.is_ok() && !have.contains(&p.name)).collect();
-    let (s, e) = (rfc3339_ms(&ev["loss_window_start"]), rfc3339_ms(&ev["loss_window_end"]));
+    let (s, e) = (rfc3339_ms(ev.loss_window_start.as_deref()), rfc3339_ms(ev.loss_window_end.as_deref()));
     for p in &lost {
         let (s, e) = (s.expect("window"), e.expect("window"));
         assert!(p.at_ms + 1 >= s && p.at_ms <= e + DELIVERY.as_millis() as u64, "lost {} outside [{s}, {e}]", p.name);
     }
-    eprintln!("frozen region: {} lost, record {ev}", lost.len());
+    eprintln!("frozen region: {} lost, record {ev:?}", lost.len());
 }
 
 /// Planned switchover loses nothing and moves the lead; manual failover refuses without the
@@ -481,7 +473,7 @@ fn switchover_loses_nothing_and_manual_failover_demands_the_flag() {
     let have = served(&cluster, "moved");
     let lost: Vec<&Push> = pushes.iter().filter(|p| p.outcome.is_ok() && !have.contains(&p.name)).collect();
     assert!(lost.is_empty(), "switchover lost acked writes: {lost:?}");
-    assert!(history(&cluster, "moved").iter().any(|e| e["kind"] == "switchover"), "switchover not recorded");
+    assert!(history(&cluster, "moved").iter().any(|e| e.kind == "switchover"), "switchover not recorded");
 
     create(&cluster, "forced", &["--mode", "async", "--primary", PRIMARY]);
     let writers = Writers::start("forced", vec![all]);
@@ -497,18 +489,18 @@ fn switchover_loses_nothing_and_manual_failover_demands_the_flag() {
     assert_epochs_never_overlap(&pushes);
     let ev = wait_for("the manual failover's maximum is filled in", Duration::from_secs(60), || {
         let ev = event_from(&cluster, "forced", 1, Duration::from_secs(5));
-        if ev["lost_writes_max"].is_null() {
-            Err(format!("{ev}"))
+        if ev.lost_writes_max.is_none() {
+            Err(format!("{ev:?}"))
         } else {
             Ok(ev)
         }
     })
     .0;
-    assert_eq!(ev["kind"], "manual-failover", "{ev}");
+    assert_eq!(ev.kind, "manual-failover", "{ev:?}");
     let have = served(&cluster, "forced");
     let lost = pushes.iter().filter(|p| p.outcome.is_ok() && !have.contains(&p.name)).count() as u64;
-    let (min, max) = (ev["lost_writes_min"].as_u64().expect("min"), ev["lost_writes_max"].as_u64().expect("max"));
-    assert!(min <= lost && lost <= max, "manual failover lost {lost}, record says [{min}, {max}]: {ev}");
+    let (min, max) = (ev.lost_writes_min.expect("min"), ev.lost_writes_max.expect("max"));
+    assert!(min <= lost && lost <= max, "manual failover lost {lost}, record says [{min}, {max}]: {ev:?}");
     let s = cluster.status().expect("status");
     let t = s.tenant("forced").expect("tenant");
     assert_eq!(s.region_of(&t.leader), Some("ap-south"), "forced tenant leads from ap-south: {t:?}");

@@ -1,7 +1,8 @@
 //! `tetradctl tenant history`: a tenant's recorded failovers, switchovers, mode changes and state
 //! changes, and the rendering of one event (the loss record a manual failover prints).
 //!
-//! JSON (stable; fields may be added): a list of events, oldest first, each
+//! JSON (stable; fields may be added; defined in `tetrad_proto::json::Event`): a list of events,
+//! oldest first, each
 //! `{"kind", "at", "from_epoch", "to_epoch", "rto_ms", "lost_writes_min", "lost_writes_max",
 //! "loss_window_start", "loss_window_end", "detail", "divergent"}`. `kind` is one of `failover`,
 //! `manual-failover`, `switchover`, `mode-change`, `degraded`, `healthy`; times are RFC 3339 UTC.
@@ -10,7 +11,7 @@
 //! nothing can have been lost. `divergent` lists the old-epoch writes that returning replicas
 //! hold and the new epoch lacks: `[{"node", "writes": [{"name", "term", "index", "proposed_at"}]}]`.
 
-use serde::Serialize;
+use tetrad_proto::json;
 use tetrad_proto::v1::{DivergentTail, TenantEventInfo, TenantHistoryRequest};
 
 use crate::client::Session;
@@ -32,77 +33,48 @@ pub async fn history(session: &mut Session, name: &str) -> CmdResult<Vec<TenantE
         .map_err(|g| gave_up(Op::Other, &format!("history of tenant {name}"), g))
 }
 
-#[derive(Debug, Serialize)]
-pub struct EventJson {
-    pub kind: String,
-    pub at: String,
-    pub from_epoch: u64,
-    pub to_epoch: u64,
-    pub rto_ms: Option<u64>,
-    pub lost_writes_min: Option<u64>,
-    pub lost_writes_max: Option<u64>,
-    pub loss_window_start: Option<String>,
-    pub loss_window_end: Option<String>,
-    pub detail: String,
-    pub divergent: Vec<DivergentJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DivergentJson {
-    pub node: String,
-    pub writes: Vec<TailWriteJson>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TailWriteJson {
-    pub name: String,
-    pub term: u64,
-    pub index: u64,
-    pub proposed_at: String,
-}
-
-impl From<&TenantEventInfo> for EventJson {
-    fn from(e: &TenantEventInfo) -> Self {
-        EventJson {
-            kind: e.kind.clone(),
-            at: rfc3339_ms(e.at_ms),
-            from_epoch: e.from_epoch,
-            to_epoch: e.to_epoch,
-            rto_ms: e.rto_ms,
-            lost_writes_min: e.lost_writes_min,
-            lost_writes_max: e.lost_writes_max,
-            loss_window_start: e.loss_window_start_ms.map(rfc3339_ms),
-            loss_window_end: e.loss_window_end_ms.map(rfc3339_ms),
-            detail: e.detail.clone(),
-            divergent: e
-                .divergent
-                .iter()
-                .map(|d| DivergentJson {
-                    node: d.node.clone(),
-                    writes: d
-                        .writes
-                        .iter()
-                        .map(|w| TailWriteJson {
-                            name: w.name.clone(),
-                            term: w.term,
-                            index: w.index,
-                            proposed_at: rfc3339_ms(w.proposed_at_ms),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
+/// The printed form of an event (`tetrad_proto::json::Event`, where the shape is defined): times
+/// as RFC 3339 UTC.
+pub fn to_json(e: &TenantEventInfo) -> json::Event {
+    json::Event {
+        kind: e.kind.clone(),
+        at: rfc3339_ms(e.at_ms),
+        from_epoch: e.from_epoch,
+        to_epoch: e.to_epoch,
+        rto_ms: e.rto_ms,
+        lost_writes_min: e.lost_writes_min,
+        lost_writes_max: e.lost_writes_max,
+        loss_window_start: e.loss_window_start_ms.map(rfc3339_ms),
+        loss_window_end: e.loss_window_end_ms.map(rfc3339_ms),
+        detail: e.detail.clone(),
+        divergent: e
+            .divergent
+            .iter()
+            .map(|d| json::DivergentTail {
+                node: d.node.clone(),
+                writes: d
+                    .writes
+                    .iter()
+                    .map(|w| json::TailWrite {
+                        name: w.name.clone(),
+                        term: w.term,
+                        index: w.index,
+                        proposed_at: rfc3339_ms(w.proposed_at_ms),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
 /// One event as JSON (what `switchover --json` and `failover --json` print).
 pub fn render_event_json(e: &TenantEventInfo) -> String {
-    serde_json::to_string_pretty(&EventJson::from(e)).expect("event JSON always serializes")
+    serde_json::to_string_pretty(&to_json(e)).expect("event JSON always serializes")
 }
 
 /// The history as JSON: a list of events, oldest first.
 pub fn render_history_json(events: &[TenantEventInfo]) -> String {
-    let list: Vec<EventJson> = events.iter().map(EventJson::from).collect();
+    let list: Vec<json::Event> = events.iter().map(to_json).collect();
     serde_json::to_string_pretty(&list).expect("event JSON always serializes")
 }
 
