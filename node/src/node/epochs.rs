@@ -1,11 +1,15 @@
 //! A tenant's epochs as one node sees them: the near-sync lag gate and ack reports of a leader,
 //! sealing, seeding a promoted epoch, the leader's membership reconciliation (placement moves,
 //! the sync leader's return to its primary region) and the divergent tails of returning
-//! old-epoch replicas.
+//! old-epoch replicas. The gate's decisions are pure and live in `tetrad-core`
+//! (`node/core/src/lag_gate.rs`); this file reads the group's progress and the clock, and waits.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tetrad_core::lag_gate::{self, GateVerdict};
+pub use tetrad_core::lag_gate::{AckBook, Exposure};
 
 use super::ops::ApiError;
 use super::Node;
@@ -23,80 +27,11 @@ use crate::tenant::group_state::TenantState;
 const GATE_PATIENCE: Duration = Duration::from_secs(30);
 const GATE_POLL: Duration = Duration::from_millis(10);
 
-/// What a leader knows of its own acks: the acked writes not yet durable outside its region (for
-/// the lag gate), and the newest ack (reported to the meta group for loss accounting).
-#[derive(Clone, Debug, Default)]
-pub struct AckBook {
-    /// The Raft term this book belongs to; a new term starts a new book.
-    pub term: u64,
-    /// Entries up to here were acked before this book began, at times it does not know: the gate
-    /// treats them as older than any target until they are durable elsewhere.
-    pub floor: u64,
-    /// (index, monotonic ack time) of acked writes, oldest first.
-    pub pending: VecDeque<(u64, Duration)>,
-    pub newest: Option<AckMark>,
-    pub reported: Option<AckMark>,
-    pub first_ack_reported: bool,
-}
-
-/// How long the oldest acked write that is not durable in another region has been waiting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Exposure {
-    None,
-    Since(Duration),
-    /// Acked before this leader's book began: older than anything.
-    Unknown,
-}
-
-impl AckBook {
-    pub fn begin(term: u64, last_index: u64) -> Self {
-        AckBook { term, floor: last_index, ..Default::default() }
-    }
-
-    /// Forgets the acks that are now durable at `replicated` (the highest index some replica in
-    /// another region has flushed) and says what is still exposed at `now`.
-    pub fn exposure(&mut self, replicated: u64, now: Duration) -> Exposure {
-        // Planted `lag-gate-off-by-one`: counts the entry after the replicated one as durable.
-        let replicated =
-            if crate::planted::on(crate::planted::Bug::LagGateOffByOne) { replicated + 1 } else { replicated };
-        while self.pending.front().is_some_and(|(i, _)| *i <= replicated) {
-            self.pending.pop_front();
-        }
-        if self.floor > replicated {
-            return Exposure::Unknown;
-        }
-        match self.pending.front() {
-            None => Exposure::None,
-            Some((_, at)) => Exposure::Since(now.saturating_sub(*at)),
-        }
-    }
-
-    pub fn acked(&mut self, index: u64, now: Duration, mark: AckMark) {
-        self.pending.push_back((index, now));
-        if self.newest.is_none_or(|n| n.position() < mark.position()) {
-            self.newest = Some(mark);
-        }
-    }
-}
-
-/// Whether the gate lets an ack through: nothing exposed longer than `rpo`.
-pub fn gate_open(exposure: Exposure, rpo: Duration) -> bool {
-    match exposure {
-        Exposure::None => true,
-        Exposure::Since(d) => d <= rpo,
-        Exposure::Unknown => false,
-    }
-}
-
 impl Node {
-    /// The highest log index that some member outside `region` has made durable (leader only).
+    /// The highest log index that some member outside `region` has made durable (leader only;
+    /// the rule is `tetrad_core::lag_gate::replicated_outside`).
     fn replicated_outside(&self, st: &GroupStatus, region: &str) -> u64 {
-        st.matched
-            .iter()
-            .filter(|(m, _)| self.region_of(**m).is_some_and(|r| r != region))
-            .filter_map(|(_, i)| *i)
-            .max()
-            .unwrap_or(0)
+        lag_gate::replicated_outside(&st.matched, region, |m| self.region_of(m))
     }
 
     /// The gate's current exposure for a group this node leads.
@@ -104,12 +39,13 @@ impl Node {
         let st = g.status();
         let region = self.region_of(self.inner.me).unwrap_or_default().to_string();
         let replicated = self.replicated_outside(&st, &region);
+        // Planted `lag-gate-off-by-one`: counts the entry after the replicated one as durable.
+        let replicated =
+            if crate::planted::on(crate::planted::Bug::LagGateOffByOne) { replicated + 1 } else { replicated };
         let now = self.inner.clock.mono_now();
         let mut books = self.inner.acks.lock().expect("acks lock");
         let book = books.entry(g.name.clone()).or_insert_with(|| AckBook::begin(st.term, st.last_index));
-        if book.term != st.term {
-            *book = AckBook::begin(st.term, st.last_index);
-        }
+        book.follow_term(st.term, st.last_index);
         (book.exposure(replicated, now), st)
     }
 
@@ -123,7 +59,7 @@ impl Node {
             let Some(rec) = self.inner.meta.sm.read().await.state.tenants.get(tenant).cloned() else {
                 return Err(ApiError::UnknownTenant(tenant.to_string()));
             };
-            if rec.spec.mode != Mode::NearSync || rec.state != TState::Healthy {
+            if !lag_gate::gate_applies(&rec) {
                 return Ok(());
             }
             let rpo = Duration::from_millis(rec.spec.rpo_target_ms);
@@ -133,10 +69,11 @@ impl Node {
                     "the write committed, but this node lost the lead at the lag gate".into(),
                 ));
             }
-            if gate_open(exposure, rpo) {
+            let verdict = lag_gate::verdict(exposure, rpo, rec.spec.on_lag);
+            if verdict == GateVerdict::Open {
                 return Ok(());
             }
-            if rec.spec.on_lag == "degrade" {
+            if verdict == GateVerdict::Degrade {
                 let ev = TenantEvent::new(
                     EventKind::Degraded,
                     self.inner.clock.wall_now_ms(),
@@ -171,9 +108,7 @@ impl Node {
         let first = {
             let mut books = self.inner.acks.lock().expect("acks lock");
             let book = books.entry(g.name.clone()).or_insert_with(|| AckBook::begin(mark.term, mark.index - 1));
-            if book.term != mark.term {
-                *book = AckBook::begin(mark.term, mark.index - 1);
-            }
+            book.follow_term(mark.term, mark.index - 1);
             book.acked(mark.index, now, mark);
             let first = !book.first_ack_reported && rec.base.is_some();
             book.first_ack_reported = true;
@@ -498,11 +433,7 @@ impl Node {
         }
         let (exposure, _) = self.exposure_of(g);
         let rpo = Duration::from_millis(rec.spec.rpo_target_ms);
-        let (next_state, kind) = match (rec.state, exposure) {
-            (_, Exposure::None) => (TState::Healthy, Some(EventKind::Healthy)),
-            (TState::Degraded, e) if gate_open(e, rpo) => (TState::CatchingUp, None),
-            _ => return,
-        };
+        let Some((next_state, kind)) = lag_gate::recovery_step(rec.state, exposure, rpo) else { return };
         let mut next = rec.clone();
         next.state = next_state;
         let ev = kind.map(|k| {
@@ -575,46 +506,4 @@ impl Node {
     }
 }
 
-/// `t/<tenant>/<epoch>` -> (tenant, epoch).
-pub fn parse_group(group: &str) -> Option<(String, u64)> {
-    let rest = group.strip_prefix("t/")?;
-    let (t, e) = rest.rsplit_once('/')?;
-    Some((t.to_string(), e.parse().ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn the_gate_closes_when_the_oldest_exposed_ack_is_older_than_the_target() {
-        let mut b = AckBook::begin(1, 10);
-        assert_eq!(b.exposure(10, ms(0)), Exposure::None);
-        b.acked(11, ms(100), AckMark::default());
-        b.acked(12, ms(300), AckMark::default());
-        assert_eq!(b.exposure(10, ms(1100)), Exposure::Since(ms(1000)));
-        assert!(gate_open(b.exposure(10, ms(1100)), ms(1000)), "exactly at the target is still within it");
-        assert!(!gate_open(b.exposure(10, ms(1101)), ms(1000)));
-        // Entry 11 is durable elsewhere now: the oldest exposed is 12.
-        assert_eq!(b.exposure(11, ms(1101)), Exposure::Since(ms(801)));
-        assert_eq!(b.exposure(12, ms(1101)), Exposure::None);
-    }
-
-    #[test]
-    fn acks_from_before_the_book_block_until_durable_elsewhere() {
-        let mut b = AckBook::begin(2, 50);
-        assert_eq!(b.exposure(49, ms(0)), Exposure::Unknown);
-        assert!(!gate_open(Exposure::Unknown, Duration::from_secs(3600)));
-        assert_eq!(b.exposure(50, ms(0)), Exposure::None);
-    }
-
-    #[test]
-    fn group_names_parse() {
-        assert_eq!(parse_group("t/acme-1/3"), Some(("acme-1".into(), 3)));
-        assert_eq!(parse_group("meta"), None);
-    }
-}
+pub use crate::meta::state::parse_group;
