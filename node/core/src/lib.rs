@@ -13,6 +13,7 @@ pub mod lag_gate;
 pub mod lease;
 pub mod liveness_view;
 pub mod log_pos;
+pub mod membership_plan;
 pub mod placement;
 pub mod promotion;
 pub mod takeover_schedule;

@@ -4,23 +4,33 @@
 //! old-epoch replicas. The gate's decisions are pure and live in `tetrad-core`
 //! (`node/core/src/lag_gate.rs`); this file reads the group's progress and the clock, and waits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tetrad_core::lag_gate::{self, GateVerdict};
 pub use tetrad_core::lag_gate::{AckBook, Exposure};
+use tetrad_core::membership_plan::{self, GroupView, MembershipStep};
 
 use super::ops::ApiError;
 use super::Node;
 use crate::meta::state::{
-    tenant_group, AckMark, EventKind, MetaCommand, Mode, TenantEvent, TenantRecord, TenantState as TState,
+    parse_group, tenant_group, AckMark, EventKind, MetaCommand, Mode, TenantEvent, TenantRecord, TenantState as TState,
 };
-use crate::raft::group::{Group, GroupStatus};
+use crate::raft::group::{Group, GroupError, GroupStatus, WriteError};
 use crate::raft::wire::{Reply, Request};
 use crate::seams::net::NodeId;
 use crate::tenant::epoch;
 use crate::tenant::group_state::TenantState;
+
+/// A membership change that openraft refused or could not make; the next reconcile tick retries.
+#[derive(Debug, thiserror::Error)]
+enum MembershipError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+}
 
 /// How long a write may wait at the lag gate before the client is told the outcome is unknown
 /// (it is committed in the primary region; a retry is idempotent).
@@ -355,15 +365,7 @@ impl Node {
     /// Transfers the lead of `g` to the voter outside this node's region (or any voter) whose
     /// log is the furthest along.
     pub(super) async fn step_down<S: crate::raft::state_machine::GroupState>(&self, g: &Group<S>, st: &GroupStatus) {
-        let my_region = self.region_of(self.inner.me).unwrap_or_default().to_string();
-        let best = st
-            .voters
-            .iter()
-            .filter(|v| **v != self.inner.me)
-            .max_by_key(|v| {
-                (self.region_of(**v) != Some(my_region.as_str()), st.matched.get(v).copied().flatten(), **v)
-            })
-            .copied();
+        let best = membership_plan::handover_target(self.inner.me, &st.voters, &st.matched, |n| self.region_of(n));
         if let Some(to) = best {
             tracing::warn!(group = %g.name, to, "no valid liveness lease for a whole period: handing the lead over");
             let _ = g.transfer_leader(to).await;
@@ -371,56 +373,42 @@ impl Node {
     }
 
     /// On the leader: moves the group's membership toward the record's placement (learners
-    /// first, voters once caught up), and hands a sync tenant's lead back to its primary region.
+    /// first, voters once caught up), and hands a sync tenant's lead back to its primary region
+    /// (`tetrad_core::membership_plan` decides the step).
     async fn reconcile_membership(
         &self,
         g: &Group<TenantState>,
         rec: &TenantRecord,
         st: &GroupStatus,
-    ) -> Result<(), String> {
-        let want_voters: BTreeSet<NodeId> = rec.voters.iter().copied().collect();
-        let want_all: BTreeSet<NodeId> = rec.members().collect();
-        let have_all: BTreeSet<NodeId> = st.voters.union(&st.learners).copied().collect();
-        let missing: Vec<NodeId> = want_all.difference(&have_all).copied().collect();
-        if !missing.is_empty() {
-            // A promoted epoch's seeded state lives only in its snapshot: purge the log up to it so
-            // that every member added is caught up by that snapshot.
-            if rec.base.is_some() && st.purged_index.is_none() && st.applied_index > 0 {
-                g.snapshot_and_purge(st.applied_index).await.map_err(|e| e.to_string())?;
+    ) -> Result<(), MembershipError> {
+        let view = GroupView {
+            voters: &st.voters,
+            learners: &st.learners,
+            matched: &st.matched,
+            last_index: st.last_index,
+            applied_index: st.applied_index,
+            purged_index: st.purged_index,
+        };
+        match membership_plan::membership_step(rec, &view, self.inner.me, |n| self.region_of(n)) {
+            MembershipStep::AddLearners { purge_upto, add } => {
+                if let Some(upto) = purge_upto {
+                    g.snapshot_and_purge(upto).await?;
+                }
+                for m in add {
+                    g.add_learner(m).await?;
+                    tracing::info!(group = %g.name, node = m, "learner added");
+                }
             }
-            for m in missing {
-                g.add_learner(m).await.map_err(|e| e.to_string())?;
-                tracing::info!(group = %g.name, node = m, "learner added");
+            MembershipStep::ChangeVoters(voters) => {
+                g.change_voters(&voters).await?;
+                tracing::info!(group = %g.name, voters = ?voters, "voters changed to the placement");
             }
-            return Ok(());
-        }
-        if st.voters != want_voters {
-            let caught_up = want_voters.iter().all(|v| {
-                *v == self.inner.me || st.matched.get(v).copied().flatten().is_some_and(|i| i + 8 >= st.last_index)
-            });
-            if caught_up {
-                g.change_voters(&rec.voters).await.map_err(|e| e.to_string())?;
-                tracing::info!(group = %g.name, voters = ?rec.voters, "voters changed to the placement");
-            }
-            return Ok(());
-        }
-        let extra: Vec<NodeId> = st.learners.difference(&want_all).copied().collect();
-        if !extra.is_empty() {
-            g.remove_learners(&extra).await.map_err(|e| e.to_string())?;
-            return Ok(());
-        }
-        // The leader belongs in the primary region: a sync tenant's leader hands over once a
-        // primary voter holds everything; any mode's leader does when placement moved it out.
-        let my_region = self.region_of(self.inner.me).unwrap_or_default();
-        if my_region != rec.spec.primary || !want_voters.contains(&self.inner.me) {
-            let target = rec.voters.iter().copied().find(|v| {
-                self.region_of(*v) == Some(rec.spec.primary.as_str())
-                    && st.matched.get(v).copied().flatten() == Some(st.last_index)
-            });
-            if let Some(t) = target {
+            MembershipStep::RemoveLearners(extra) => g.remove_learners(&extra).await?,
+            MembershipStep::TransferLead(t) => {
                 tracing::info!(group = %g.name, to = t, "handing the lead to the primary region");
-                g.transfer_leader(t).await.map_err(|e| e.to_string())?;
+                g.transfer_leader(t).await?;
             }
+            MembershipStep::WaitForCatchUp | MembershipStep::Nothing => {}
         }
         Ok(())
     }
@@ -505,5 +493,3 @@ impl Node {
         None
     }
 }
-
-pub use crate::meta::state::parse_group;
