@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::{AckMark, TailWrite, TenantEvent, TenantRecord};
 use crate::NodeId;
 
+// A command lives only between its proposal and its encoding (and from decoding to apply):
+// boxing the large records would add an allocation per command and save nothing that is kept.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
     /// A node renews its liveness (and registers its incarnation on the first one).
