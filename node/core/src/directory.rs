@@ -316,6 +316,90 @@ mod tests {
         assert_eq!(s.history["acme"][0].lost_writes_max, Some(4));
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::acme_record;
+
+        /// Commands over two nodes and one tenant, with versions, epochs and positions drawn
+        /// from small ranges so that they collide often.
+        fn command() -> impl Strategy<Value = MetaCommand> {
+            let mark = (0u64..3, 0u64..6, 0u64..9).prop_map(|(term, index, writes)| AckMark {
+                term,
+                index,
+                writes,
+                proposed_at_ms: 0,
+            });
+            prop_oneof![
+                (1u64..3, 1u64..3, 0u64..100).prop_map(|(node, incarnation, proposed_at_ms)| MetaCommand::Heartbeat {
+                    node,
+                    incarnation,
+                    proposed_at_ms
+                }),
+                (0u64..3).prop_map(|p| {
+                    let mut record = acme_record();
+                    record.spec.rpo_target_ms = p;
+                    MetaCommand::CreateTenant { record }
+                }),
+                (0u64..4, 0u64..4, any::<bool>()).prop_map(|(expect_version, epoch, event)| {
+                    let mut record = acme_record();
+                    record.epoch = epoch;
+                    let event = event.then(|| TenantEvent::new(EventKind::Switchover, 0, epoch, epoch, String::new()));
+                    MetaCommand::UpdateTenant { expect_version, record, event }
+                }),
+                (0u64..4, mark).prop_map(|(epoch, mark)| MetaCommand::ReportAcked {
+                    tenant: "acme".into(),
+                    epoch,
+                    mark
+                }),
+            ]
+        }
+
+        proptest! {
+            /// A refusal changes nothing; a node's storage incarnation is fixed by its first
+            /// heartbeat; an accepted update bumps the version by one, never
+            /// moves the epoch back, and records its event; the reported ack only moves forward
+            /// by (term, index) within an epoch.
+            #[test]
+            fn the_directory_keeps_its_invariants(cmds in proptest::collection::vec(command(), 0..40)) {
+                let mut s = MetaState::default();
+                for c in &cmds {
+                    let before = s.clone();
+                    let reply = s.apply(c);
+                    match &reply {
+                        MetaReply::Refused { .. } | MetaReply::HeartbeatRefused { .. } | MetaReply::TenantExists(_) => {
+                            prop_assert_eq!(&s, &before, "{:?} changed the state", c);
+                        }
+                        MetaReply::TenantUpdated(r) => {
+                            let old = &before.tenants["acme"];
+                            prop_assert_eq!(r.version, old.version + 1);
+                            prop_assert!(r.epoch >= old.epoch);
+                            prop_assert_eq!(&s.tenants["acme"], r);
+                            let events = |st: &MetaState| st.history.get("acme").map_or(0, Vec::len);
+                            let has_event = matches!(c, MetaCommand::UpdateTenant { event: Some(_), .. });
+                            prop_assert_eq!(events(&s), events(&before) + has_event as usize);
+                        }
+                        _ => {}
+                    }
+                    if let MetaCommand::Heartbeat { node, incarnation, .. } = c {
+                        // A registered incarnation never changes; only it may renew.
+                        let registered = before.nodes.get(node).map_or(*incarnation, |r| r.incarnation);
+                        prop_assert_eq!(s.nodes[node].incarnation, registered);
+                        prop_assert_eq!(reply == MetaReply::HeartbeatAccepted, registered == *incarnation);
+                    }
+                    if let (Some(old), Some(new)) = (before.tenants.get("acme"), s.tenants.get("acme")) {
+                        if old.epoch == new.epoch {
+                            if let (Some(a), Some(b)) = (old.acked, new.acked) {
+                                prop_assert!(b.position() >= a.position());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn old_leases_end_a_grace_after_the_newest_renewal() {
         let mut s = MetaState::default();
