@@ -201,7 +201,8 @@ pub async fn check(
         }
         if let Some(r) = ctx.reported.get(from) {
             let reported_lost =
-                lost_here.iter().filter(|a| !a.already_present && (a.term, a.index) <= r.position()).count() as u64;
+                lost_here.iter().filter(|a| !a.already_present && (a.term, a.index) <= (r.term, r.index)).count()
+                    as u64;
             if reported_lost > min {
                 v.push(format!(
                     "loss record: the failover from epoch {from} records lost_writes_min {min}, but {reported_lost} lost acked writes were reported acked by the old leader (up to term {} index {})",

@@ -72,7 +72,7 @@ impl Api {
             leader: leader.as_ref().map(name).unwrap_or_default(),
             term,
             rpo_target_ms: r.spec.rpo_target_ms,
-            on_lag: r.spec.on_lag.clone(),
+            on_lag: r.spec.on_lag.as_str().to_string(),
             regions: r.spec.regions.clone(),
         }
     }
@@ -173,7 +173,7 @@ impl Tetrad for Api {
                     segments: p.map(|p| p.segments).unwrap_or(0),
                     learners: t.record.learners.iter().map(|v| self.node_name(*v)).collect(),
                     rpo_target_ms: t.record.spec.rpo_target_ms,
-                    on_lag: t.record.spec.on_lag.clone(),
+                    on_lag: t.record.spec.on_lag.as_str().to_string(),
                     regions: t.record.spec.regions.clone(),
                 }
             })
@@ -237,7 +237,7 @@ impl Tetrad for Api {
             return Err(bad(format!("blake3 {:?} is not 64 hex digits", header.blake3)));
         };
         // Validate cheap things before receiving the bytes.
-        crate::tenant::catalog::validate_name(&header.name).map_err(bad)?;
+        crate::tenant::catalog::validate_name(&header.name).map_err(|e| bad(e.to_string()))?;
         self.node.tenant_record(&header.tenant).await.map_err(|e| self.status(e))?;
         let mut data = Vec::with_capacity(header.size as usize);
         while let Some(msg) = stream.next().await {

@@ -1,128 +1,50 @@
 //! A tenant's epochs as one node sees them: the near-sync lag gate and ack reports of a leader,
 //! sealing, seeding a promoted epoch, the leader's membership reconciliation (placement moves,
 //! the sync leader's return to its primary region) and the divergent tails of returning
-//! old-epoch replicas.
+//! old-epoch replicas. The gate's decisions are pure and live in `tetrad-core`
+//! (`node/core/src/lag_gate.rs`); this file reads the group's progress and the clock, and waits.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tetrad_core::lag_gate::{self, GateVerdict};
+pub use tetrad_core::lag_gate::{AckBook, Exposure};
+use tetrad_core::membership_plan::{self, GroupView, MembershipStep};
 
 use super::ops::ApiError;
 use super::Node;
 use crate::meta::state::{
-    tenant_group, AckMark, EventKind, MetaCommand, Mode, TenantEvent, TenantRecord, TenantState as TState,
+    parse_group, tenant_group, AckMark, EventKind, MetaCommand, Mode, TenantEvent, TenantRecord, TenantState as TState,
 };
-use crate::raft::group::{Group, GroupStatus};
+use crate::raft::group::{Group, GroupError, GroupStatus, WriteError};
 use crate::raft::wire::{Reply, Request};
 use crate::seams::net::NodeId;
 use crate::tenant::epoch;
 use crate::tenant::group_state::TenantState;
+
+/// A membership change that openraft refused or could not make; the next reconcile tick retries.
+#[derive(Debug, thiserror::Error)]
+enum MembershipError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+}
 
 /// How long a write may wait at the lag gate before the client is told the outcome is unknown
 /// (it is committed in the primary region; a retry is idempotent).
 const GATE_PATIENCE: Duration = Duration::from_secs(30);
 const GATE_POLL: Duration = Duration::from_millis(10);
 
-/// What a leader knows of its own acks: the acked writes not yet durable outside its region (for
-/// the lag gate), and the newest ack (reported to the meta group for loss accounting).
-#[derive(Clone, Debug, Default)]
-pub struct AckBook {
-    /// The Raft term this book belongs to; a new term starts a new book.
-    pub term: u64,
-    /// Entries up to here were acked before this book began, at times it does not know: the gate
-    /// treats them as older than any target until they are durable elsewhere.
-    pub floor: u64,
-    /// (index, monotonic ack time) of acked writes, oldest first.
-    pub pending: VecDeque<(u64, Duration)>,
-    pub newest: Option<AckMark>,
-    pub reported: Option<AckMark>,
-    pub first_ack_reported: bool,
-}
-
-/// How long the oldest acked write that is not durable in another region has been waiting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Exposure {
-    None,
-    Since(Duration),
-    /// Acked before this leader's book began: older than anything.
-    Unknown,
-}
-
-impl AckBook {
-    pub fn begin(term: u64, last_index: u64) -> Self {
-        AckBook { term, floor: last_index, ..Default::default() }
-    }
-
-    /// Forgets the acks that are now durable at `replicated` (the highest index some replica in
-    /// another region has flushed) and says what is still exposed at `now`.
-    pub fn exposure(&mut self, replicated: u64, now: Duration) -> Exposure {
-        // Planted `lag-gate-off-by-one`: counts the entry after the replicated one as durable.
-        let replicated =
-            if crate::planted::on(crate::planted::Bug::LagGateOffByOne) { replicated + 1 } else { replicated };
-        while self.pending.front().is_some_and(|(i, _)| *i <= replicated) {
-            self.pending.pop_front();
-        }
-        if self.floor > replicated {
-            return Exposure::Unknown;
-        }
-        match self.pending.front() {
-            None => Exposure::None,
-            Some((_, at)) => Exposure::Since(now.saturating_sub(*at)),
-        }
-    }
-
-    pub fn acked(&mut self, index: u64, now: Duration, mark: AckMark) {
-        self.pending.push_back((index, now));
-        if self.newest.is_none_or(|n| n.position() < mark.position()) {
-            self.newest = Some(mark);
-        }
-    }
-}
-
-/// How many replicas outside the leader's region must have an acked write durable before the
-/// lag gate counts it as safe from the loss of the leader's region.
-///
-/// Two, so that the near-sync claim holds within the whole fault budget: one region lost *plus*
-/// one more node anywhere. Counting one copy, the region and that copy's node can be lost
-/// together (the copy the gate counted on is gone, and promotion picks a survivor that lacks
-/// it: writes acked over more than `rpo_target` disappear). With two copies outside the region,
-/// one survives any such pair, and promotion picks the most up-to-date survivor. A tenant with
-/// a single replica outside its leader's region (residency in two regions, or right after a
-/// failover before placement has added learners) can only count that one: its claim covers the
-/// loss of a region, not of a region plus that replica.
-pub const GATE_COPIES_OUTSIDE: usize = 2;
-
-/// The highest log index durable on [`GATE_COPIES_OUTSIDE`] of the replicas outside the
-/// leader's region (or on all of them, when there are fewer), given their matched (flushed)
-/// indexes; 0 when there is none.
-pub fn durable_elsewhere(outside: &[Option<u64>]) -> u64 {
-    let mut flushed: Vec<u64> = outside.iter().map(|i| i.unwrap_or(0)).collect();
-    flushed.sort_unstable_by(|a, b| b.cmp(a));
-    let wanted = if crate::planted::on(crate::planted::Bug::LagGateOneCopy) { 1 } else { GATE_COPIES_OUTSIDE };
-    let copies = wanted.min(flushed.len());
-    copies.checked_sub(1).and_then(|k| flushed.get(k)).copied().unwrap_or(0)
-}
-
-/// Whether the gate lets an ack through: nothing exposed longer than `rpo`.
-pub fn gate_open(exposure: Exposure, rpo: Duration) -> bool {
-    match exposure {
-        Exposure::None => true,
-        Exposure::Since(d) => d <= rpo,
-        Exposure::Unknown => false,
-    }
-}
-
 impl Node {
-    /// The highest log index that the lag gate may count as durable outside `region` (leader
-    /// only): see [`durable_elsewhere`].
+    /// The highest log index that the gate counts as durable outside `region`: on two members
+    /// there (leader only; the rule is `tetrad_core::lag_gate::replicated_outside`).
     fn replicated_outside(&self, st: &GroupStatus, region: &str) -> u64 {
-        let outside: Vec<Option<u64>> = st
-            .matched
-            .iter()
-            .filter(|(m, _)| self.region_of(**m).is_some_and(|r| r != region))
-            .map(|(_, i)| *i)
-            .collect();
-        durable_elsewhere(&outside)
+        // Planted `lag-gate-one-copy`: one copy outside the region counts (the rule before #18).
+        let copies =
+            if crate::planted::on(crate::planted::Bug::LagGateOneCopy) { 1 } else { lag_gate::GATE_COPIES_OUTSIDE };
+        lag_gate::replicated_outside(&st.matched, region, |m| self.region_of(m), copies)
     }
 
     /// The gate's current exposure for a group this node leads.
@@ -130,12 +52,13 @@ impl Node {
         let st = g.status();
         let region = self.region_of(self.inner.me).unwrap_or_default().to_string();
         let replicated = self.replicated_outside(&st, &region);
+        // Planted `lag-gate-off-by-one`: counts the entry after the replicated one as durable.
+        let replicated =
+            if crate::planted::on(crate::planted::Bug::LagGateOffByOne) { replicated + 1 } else { replicated };
         let now = self.inner.clock.mono_now();
         let mut books = self.inner.acks.lock().expect("acks lock");
         let book = books.entry(g.name.clone()).or_insert_with(|| AckBook::begin(st.term, st.last_index));
-        if book.term != st.term {
-            *book = AckBook::begin(st.term, st.last_index);
-        }
+        book.follow_term(st.term, st.last_index);
         (book.exposure(replicated, now), st)
     }
 
@@ -149,7 +72,7 @@ impl Node {
             let Some(rec) = self.inner.meta.sm.read().await.state.tenants.get(tenant).cloned() else {
                 return Err(ApiError::UnknownTenant(tenant.to_string()));
             };
-            if rec.spec.mode != Mode::NearSync || rec.state != TState::Healthy {
+            if !lag_gate::gate_applies(&rec) {
                 return Ok(());
             }
             let rpo = Duration::from_millis(rec.spec.rpo_target_ms);
@@ -159,10 +82,11 @@ impl Node {
                     "the write committed, but this node lost the lead at the lag gate".into(),
                 ));
             }
-            if gate_open(exposure, rpo) {
+            let verdict = lag_gate::verdict(exposure, rpo, rec.spec.on_lag);
+            if verdict == GateVerdict::Open {
                 return Ok(());
             }
-            if rec.spec.on_lag == "degrade" {
+            if verdict == GateVerdict::Degrade {
                 let ev = TenantEvent::new(
                     EventKind::Degraded,
                     self.inner.clock.wall_now_ms(),
@@ -197,9 +121,7 @@ impl Node {
         let first = {
             let mut books = self.inner.acks.lock().expect("acks lock");
             let book = books.entry(g.name.clone()).or_insert_with(|| AckBook::begin(mark.term, mark.index - 1));
-            if book.term != mark.term {
-                *book = AckBook::begin(mark.term, mark.index - 1);
-            }
+            book.follow_term(mark.term, mark.index - 1);
             book.acked(mark.index, now, mark);
             let first = !book.first_ack_reported && rec.base.is_some();
             book.first_ack_reported = true;
@@ -446,15 +368,7 @@ impl Node {
     /// Transfers the lead of `g` to the voter outside this node's region (or any voter) whose
     /// log is the furthest along.
     pub(super) async fn step_down<S: crate::raft::state_machine::GroupState>(&self, g: &Group<S>, st: &GroupStatus) {
-        let my_region = self.region_of(self.inner.me).unwrap_or_default().to_string();
-        let best = st
-            .voters
-            .iter()
-            .filter(|v| **v != self.inner.me)
-            .max_by_key(|v| {
-                (self.region_of(**v) != Some(my_region.as_str()), st.matched.get(v).copied().flatten(), **v)
-            })
-            .copied();
+        let best = membership_plan::handover_target(self.inner.me, &st.voters, &st.matched, |n| self.region_of(n));
         if let Some(to) = best {
             tracing::warn!(group = %g.name, to, "no valid liveness lease for a whole period: handing the lead over");
             let _ = g.transfer_leader(to).await;
@@ -462,56 +376,42 @@ impl Node {
     }
 
     /// On the leader: moves the group's membership toward the record's placement (learners
-    /// first, voters once caught up), and hands a sync tenant's lead back to its primary region.
+    /// first, voters once caught up), and hands a sync tenant's lead back to its primary region
+    /// (`tetrad_core::membership_plan` decides the step).
     async fn reconcile_membership(
         &self,
         g: &Group<TenantState>,
         rec: &TenantRecord,
         st: &GroupStatus,
-    ) -> Result<(), String> {
-        let want_voters: BTreeSet<NodeId> = rec.voters.iter().copied().collect();
-        let want_all: BTreeSet<NodeId> = rec.members().collect();
-        let have_all: BTreeSet<NodeId> = st.voters.union(&st.learners).copied().collect();
-        let missing: Vec<NodeId> = want_all.difference(&have_all).copied().collect();
-        if !missing.is_empty() {
-            // A promoted epoch's seeded state lives only in its snapshot: purge the log up to it so
-            // that every member added is caught up by that snapshot.
-            if rec.base.is_some() && st.purged_index.is_none() && st.applied_index > 0 {
-                g.snapshot_and_purge(st.applied_index).await.map_err(|e| e.to_string())?;
+    ) -> Result<(), MembershipError> {
+        let view = GroupView {
+            voters: &st.voters,
+            learners: &st.learners,
+            matched: &st.matched,
+            last_index: st.last_index,
+            applied_index: st.applied_index,
+            purged_index: st.purged_index,
+        };
+        match membership_plan::membership_step(rec, &view, self.inner.me, |n| self.region_of(n)) {
+            MembershipStep::AddLearners { purge_upto, add } => {
+                if let Some(upto) = purge_upto {
+                    g.snapshot_and_purge(upto).await?;
+                }
+                for m in add {
+                    g.add_learner(m).await?;
+                    tracing::info!(group = %g.name, node = m, "learner added");
+                }
             }
-            for m in missing {
-                g.add_learner(m).await.map_err(|e| e.to_string())?;
-                tracing::info!(group = %g.name, node = m, "learner added");
+            MembershipStep::ChangeVoters(voters) => {
+                g.change_voters(&voters).await?;
+                tracing::info!(group = %g.name, voters = ?voters, "voters changed to the placement");
             }
-            return Ok(());
-        }
-        if st.voters != want_voters {
-            let caught_up = want_voters.iter().all(|v| {
-                *v == self.inner.me || st.matched.get(v).copied().flatten().is_some_and(|i| i + 8 >= st.last_index)
-            });
-            if caught_up {
-                g.change_voters(&rec.voters).await.map_err(|e| e.to_string())?;
-                tracing::info!(group = %g.name, voters = ?rec.voters, "voters changed to the placement");
-            }
-            return Ok(());
-        }
-        let extra: Vec<NodeId> = st.learners.difference(&want_all).copied().collect();
-        if !extra.is_empty() {
-            g.remove_learners(&extra).await.map_err(|e| e.to_string())?;
-            return Ok(());
-        }
-        // The leader belongs in the primary region: a sync tenant's leader hands over once a
-        // primary voter holds everything; any mode's leader does when placement moved it out.
-        let my_region = self.region_of(self.inner.me).unwrap_or_default();
-        if my_region != rec.spec.primary || !want_voters.contains(&self.inner.me) {
-            let target = rec.voters.iter().copied().find(|v| {
-                self.region_of(*v) == Some(rec.spec.primary.as_str())
-                    && st.matched.get(v).copied().flatten() == Some(st.last_index)
-            });
-            if let Some(t) = target {
+            MembershipStep::RemoveLearners(extra) => g.remove_learners(&extra).await?,
+            MembershipStep::TransferLead(t) => {
                 tracing::info!(group = %g.name, to = t, "handing the lead to the primary region");
-                g.transfer_leader(t).await.map_err(|e| e.to_string())?;
+                g.transfer_leader(t).await?;
             }
+            MembershipStep::WaitForCatchUp | MembershipStep::Nothing => {}
         }
         Ok(())
     }
@@ -524,11 +424,7 @@ impl Node {
         }
         let (exposure, _) = self.exposure_of(g);
         let rpo = Duration::from_millis(rec.spec.rpo_target_ms);
-        let (next_state, kind) = match (rec.state, exposure) {
-            (_, Exposure::None) => (TState::Healthy, Some(EventKind::Healthy)),
-            (TState::Degraded, e) if gate_open(e, rpo) => (TState::CatchingUp, None),
-            _ => return,
-        };
+        let Some((next_state, kind)) = lag_gate::recovery_step(rec.state, exposure, rpo) else { return };
         let mut next = rec.clone();
         next.state = next_state;
         let ev = kind.map(|k| {
@@ -598,65 +494,5 @@ impl Node {
             }
         }
         None
-    }
-}
-
-/// `t/<tenant>/<epoch>` -> (tenant, epoch).
-pub fn parse_group(group: &str) -> Option<(String, u64)> {
-    let rest = group.strip_prefix("t/")?;
-    let (t, e) = rest.rsplit_once('/')?;
-    Some((t.to_string(), e.parse().ok()?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn the_gate_closes_when_the_oldest_exposed_ack_is_older_than_the_target() {
-        let mut b = AckBook::begin(1, 10);
-        assert_eq!(b.exposure(10, ms(0)), Exposure::None);
-        b.acked(11, ms(100), AckMark::default());
-        b.acked(12, ms(300), AckMark::default());
-        assert_eq!(b.exposure(10, ms(1100)), Exposure::Since(ms(1000)));
-        assert!(gate_open(b.exposure(10, ms(1100)), ms(1000)), "exactly at the target is still within it");
-        assert!(!gate_open(b.exposure(10, ms(1101)), ms(1000)));
-        // Entry 11 is durable elsewhere now: the oldest exposed is 12.
-        assert_eq!(b.exposure(11, ms(1101)), Exposure::Since(ms(801)));
-        assert_eq!(b.exposure(12, ms(1101)), Exposure::None);
-    }
-
-    #[test]
-    fn acks_from_before_the_book_block_until_durable_elsewhere() {
-        let mut b = AckBook::begin(2, 50);
-        assert_eq!(b.exposure(49, ms(0)), Exposure::Unknown);
-        assert!(!gate_open(Exposure::Unknown, Duration::from_secs(3600)));
-        assert_eq!(b.exposure(50, ms(0)), Exposure::None);
-    }
-
-    #[test]
-    fn a_write_counts_as_durable_elsewhere_once_two_replicas_outside_have_it() {
-        // Three learners outside the leader's region: the second highest counts.
-        assert_eq!(durable_elsewhere(&[Some(40), Some(35), Some(12)]), 35);
-        assert_eq!(durable_elsewhere(&[Some(12), None, Some(40)]), 12);
-        assert_eq!(
-            durable_elsewhere(&[Some(40), None, None]),
-            0,
-            "one copy is not enough while there are more replicas"
-        );
-        // A single replica outside the region is all there is to count on.
-        assert_eq!(durable_elsewhere(&[Some(40)]), 40);
-        assert_eq!(durable_elsewhere(&[None]), 0);
-        assert_eq!(durable_elsewhere(&[]), 0, "no replica outside the region: nothing is durable elsewhere");
-    }
-
-    #[test]
-    fn group_names_parse() {
-        assert_eq!(parse_group("t/acme-1/3"), Some(("acme-1".into(), 3)));
-        assert_eq!(parse_group("meta"), None);
     }
 }

@@ -3,7 +3,7 @@
 
 use super::ops::ApiError;
 use super::Node;
-use crate::meta::state::{EventKind, MetaCommand, MetaReply, Mode, TenantEvent, TenantRecord};
+use crate::meta::state::{EventKind, MetaCommand, MetaReply, Mode, OnLag, TenantEvent, TenantRecord};
 
 impl Node {
     /// Every recorded event of a tenant, oldest first (read on the meta leader).
@@ -25,11 +25,7 @@ impl Node {
     ) -> Result<TenantRecord, ApiError> {
         let mode = Mode::parse(mode)
             .ok_or_else(|| ApiError::BadRequest(format!("unknown mode {mode:?}: sync, near-sync or async")))?;
-        if let Some(l) = on_lag {
-            if l != "block" && l != "degrade" {
-                return Err(ApiError::BadRequest(format!("on_lag must be block or degrade, not {l:?}")));
-            }
-        }
+        let on_lag = on_lag.map(OnLag::parse).transpose().map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let rec = self.tenant_record(tenant).await?;
         let mut next = rec.clone();
         next.spec.mode = mode;
@@ -37,7 +33,7 @@ impl Node {
             next.spec.rpo_target_ms = r;
         }
         if let Some(l) = on_lag {
-            next.spec.on_lag = l.to_string();
+            next.spec.on_lag = l;
         }
         if mode == Mode::NearSync && next.spec.rpo_target_ms == 0 {
             return Err(ApiError::BadRequest("near-sync needs an rpo target above zero (e.g. --rpo-target 1s)".into()));

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::Node;
 pub use crate::api::error::ApiError;
 pub use crate::api::status::{ClusterStatus, NodeView, TenantView};
-use crate::meta::state::{MetaCommand, MetaReply, Mode, TenantRecord, TenantSpec, TenantState as TState};
+use crate::meta::state::{MetaCommand, MetaReply, Mode, OnLag, TenantRecord, TenantSpec, TenantState as TState};
 use crate::raft::group::WriteError;
 use crate::raft::wire::{self, Envelope, GroupProbeReply, RegionLagWire, Reply, ReplyEnvelope, Request, WireError};
 use crate::raft::Command;
@@ -189,10 +189,11 @@ impl Node {
         valid_tenant_name(name)?;
         let mode = Mode::parse(mode)
             .ok_or_else(|| ApiError::BadRequest(format!("unknown mode {mode:?}: sync, near-sync or async")))?;
-        let on_lag = if on_lag.is_empty() { "block" } else { on_lag };
-        if on_lag != "block" && on_lag != "degrade" {
-            return Err(ApiError::BadRequest(format!("on_lag must be block or degrade, not {on_lag:?}")));
-        }
+        let on_lag = if on_lag.is_empty() {
+            OnLag::Block
+        } else {
+            OnLag::parse(on_lag).map_err(|e| ApiError::BadRequest(e.to_string()))?
+        };
         let topo = self.topology();
         let primaries = {
             let meta = self.inner.meta.sm.read().await;
@@ -210,14 +211,8 @@ impl Node {
             None => placement::default_primary(&topo, regions, &primaries)
                 .ok_or_else(|| ApiError::BadRequest("no region is available for the tenant".into()))?,
         };
-        let spec = TenantSpec {
-            name: name.to_string(),
-            mode,
-            primary,
-            rpo_target_ms,
-            on_lag: on_lag.to_string(),
-            regions: regions.to_vec(),
-        };
+        let spec =
+            TenantSpec { name: name.to_string(), mode, primary, rpo_target_ms, on_lag, regions: regions.to_vec() };
         if mode == Mode::NearSync && spec.rpo_target_ms == 0 {
             return Err(ApiError::BadRequest("near-sync needs an rpo target above zero (e.g. --rpo-target 1s)".into()));
         }
@@ -259,7 +254,7 @@ impl Node {
         }
         let live = self.live_nodes().await;
         let live_topo: Vec<NodeSlot> = topo.iter().filter(|n| live.contains_key(&n.id)).cloned().collect();
-        placement::place(spec, &live_topo, &load).map_err(ApiError::BadRequest)
+        placement::place(spec, &live_topo, &load).map_err(|e| ApiError::BadRequest(e.to_string()))
     }
 
     /// A tenant's record. This node's replica of the directory may trail the meta leader (a
@@ -347,7 +342,7 @@ impl Node {
     /// Stores one WAL segment. Answers only once it is durable as the tenant's mode promises and
     /// this node's liveness lease is valid.
     pub async fn push(&self, tenant: &str, name: &str, blake3: Hash, data: Vec<u8>) -> Result<PushOutcome, ApiError> {
-        validate_name(name).map_err(ApiError::BadRequest)?;
+        validate_name(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         if data.len() as u64 > MAX_SEGMENT_BYTES {
             return Err(ApiError::BadRequest(format!("segment is larger than {MAX_SEGMENT_BYTES} bytes")));
         }

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{Catalog, PutDecision, SegmentRecord, TenantCommand, TenantReply};
+use super::catalog::{decide_put, Catalog, PutDecision, SegmentRecord, TenantCommand, TenantReply};
 use crate::raft::state_machine::{ApplyInfo, GroupState};
 use crate::raft::{Command, Reply};
 use crate::storage::chunks::{ChunkSource, ChunkStore, Hash};
@@ -180,7 +180,7 @@ impl GroupState for TenantState {
             self.mark(at, None);
             return Ok(Reply::None);
         };
-        let reply = match self.catalog.decide_put(name, blake3, data, *proposed_at_ms, at.term, at.index) {
+        let reply = match decide_put(&self.catalog, name, blake3, data, *proposed_at_ms, at.term, at.index) {
             PutDecision::Reply(r) => r,
             PutDecision::Store(rec) => {
                 // `rec.chunks` holds the blake3 of each piece, just computed by `decide_put`.
