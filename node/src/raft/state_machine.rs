@@ -172,7 +172,7 @@ impl<S: GroupState> GroupSm<S> {
             return Err(io::Error::other(why));
         }
         tracing::error!(group = %self.group, %why, retry_in = ?SNAPSHOT_RETRY_AFTER, "cannot build a snapshot now; keeping the current one and the log");
-        *self.retry_at.lock().expect("retry lock") = Some(tokio::time::Instant::now() + SNAPSHOT_RETRY_AFTER);
+        *self.retry_at.lock().expect("retry lock") = Some(crate::seams::clock::scheduling_now() + SNAPSHOT_RETRY_AFTER);
         Ok(Snapshot { meta: SnapshotMeta::default(), snapshot: vec![] })
     }
 
@@ -284,7 +284,7 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
         if !force {
             let mut retry_at = self.retry_at.lock().expect("retry lock");
             match *retry_at {
-                Some(t) if tokio::time::Instant::now() < t => return None,
+                Some(t) if crate::seams::clock::scheduling_now() < t => return None,
                 Some(_) => *retry_at = None,
                 None => {}
             }

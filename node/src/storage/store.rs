@@ -263,7 +263,8 @@ impl Store {
         if found != node_name {
             return Err(StoreError::WrongNode { expected: node_name.to_string(), found });
         }
-        let replay = std::time::Instant::now();
+        // On the scheduling clock: real time in production, simulated time in the simulator.
+        let replay = crate::seams::clock::scheduling_now();
         let log = Arc::new(RaftLog::open(disk.clone(), &root.join(LOG_DIR), options.log_file_bytes)?);
         move_legacy_log(&db, &log)?;
         let s = log.stats();
@@ -272,7 +273,7 @@ impl Store {
             mib = s.bytes >> 20,
             live_mib = s.live_bytes >> 20,
             groups = log.groups().len(),
-            replay_ms = replay.elapsed().as_millis() as u64,
+            replay_ms = crate::seams::clock::scheduling_now().saturating_duration_since(replay).as_millis() as u64,
             "raft log opened"
         );
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
