@@ -15,7 +15,6 @@
 //! A wiped node has no store; `Store::open` refuses it and `Store::init` gives it a new
 //! incarnation, under which it can only rejoin as a new member.
 
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +22,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::raft_log::{LogOp, RaftLog};
-use crate::seams::disk::DiskRef;
+use crate::seams::disk::{DiskRef, RedbFile};
 
 /// Where Raft log entries lived before they moved to [`RaftLog`]'s files: (group, index) ->
 /// encoded entry. Only read, to move a store written by an older version ([`Store::open`]).
@@ -117,50 +116,6 @@ impl Done {
     }
 }
 
-/// Adapter so a boxed backend from the disk seam can be handed to redb.
-#[derive(Debug)]
-struct DynBackend(Box<dyn redb::StorageBackend>);
-
-impl redb::StorageBackend for DynBackend {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.0.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.0.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.0.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.0.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.0.close()
-    }
-    // The locks keep a second process from opening a live database: forward them all.
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.0.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.0.try_lock_shared_range(start, end)
-    }
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.0.lock_range(start, end)
-    }
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.0.lock_shared_range(start, end)
-    }
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.0.unlock_range(start, end)
-    }
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.0.query_lock_range(start, end)
-    }
-}
-
 /// Runs blocking storage work: directly on a current-thread runtime (the simulator, whose disk is
 /// memory), inside `block_in_place` on a multi-threaded one (production), so other tasks keep
 /// running while redb waits for fdatasync.
@@ -212,7 +167,7 @@ impl Store {
 
     fn open_db(disk: &DiskRef, file: &Path) -> Result<redb::Database, StoreError> {
         let backend = disk.open_backend(file).map_err(|e| StoreError::Io(format!("open {}: {e}", file.display())))?;
-        redb::Database::builder().create_with_backend(DynBackend(backend)).map_err(StoreError::db)
+        redb::Database::builder().create_with_backend(RedbFile(backend)).map_err(StoreError::db)
     }
 
     fn read_identity(disk: &DiskRef, root: &Path) -> Result<(String, u64), StoreError> {
