@@ -21,6 +21,10 @@ use redb::BackendError;
 
 /// A file opened for reads and writes at any offset, whose bytes are durable only once
 /// [`Self::sync_data`] returned. Both disks implement it; redb reaches it through [`RedbFile`].
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a file's length is an I/O call that can fail, and no caller asks whether a file is empty"
+)]
 pub trait RandomAccessFile: Send + Sync + fmt::Debug + 'static {
     /// The file's length in bytes, as reads see it (synced or not).
     fn len(&self) -> io::Result<u64>;
