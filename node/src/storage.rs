@@ -7,5 +7,6 @@ pub mod chunks;
 pub mod log_files;
 pub mod raft_log;
 pub mod store;
+pub mod versioned;
 
 pub use store::{Store, StoreError};

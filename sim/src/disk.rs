@@ -42,8 +42,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::StorageBackend;
-use tetrad_node::seams::disk::Disk;
+use tetrad_node::seams::disk::{Disk, RandomAccessFile};
 
 mod pages;
 #[cfg(test)]
@@ -408,7 +407,7 @@ fn not_found(path: &Path) -> io::Error {
 }
 
 impl Disk for SimDisk {
-    fn open_backend(&self, path: &Path) -> io::Result<Box<dyn StorageBackend>> {
+    fn open_backend(&self, path: &Path) -> io::Result<Box<dyn RandomAccessFile>> {
         let mut state = self.lock();
         state.require_parent(path)?;
         state.require_not_dir(path)?;
@@ -492,7 +491,8 @@ impl Disk for SimDisk {
     }
 }
 
-/// A redb file on a [`SimDisk`], alive until the disk crashes or is wiped.
+/// A random-access file (a redb database, a Raft log file) on a [`SimDisk`], alive until the disk
+/// crashes or is wiped.
 struct SimBackend {
     state: Arc<Mutex<State>>,
     inode: InodeId,
@@ -536,12 +536,12 @@ fn out_of_range(path: &Path, offset: u64, len: usize, file_len: usize) -> io::Er
     )
 }
 
-impl StorageBackend for SimBackend {
-    fn len(&self) -> Result<u64, io::Error> {
+impl RandomAccessFile for SimBackend {
+    fn len(&self) -> io::Result<u64> {
         self.with_inode(|inode, _| Ok(inode.volatile.len() as u64))
     }
 
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         self.with_inode(|inode, _| {
             let file_len = inode.volatile.len();
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
@@ -553,7 +553,7 @@ impl StorageBackend for SimBackend {
         })
     }
 
-    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("length {len} is too large")))?;
         self.with_inode(|inode, _| {
@@ -569,7 +569,7 @@ impl StorageBackend for SimBackend {
         })
     }
 
-    fn sync_data(&self) -> Result<(), io::Error> {
+    fn sync_data(&self) -> io::Result<()> {
         let mut state = self.live()?;
         match state.crash_at_sync {
             Some((0, seed)) => {
@@ -586,7 +586,7 @@ impl StorageBackend for SimBackend {
         Ok(())
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.with_inode(|inode, stats| {
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
             let end = start
@@ -601,7 +601,7 @@ impl StorageBackend for SimBackend {
     }
 
     // Fails after a crash like every other call; redb logs a failed close and moves on.
-    fn close(&self) -> Result<(), io::Error> {
+    fn close(&self) -> io::Result<()> {
         self.live().map(drop)
     }
 }
@@ -622,53 +622,10 @@ impl Drop for SimBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::{BackendError, Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-    use std::ops::Bound;
+    use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+    use tetrad_node::seams::disk::RedbFile;
 
     const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
-
-    /// redb's builder takes a concrete backend; this passes the seam's boxed one through.
-    #[derive(Debug)]
-    struct Boxed(Box<dyn StorageBackend>);
-
-    impl StorageBackend for Boxed {
-        fn len(&self) -> Result<u64, io::Error> {
-            self.0.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-            self.0.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> Result<(), io::Error> {
-            self.0.set_len(len)
-        }
-        fn sync_data(&self) -> Result<(), io::Error> {
-            self.0.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-            self.0.write(offset, data)
-        }
-        fn close(&self) -> Result<(), io::Error> {
-            self.0.close()
-        }
-        fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
-            self.0.try_lock_range(s, e)
-        }
-        fn try_lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
-            self.0.try_lock_shared_range(s, e)
-        }
-        fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
-            self.0.lock_range(s, e)
-        }
-        fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
-            self.0.lock_shared_range(s, e)
-        }
-        fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
-            self.0.unlock_range(s, e)
-        }
-        fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
-            self.0.query_lock_range(s, e)
-        }
-    }
 
     fn dir() -> PathBuf {
         PathBuf::from("/n1/data")
@@ -682,7 +639,7 @@ mod tests {
 
     fn open_db(disk: &SimDisk, path: &Path) -> Database {
         let backend = disk.open_backend(path).unwrap();
-        Database::builder().create_with_backend(Boxed(backend)).unwrap()
+        Database::builder().create_with_backend(RedbFile(backend)).unwrap()
     }
 
     fn commit(db: &Database, key: u64, value: &[u8], durability: Durability) -> Result<(), redb::CommitError> {
@@ -864,7 +821,7 @@ mod tests {
                 // A small cache makes redb write pages back before it syncs, so a crash finds
                 // unsynced pages in the page cache to tear.
                 let backend = disk.open_backend(&path).unwrap();
-                let db = Database::builder().set_cache_size(64 * 1024).create_with_backend(Boxed(backend)).unwrap();
+                let db = Database::builder().set_cache_size(64 * 1024).create_with_backend(RedbFile(backend)).unwrap();
                 assert_eq!(contents(&db), acked, "{context}: recovery lost or invented data");
                 for key in 0..3 {
                     let v = value(key, round, 3000);

@@ -283,7 +283,7 @@ impl<S: GroupState> Group<S> {
     }
 
     fn touch_contact(&self) {
-        *self.contact.lock().expect("contact lock") = Some(tokio::time::Instant::now());
+        *self.contact.lock().expect("contact lock") = Some(crate::seams::clock::scheduling_now());
     }
 
     /// When this node last accepted a leader's append or snapshot; `None` before the first.

@@ -23,6 +23,7 @@ use openraft::OptionalSend;
 use super::types::{Entry, LogId, TypeConfig, Vote};
 use crate::storage::raft_log::LogOp;
 use crate::storage::store::{Store, StoreError};
+use crate::storage::versioned;
 
 /// Entries queued with the store's writer whose commit has not completed, by index.
 type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
@@ -54,10 +55,11 @@ impl GroupLog {
         })
     }
 
+    /// A value of [`versioned::RAFT_KV_KEYS`], in its versioned encoding.
     fn read_kv<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
         match self.store.kv_get(&self.group, key)? {
             None => Ok(None),
-            Some(b) => Ok(Some(self.decode(key, &b)?)),
+            Some(b) => Ok(Some(versioned::decode_value(&format!("{key} of group {}", self.group), &b)?)),
         }
     }
 
@@ -134,7 +136,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let bytes = postcard::to_stdvec(vote).map_err(io::Error::other)?;
+        let bytes = versioned::encode_value(vote);
         self.store.write(vec![Store::kv_put(&self.group, "vote", bytes)]).await?;
         Ok(())
     }
@@ -205,7 +207,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             let keep = p.split_off(&(upto + 1));
             *p = keep;
         }
-        let marker = postcard::to_stdvec(&log_id).map_err(io::Error::other)?;
+        let marker = versioned::encode_value(&log_id);
         // The marker is durable before the entries are let go: a restart in between finds the
         // entries again in the files and drops them by the marker (`get_log_state`).
         self.store.write(vec![Store::kv_put(&group, "purged", marker)]).await?;
@@ -229,10 +231,7 @@ pub fn apply_purge_markers(store: &Store) -> Result<usize, StoreError> {
             let (k, v) = item.map_err(StoreError::db)?;
             let (group, key) = k.value();
             if key == "purged" {
-                let id: LogId = postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
-                    what: format!("purged log id of {group}"),
-                    detail: e.to_string(),
-                })?;
+                let id: LogId = versioned::decode_value(&format!("purged log id of {group}"), v.value())?;
                 marks.push((group.to_string(), id.index));
             }
         }
@@ -271,16 +270,12 @@ pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, S
             .map_err(|e| StoreError::Corrupt { what: format!("{what} of group {group}"), detail: e.to_string() })
     };
     let applied: Option<LogId> = match store.kv_get(group, "applied")? {
-        Some(b) => postcard::from_bytes(&b)
-            .map_err(|e| StoreError::Corrupt { what: "applied log id".into(), detail: e.to_string() })?,
+        Some(b) => versioned::decode_value(&format!("applied log id of {group}"), &b)?,
         None => None,
     };
     // `purge` writes the marker as a bare log id (see `GroupLog::purge`).
     let purged: Option<LogId> = match store.kv_get(group, "purged")? {
-        Some(b) => Some(
-            postcard::from_bytes(&b)
-                .map_err(|e| StoreError::Corrupt { what: "purged log id".into(), detail: e.to_string() })?,
-        ),
+        Some(b) => Some(versioned::decode_value(&format!("purged log id of {group}"), &b)?),
         None => None,
     };
     let from = applied.map(|a| a.index + 1).unwrap_or(0);
@@ -319,12 +314,45 @@ mod tests {
         // The purge of a group that then stops for good (a sealed epoch): the marker is durable,
         // the entries are still in the log file.
         let marker = LogId::new(1u64.into(), 6);
-        store.write(vec![Store::kv_put("t/sealed/1", "purged", postcard::to_stdvec(&marker).unwrap())]).await.unwrap();
+        store.write(vec![Store::kv_put("t/sealed/1", "purged", versioned::encode_value(&marker))]).await.unwrap();
         drop(store);
         tokio::task::yield_now().await;
         let store = Store::open(disk, dir.path(), "n1").unwrap();
         assert_eq!(store.raft_log().bounds("t/sealed/1"), Some((1, 10)), "replay brings the purged entries back");
         assert_eq!(apply_purge_markers(&store).unwrap(), 1);
         assert_eq!(store.raft_log().bounds("t/sealed/1"), Some((7, 10)));
+    }
+
+    #[tokio::test]
+    async fn a_store_written_before_values_were_versioned_opens_with_its_vote_and_purge_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
+        let vote = Vote::new(3, 2);
+        let marker = LogId::new(2u64.into(), 6);
+        // As the previous build wrote them: bare postcard bytes, and no store format.
+        Store::write_legacy_rows(
+            &disk,
+            dir.path(),
+            &[
+                ("g", "vote", postcard::to_stdvec(&vote).unwrap()),
+                ("g", "purged", postcard::to_stdvec(&marker).unwrap()),
+            ],
+        );
+        let store = Store::open(disk.clone(), dir.path(), "n1").unwrap();
+        let mut log = GroupLog::new(store.clone(), "g");
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, Some(marker));
+        assert_eq!(read_durable_log(&store, "g").unwrap().last, Some((2, 6)));
+        assert_eq!(apply_purge_markers(&store).unwrap(), 1);
+
+        // New writes are in the versioned form, and read back after a reopen.
+        let newer = Vote::new(4, 1);
+        log.save_vote(&newer).await.unwrap();
+        assert_eq!(store.kv_get("g", "vote").unwrap(), Some(versioned::encode_value(&newer)));
+        drop((log, store));
+        tokio::task::yield_now().await;
+        let store = Store::open(disk, dir.path(), "n1").unwrap();
+        assert_eq!(GroupLog::new(store, "g").read_vote().await.unwrap(), Some(newer));
     }
 }

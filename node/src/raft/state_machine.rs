@@ -28,6 +28,7 @@ use super::peers::PeerBook;
 use super::types::{Command, LogId, Reply, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::seams::net::NodeId;
 use crate::storage::store::{Store, StoreError, TxnFn};
+use crate::storage::versioned;
 
 /// How long after a snapshot build that could not complete the next policy-triggered one waits.
 pub const SNAPSHOT_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -122,24 +123,16 @@ impl<S: GroupState> Clone for GroupSm<S> {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(b).map_err(|e| StoreError::Corrupt { what: what.into(), detail: e.to_string() })
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_stdvec(v).expect("in-memory values always encode")
-}
-
 impl<S: GroupState> GroupSm<S> {
     pub fn open(store: Arc<Store>, group: &str, peers: PeerBook) -> Result<Self, StoreError> {
         let state = S::load(&store, group)?;
         peers.learn(state.incarnations());
         let applied = match store.kv_get(group, "applied")? {
-            Some(b) => decode("applied log id", &b)?,
+            Some(b) => versioned::decode_value(&format!("applied log id of {group}"), &b)?,
             None => None,
         };
         let membership = match store.kv_get(group, "membership")? {
-            Some(b) => decode("membership", &b)?,
+            Some(b) => versioned::decode_value(&format!("membership of {group}"), &b)?,
             None => StoredMembership::default(),
         };
         let inner = Arc::new(RwLock::new(SmInner { state, applied, membership }));
@@ -172,14 +165,14 @@ impl<S: GroupState> GroupSm<S> {
             return Err(io::Error::other(why));
         }
         tracing::error!(group = %self.group, %why, retry_in = ?SNAPSHOT_RETRY_AFTER, "cannot build a snapshot now; keeping the current one and the log");
-        *self.retry_at.lock().expect("retry lock") = Some(tokio::time::Instant::now() + SNAPSHOT_RETRY_AFTER);
+        *self.retry_at.lock().expect("retry lock") = Some(crate::seams::clock::scheduling_now() + SNAPSHOT_RETRY_AFTER);
         Ok(Snapshot { meta: SnapshotMeta::default(), snapshot: vec![] })
     }
 
     fn bookkeeping(&self, applied: Option<LogId>, membership: &StoredMembership) -> Vec<TxnFn> {
         vec![
-            Store::kv_put(&self.group, "applied", encode(&applied)),
-            Store::kv_put(&self.group, "membership", encode(membership)),
+            Store::kv_put(&self.group, "applied", versioned::encode_value(&applied)),
+            Store::kv_put(&self.group, "membership", versioned::encode_value(membership)),
         ]
     }
 }
@@ -206,7 +199,7 @@ impl<S: GroupState> RaftSnapshotBuilder<TypeConfig> for GroupSm<S> {
             }
         };
         let file = SnapshotFile { meta: meta.clone(), data };
-        let bytes = encode(&file);
+        let bytes = versioned::encode_snapshot_file(&file);
         let path = self.snapshot_path();
         let disk = self.store.disk().clone();
         crate::storage::store::blocking(|| -> io::Result<()> {
@@ -284,7 +277,7 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
         if !force {
             let mut retry_at = self.retry_at.lock().expect("retry lock");
             match *retry_at {
-                Some(t) if tokio::time::Instant::now() < t => return None,
+                Some(t) if crate::seams::clock::scheduling_now() < t => return None,
                 Some(_) => *retry_at = None,
                 None => {}
             }
@@ -303,7 +296,7 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
         work.extend(self.bookkeeping(inner.applied, &inner.membership));
         // Keep the received snapshot as the current one, so this node can serve it onwards.
         let file = SnapshotFile { meta: meta.clone(), data: snapshot };
-        let bytes = encode(&file);
+        let bytes = versioned::encode_snapshot_file(&file);
         let path = self.snapshot_path();
         let disk = self.store.disk().clone();
         crate::storage::store::blocking(|| -> io::Result<()> {
@@ -325,7 +318,7 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let file: SnapshotFile = decode("snapshot file", &bytes)?;
+        let file: SnapshotFile = versioned::decode_snapshot_file(&format!("snapshot file of {}", self.group), &bytes)?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: file.data }))
     }
 }
@@ -420,5 +413,28 @@ mod tests {
         // be a lie, so the error is reported.
         let mut forced = sm.try_create_snapshot_builder(true).await.expect("a forced builder");
         assert!(forced.build_snapshot().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_is_versioned_and_one_written_before_versions_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path(), "repairable");
+        let mut builder = sm.try_create_snapshot_builder(false).await.expect("a builder");
+        builder.build_snapshot().await.unwrap();
+        let disk = sm.store.disk().clone();
+        let path = sm.snapshot_path();
+        assert!(disk.read_file(&path).unwrap().starts_with(b"TSNP\x01"));
+
+        // What a build before the version wrote: the bare postcard bytes, whose first byte (the
+        // tag of the metadata's Option<LogId>) is 0 or 1, so never the magic's `T`.
+        for last_log_id in [None, Some(LogId::new(4u64.into(), 99))] {
+            let meta = SnapshotMeta { last_log_id, ..SnapshotMeta::default() };
+            let legacy =
+                postcard::to_stdvec(&SnapshotFile { meta: meta.clone(), data: b"old bytes".to_vec() }).unwrap();
+            assert!(legacy[0] <= 1, "{legacy:?}");
+            disk.write_file_durable(&path, &legacy).unwrap();
+            let snap = sm.get_current_snapshot().await.unwrap().expect("the old snapshot is read");
+            assert_eq!((snap.meta, snap.snapshot), (meta, b"old bytes".to_vec()));
+        }
     }
 }

@@ -1,5 +1,12 @@
 //! What crosses the node-to-node network: one request and one reply per call, encoded with
 //! postcard. Production carries these bytes over QUIC; the simulator carries the same bytes.
+//!
+//! Every message starts with one version byte ([`WIRE_VERSION`]) and then the postcard bytes of
+//! that version's types, so that a later change of format is a new version, not a silent
+//! misreading: [`decode`] refuses a version it does not know with
+//! [`WireError::UnknownVersion`], never a panic or a garbled value. A node of this version and
+//! one of the unversioned format before it cannot talk (their first bytes mean different things);
+//! the next format change can be read side by side with this one.
 
 use serde::{Deserialize, Serialize};
 
@@ -128,12 +135,64 @@ pub enum WireError {
     Failed(String),
     #[error("malformed message: {0}")]
     Malformed(String),
+    #[error("message in wire version {found}, but this node speaks version {supported}: are the nodes running different tetrad releases?")]
+    UnknownVersion { found: u8, supported: u8 },
 }
 
+/// The encoding version of every peer message: its first byte.
+pub const WIRE_VERSION: u8 = 1;
+
+/// The message's bytes: [`WIRE_VERSION`], then its postcard encoding.
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_stdvec(v).expect("wire messages always encode")
+    postcard::to_extend(v, vec![WIRE_VERSION]).expect("wire messages always encode")
 }
 
+/// Decodes a message of [`WIRE_VERSION`]; any other version, an empty message or bytes that do
+/// not decode are an error value.
 pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
-    postcard::from_bytes(b).map_err(|e| WireError::Malformed(e.to_string()))
+    match b.split_first() {
+        None => Err(WireError::Malformed("empty message: no version byte".into())),
+        Some((&WIRE_VERSION, body)) => postcard::from_bytes(body).map_err(|e| WireError::Malformed(e.to_string())),
+        Some((&found, _)) => Err(WireError::UnknownVersion { found, supported: WIRE_VERSION }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(group: &str) -> Envelope {
+        Envelope { from_incarnation: 7, body: Request::GroupProbe { group: group.into() } }
+    }
+
+    #[test]
+    fn a_message_starts_with_its_version_and_round_trips() {
+        let bytes = encode(&probe("t/a/1"));
+        assert_eq!(bytes[0], WIRE_VERSION);
+        assert_eq!(&bytes[1..], postcard::to_stdvec(&probe("t/a/1")).unwrap().as_slice());
+        let back: Envelope = decode(&bytes).unwrap();
+        assert_eq!(back.from_incarnation, 7);
+        assert!(matches!(back.body, Request::GroupProbe { group } if group == "t/a/1"));
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused_with_an_error_naming_it() {
+        let mut bytes = encode(&probe("t/a/1"));
+        for found in [0u8, 2, 0xff] {
+            bytes[0] = found;
+            let err = decode::<Envelope>(&bytes).unwrap_err();
+            assert_eq!(err, WireError::UnknownVersion { found, supported: WIRE_VERSION });
+            assert!(err.to_string().contains(&format!("version {found}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn empty_and_truncated_messages_are_malformed_not_a_panic() {
+        assert!(matches!(decode::<Envelope>(&[]), Err(WireError::Malformed(_))));
+        let bytes = encode(&ReplyEnvelope { from_incarnation: 9, body: Reply::Chunk(vec![5; 100]) });
+        for cut in 1..bytes.len() {
+            assert!(matches!(decode::<ReplyEnvelope>(&bytes[..cut]), Err(WireError::Malformed(_))), "cut at {cut}");
+        }
+        assert!(decode::<ReplyEnvelope>(&bytes).is_ok());
+    }
 }

@@ -20,16 +20,15 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redb::backends::FileBackend;
-use redb::{BackendError, StorageBackend};
+use redb::StorageBackend;
 
-use super::disk::Disk;
+use super::disk::{Disk, RandomAccessFile};
 
 /// Temporary files of [`Disk::write_file_durable`] start with a dot and end with this suffix;
 /// [`Disk::list_dir`] hides them, so one left behind by a crash is never taken for data.
@@ -144,7 +143,7 @@ impl OsDisk {
 }
 
 impl Disk for OsDisk {
-    fn open_backend(&self, path: &Path) -> io::Result<Box<dyn StorageBackend>> {
+    fn open_backend(&self, path: &Path) -> io::Result<Box<dyn RandomAccessFile>> {
         let file = match OpenOptions::new().read(true).write(true).create_new(true).open(path) {
             Ok(file) => {
                 self.record(DiskEvent::CreateFile(path.to_path_buf()));
@@ -284,7 +283,7 @@ impl Disk for OsDisk {
     }
 }
 
-/// A redb database file on the operating system's file system.
+/// A random-access file (a redb database, a Raft log file) on the operating system's file system.
 #[derive(Debug)]
 struct OsBackend {
     file: File,
@@ -300,16 +299,16 @@ struct OsBackend {
     log: Option<DiskLog>,
 }
 
-impl StorageBackend for OsBackend {
-    fn len(&self) -> Result<u64, io::Error> {
+impl RandomAccessFile for OsBackend {
+    fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata().map_err(|e| context(e, "stat", &self.path))?.len())
     }
 
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(out, offset).map_err(|e| context(e, "read", &self.path))
     }
 
-    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len).map_err(|e| context(e, "set the length of", &self.path))?;
         self.length_changed.store(true, Ordering::Release);
         record(self.log.as_ref(), DiskEvent::SetLen(self.path.clone(), len));
@@ -323,7 +322,7 @@ impl StorageBackend for OsBackend {
     /// that costs almost nothing: the inode must be written anyway when the size changed, and
     /// redb changes the size rarely (it grows the file a region at a time), so almost every
     /// commit still pays only for an fdatasync.
-    fn sync_data(&self) -> Result<(), io::Error> {
+    fn sync_data(&self) -> io::Result<()> {
         if self.sync_failed.load(Ordering::Acquire) {
             return Err(io::Error::other(format!(
                 "an earlier sync of {} failed, so its unsynced writes may be lost; restart the node",
@@ -342,38 +341,18 @@ impl StorageBackend for OsBackend {
         result
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset).map_err(|e| context(e, "write", &self.path))?;
         record(self.log.as_ref(), DiskEvent::Write(self.path.clone()));
         Ok(())
     }
 
-    fn close(&self) -> Result<(), io::Error> {
+    fn close(&self) -> io::Result<()> {
         self.locks.close()
     }
 
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.locks.try_lock_range(start, end)
-    }
-
-    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.locks.try_lock_shared_range(start, end)
-    }
-
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.locks.lock_range(start, end)
-    }
-
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.locks.lock_shared_range(start, end)
-    }
-
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.locks.unlock_range(start, end)
-    }
-
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.locks.query_lock_range(start, end)
+    fn redb_locks(&self) -> Option<&dyn StorageBackend> {
+        Some(&self.locks)
     }
 }
 
@@ -430,57 +409,14 @@ fn context(e: io::Error, action: &str, path: &Path) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seams::disk::RedbFile;
     use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
     const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
 
-    /// redb's builder takes a concrete backend; this passes the seam's boxed one through,
-    /// including the lock methods (dropping them would silently disable redb's locking).
-    #[derive(Debug)]
-    struct Boxed(Box<dyn StorageBackend>);
-
-    impl StorageBackend for Boxed {
-        fn len(&self) -> Result<u64, io::Error> {
-            self.0.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-            self.0.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> Result<(), io::Error> {
-            self.0.set_len(len)
-        }
-        fn sync_data(&self) -> Result<(), io::Error> {
-            self.0.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-            self.0.write(offset, data)
-        }
-        fn close(&self) -> Result<(), io::Error> {
-            self.0.close()
-        }
-        fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
-            self.0.try_lock_range(s, e)
-        }
-        fn try_lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
-            self.0.try_lock_shared_range(s, e)
-        }
-        fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
-            self.0.lock_range(s, e)
-        }
-        fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
-            self.0.lock_shared_range(s, e)
-        }
-        fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
-            self.0.unlock_range(s, e)
-        }
-        fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
-            self.0.query_lock_range(s, e)
-        }
-    }
-
     fn open_db(disk: &OsDisk, path: &Path) -> Database {
         let backend = disk.open_backend(path).unwrap();
-        Database::builder().create_with_backend(Boxed(backend)).unwrap()
+        Database::builder().create_with_backend(RedbFile(backend)).unwrap()
     }
 
     fn commit(db: &Database, key: u64, value: &[u8], durability: Durability) {
@@ -687,7 +623,7 @@ mod tests {
         commit(&db, 1, b"one", Durability::Immediate);
 
         let second = disk.open_backend(&path).unwrap();
-        let refused = Database::builder().create_with_backend(Boxed(second));
+        let refused = Database::builder().create_with_backend(RedbFile(second));
         assert!(matches!(refused, Err(redb::DatabaseError::DatabaseAlreadyOpen)), "{refused:?}");
 
         drop(db);

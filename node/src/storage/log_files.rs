@@ -2,7 +2,7 @@
 //!
 //! A node's Raft log records go, for every group it hosts, into one sequence of files
 //! `raftlog/<seq>.log` (seq in 16 hex digits), each opened through the disk seam as a
-//! random-access backend. Only the newest file (the head) is appended to; it rolls to a new
+//! [`RandomAccessFile`]. Only the newest file (the head) is appended to; it rolls to a new
 //! file once it holds `roll_bytes`. Why not redb: see ARCHITECTURE.md "Storage".
 //!
 //! Layout:
@@ -31,10 +31,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::StorageBackend;
-
 use super::store::{blocking, StoreError};
-use crate::seams::disk::DiskRef;
+use crate::seams::disk::{DiskRef, RandomAccessFile};
 
 const FILE_MAGIC: &[u8; 8] = b"TETRADLG";
 const FILE_HEADER: u64 = 16;
@@ -73,7 +71,7 @@ pub struct FilesStats {
 }
 
 struct OneFile {
-    backend: Arc<dyn StorageBackend>,
+    backend: Arc<dyn RandomAccessFile>,
     /// Bytes written (header and records).
     len: u64,
     /// Bytes of records the owner still needs.
@@ -176,7 +174,7 @@ enum Bad {
 }
 
 /// Reads and checks the record at `offset` of a file of `file_len` bytes.
-fn read_record(b: &dyn StorageBackend, offset: u64, file_len: u64) -> Result<Result<Vec<u8>, Bad>, std::io::Error> {
+fn read_record(b: &dyn RandomAccessFile, offset: u64, file_len: u64) -> Result<Result<Vec<u8>, Bad>, std::io::Error> {
     if offset + RECORD_HEADER > file_len {
         return Ok(Err(Bad::End));
     }
@@ -220,7 +218,7 @@ impl LogFiles {
             let last = seqs.last().copied();
             for seq in seqs {
                 let path = dir.join(file_name(seq));
-                let backend: Arc<dyn StorageBackend> =
+                let backend: Arc<dyn RandomAccessFile> =
                     Arc::from(disk.open_backend(&path).map_err(|e| io("open", &path, e))?);
                 let is_head = Some(seq) == last;
                 let len = Self::recover(&*backend, &path, seq, is_head, &mut visit)?;
@@ -242,7 +240,7 @@ impl LogFiles {
 
     /// Scans one file; returns the length up to its last good batch (the head is cut there).
     fn recover(
-        b: &dyn StorageBackend,
+        b: &dyn RandomAccessFile,
         path: &Path,
         seq: u64,
         is_head: bool,
@@ -298,7 +296,12 @@ impl LogFiles {
     }
 
     /// The body of the batch at `at`, or `None` when there is no valid batch there.
-    fn read_batch(b: &dyn StorageBackend, path: &Path, at: u64, file_len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    fn read_batch(
+        b: &dyn RandomAccessFile,
+        path: &Path,
+        at: u64,
+        file_len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         if at + RECORD_HEADER > file_len {
             return Ok(None);
         }
@@ -316,7 +319,7 @@ impl LogFiles {
     /// The offset of a valid batch after a bad one at `bad`, if any (a torn tail has none: the
     /// store's writer syncs each batch before it writes the next).
     fn find_batch_after(
-        b: &dyn StorageBackend,
+        b: &dyn RandomAccessFile,
         path: &Path,
         bad: u64,
         file_len: u64,
@@ -332,7 +335,7 @@ impl LogFiles {
         Ok(None)
     }
 
-    fn write_header(b: &dyn StorageBackend, path: &Path, seq: u64) -> Result<(), StoreError> {
+    fn write_header(b: &dyn RandomAccessFile, path: &Path, seq: u64) -> Result<(), StoreError> {
         let mut header = Vec::with_capacity(FILE_HEADER as usize);
         header.extend_from_slice(FILE_MAGIC);
         header.extend_from_slice(&seq.to_be_bytes());
@@ -345,7 +348,7 @@ impl LogFiles {
     /// disk seam's open). The caller makes it the head.
     fn start_file(&self, seq: u64) -> Result<(), StoreError> {
         let path = self.dir.join(file_name(seq));
-        let backend: Arc<dyn StorageBackend> =
+        let backend: Arc<dyn RandomAccessFile> =
             Arc::from(self.disk.open_backend(&path).map_err(|e| io("create", &path, e))?);
         Self::write_header(&*backend, &path, seq)?;
         lock(&self.files).by_seq.insert(seq, OneFile { backend, len: FILE_HEADER, live: 0 });

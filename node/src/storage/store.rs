@@ -15,7 +15,6 @@
 //! A wiped node has no store; `Store::open` refuses it and `Store::init` gives it a new
 //! incarnation, under which it can only rejoin as a new member.
 
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,7 +22,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::raft_log::{LogOp, RaftLog};
-use crate::seams::disk::DiskRef;
+use super::versioned::{self, RAFT_KV_KEYS, STORE_FORMAT};
+use crate::seams::disk::{DiskRef, RedbFile};
 
 /// Where Raft log entries lived before they moved to [`RaftLog`]'s files: (group, index) ->
 /// encoded entry. Only read, to move a store written by an older version ([`Store::open`]).
@@ -34,6 +34,8 @@ pub const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 pub const SEGMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("segments");
 
 const NODE_GROUP: &str = "node";
+/// (node, `format`): the store's format ([`STORE_FORMAT`]); see [`super::versioned`].
+const FORMAT_KEY: &str = "format";
 const DB_FILE: &str = "tetrad.redb";
 /// The Raft log files' directory, under the data directory.
 pub const LOG_DIR: &str = "raftlog";
@@ -71,6 +73,8 @@ pub enum StoreError {
     Corrupt { what: String, detail: String },
     #[error("the store's writer has stopped")]
     WriterGone,
+    #[error("{what} is in encoding version {found}, but this build reads only version {known}: was the store written by a newer tetrad?")]
+    UnknownVersion { what: String, found: u8, known: u8 },
 }
 
 impl StoreError {
@@ -117,50 +121,6 @@ impl Done {
     }
 }
 
-/// Adapter so a boxed backend from the disk seam can be handed to redb.
-#[derive(Debug)]
-struct DynBackend(Box<dyn redb::StorageBackend>);
-
-impl redb::StorageBackend for DynBackend {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.0.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.0.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.0.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.0.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.0.close()
-    }
-    // The locks keep a second process from opening a live database: forward them all.
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.0.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.0.try_lock_shared_range(start, end)
-    }
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.0.lock_range(start, end)
-    }
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.0.lock_shared_range(start, end)
-    }
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.0.unlock_range(start, end)
-    }
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.0.query_lock_range(start, end)
-    }
-}
-
 /// Runs blocking storage work: directly on a current-thread runtime (the simulator, whose disk is
 /// memory), inside `block_in_place` on a multi-threaded one (production), so other tasks keep
 /// running while redb waits for fdatasync.
@@ -204,6 +164,7 @@ impl Store {
             let mut kv = txn.open_table(KV).map_err(StoreError::db)?;
             kv.insert((NODE_GROUP, "name"), node_name.as_bytes()).map_err(StoreError::db)?;
             kv.insert((NODE_GROUP, "incarnation"), incarnation.to_be_bytes().as_slice()).map_err(StoreError::db)?;
+            kv.insert((NODE_GROUP, FORMAT_KEY), [STORE_FORMAT].as_slice()).map_err(StoreError::db)?;
             txn.open_table(SEGMENTS).map_err(StoreError::db)?;
         }
         txn.commit().map_err(StoreError::db)?;
@@ -212,7 +173,7 @@ impl Store {
 
     fn open_db(disk: &DiskRef, file: &Path) -> Result<redb::Database, StoreError> {
         let backend = disk.open_backend(file).map_err(|e| StoreError::Io(format!("open {}: {e}", file.display())))?;
-        redb::Database::builder().create_with_backend(DynBackend(backend)).map_err(StoreError::db)
+        redb::Database::builder().create_with_backend(RedbFile(backend)).map_err(StoreError::db)
     }
 
     fn read_identity(disk: &DiskRef, root: &Path) -> Result<(String, u64), StoreError> {
@@ -263,7 +224,9 @@ impl Store {
         if found != node_name {
             return Err(StoreError::WrongNode { expected: node_name.to_string(), found });
         }
-        let replay = std::time::Instant::now();
+        upgrade_format(&db)?;
+        // On the scheduling clock: real time in production, simulated time in the simulator.
+        let replay = crate::seams::clock::scheduling_now();
         let log = Arc::new(RaftLog::open(disk.clone(), &root.join(LOG_DIR), options.log_file_bytes)?);
         move_legacy_log(&db, &log)?;
         let s = log.stats();
@@ -272,7 +235,7 @@ impl Store {
             mib = s.bytes >> 20,
             live_mib = s.live_bytes >> 20,
             groups = log.groups().len(),
-            replay_ms = replay.elapsed().as_millis() as u64,
+            replay_ms = crate::seams::clock::scheduling_now().saturating_duration_since(replay).as_millis() as u64,
             "raft log opened"
         );
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
@@ -442,6 +405,48 @@ async fn run_writer(db: Arc<redb::Database>, log: Arc<RaftLog>, mut rx: mpsc::Re
     }
 }
 
+/// Brings a store written before its values were versioned to [`STORE_FORMAT`]: in one durable
+/// transaction, every value of [`RAFT_KV_KEYS`] gets its version byte and the store its format,
+/// so a crash leaves either the old store or the upgraded one. Refuses a format this build does
+/// not know (a newer tetrad's store) rather than misread it.
+fn upgrade_format(db: &redb::Database) -> Result<(), StoreError> {
+    let mut legacy: Vec<(String, String, Vec<u8>)> = vec![];
+    {
+        let txn = db.begin_read().map_err(StoreError::db)?;
+        let kv = txn.open_table(KV).map_err(StoreError::db)?;
+        match kv.get((NODE_GROUP, FORMAT_KEY)).map_err(StoreError::db)? {
+            Some(v) if v.value() == [STORE_FORMAT] => return Ok(()),
+            Some(v) => {
+                return Err(StoreError::UnknownVersion {
+                    what: "the store's format".into(),
+                    found: v.value().first().copied().unwrap_or(0),
+                    known: STORE_FORMAT,
+                })
+            }
+            None => {}
+        }
+        for item in kv.iter().map_err(StoreError::db)? {
+            let (k, v) = item.map_err(StoreError::db)?;
+            let (group, key) = k.value();
+            if group != NODE_GROUP && RAFT_KV_KEYS.contains(&key) {
+                legacy.push((group.to_string(), key.to_string(), versioned::upgrade_value(v.value())));
+            }
+        }
+    }
+    let mut txn = db.begin_write().map_err(StoreError::db)?;
+    txn.set_durability(redb::Durability::Immediate).map_err(StoreError::db)?;
+    {
+        let mut kv = txn.open_table(KV).map_err(StoreError::db)?;
+        for (group, key, value) in &legacy {
+            kv.insert((group.as_str(), key.as_str()), value.as_slice()).map_err(StoreError::db)?;
+        }
+        kv.insert((NODE_GROUP, FORMAT_KEY), [STORE_FORMAT].as_slice()).map_err(StoreError::db)?;
+    }
+    txn.commit().map_err(StoreError::db)?;
+    tracing::info!(values = legacy.len(), format = STORE_FORMAT, "upgraded the store's values to versioned encodings");
+    Ok(())
+}
+
 /// Moves the entries of a store written before the Raft log left redb into the log files, then
 /// drops the old table: the entries are durable in the files before the table goes.
 fn move_legacy_log(db: &redb::Database, log: &RaftLog) -> Result<(), StoreError> {
@@ -501,6 +506,24 @@ fn commit_batch(db: &redb::Database, works: Vec<Vec<TxnFn>>, durable: bool) -> R
 }
 
 #[cfg(test)]
+impl Store {
+    /// Makes the store at `root` look as a build from before versioned values left it: no store
+    /// format, and `rows` ((group, key, bytes) in the `kv` table) as that build wrote them.
+    pub(crate) fn write_legacy_rows(disk: &DiskRef, root: &Path, rows: &[(&str, &str, Vec<u8>)]) {
+        let db = Self::open_db(disk, &root.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut kv = txn.open_table(KV).unwrap();
+            kv.remove((NODE_GROUP, FORMAT_KEY)).unwrap();
+            for (group, key, value) in rows {
+                kv.insert((*group, *key), value.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::seams::disk::{DiskEvent, OsDisk};
@@ -548,7 +571,7 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         let syncs = log.take().iter().filter(|e| is_sync_of_db(e)).count();
-        assert!(syncs >= 1 && syncs < 64, "64 concurrent writes took {syncs} syncs; group commit should fold them");
+        assert!((1..64).contains(&syncs), "64 concurrent writes took {syncs} syncs; group commit should fold them");
         for g in 0..64u8 {
             assert_eq!(store.kv_get(&format!("g{g}"), "k").unwrap(), Some(vec![g]));
         }
@@ -633,6 +656,47 @@ mod tests {
         assert!(matches!(redb, Err(StoreError::Corrupt { .. })), "{redb:?}");
         assert!(log.is_ok(), "the append is durable and must say so: {log:?}");
         assert_eq!(store.raft_log().bounds("other"), Some((1, 1)));
+    }
+
+    #[tokio::test]
+    async fn a_store_written_before_values_were_versioned_is_upgraded_once_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
+        let rows = [
+            ("t/a/1", "vote", vec![3, 2, 0]),
+            ("t/a/1", "applied", vec![1, 3, 2, 9]),
+            ("meta", "membership", vec![0, 5]),
+            ("meta", "purged", vec![7]),
+            // Not the raft layer's: its owner encodes it, the upgrade leaves it alone.
+            ("meta", "state", vec![1, 2, 3]),
+        ];
+        Store::write_legacy_rows(&disk, dir.path(), &rows);
+        for round in 0..2 {
+            let store = Store::open(disk.clone(), dir.path(), "n1").unwrap();
+            for (group, key, legacy) in &rows {
+                let expected = if *key == "state" { legacy.clone() } else { versioned::upgrade_value(legacy) };
+                assert_eq!(store.kv_get(group, key).unwrap(), Some(expected), "round {round}: {group} {key}");
+            }
+            assert_eq!(store.kv_get(NODE_GROUP, FORMAT_KEY).unwrap(), Some(vec![STORE_FORMAT]));
+            assert_eq!((store.node_name(), store.incarnation()), ("n1", 7));
+            drop(store);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_of_an_unknown_format_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
+        Store::write_legacy_rows(&disk, dir.path(), &[("t/a/1", "vote", vec![9]), (NODE_GROUP, FORMAT_KEY, vec![2])]);
+        let err = Store::open(disk.clone(), dir.path(), "n1").unwrap_err();
+        assert!(matches!(err, StoreError::UnknownVersion { found: 2, known: STORE_FORMAT, .. }), "{err:?}");
+        let db = Store::open_db(&disk, &dir.path().join(DB_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let kv = txn.open_table(KV).unwrap();
+        assert_eq!(kv.get(("t/a/1", "vote")).unwrap().unwrap().value(), [9], "nothing was rewritten");
     }
 
     #[tokio::test]
