@@ -18,12 +18,11 @@
 //! own election timer stays armed as the fallback.
 //!
 //! The schedule and the ranks are pure and live in `tetrad-core`
-//! (`node/core/src/takeover_schedule.rs`). The instants here are tokio's, not the clock seam's:
-//! the raft layer stamps a leader's contact with `tokio::time::Instant` (`Group::last_leader_contact`),
-//! and openraft's lease runs on that clock too, so the schedule must compare against it. The
-//! seam's monotonic clock may run at a skewed rate (and stands still while the simulator pauses a
-//! node), which would move every campaign; the raft layer's contact stamp has to move to the seam
-//! first.
+//! (`node/core/src/takeover_schedule.rs`). The instants here are tokio's scheduling clock
+//! (`seams::clock::scheduling_now`), not the node's monotonic clock: the raft layer stamps a
+//! leader's contact on it (`Group::last_leader_contact`) and openraft's lease runs on it, so the
+//! schedule must compare against it. The node's monotonic clock may run at a skewed rate in the
+//! simulator (and stands still while a node is paused), which would move every campaign.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -60,7 +59,7 @@ impl Node {
         let me = self.inner.me;
         let Some(contact) = g.last_leader_contact() else { return };
         let schedule = Schedule::from_heartbeat(Duration::from_millis(self.inner.cfg.raft.heartbeat_interval_ms));
-        let now = Instant::now();
+        let now = crate::seams::clock::scheduling_now();
         // Cheap looks first (this runs every 50 ms for every group): nothing to do while the
         // leader's lease runs here, or while this node leads.
         if now < schedule.due(contact, g.leader_lease(), 0, 1, None) {
