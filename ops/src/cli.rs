@@ -103,12 +103,26 @@ pub enum ClusterCmd {
     StartNode { name: String },
 }
 
+/// `--mode`: one of the API's spellings (sync, near-sync, async), listed in `--help`.
+fn mode_arg() -> impl clap::builder::TypedValueParser<Value = Mode> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Mode::ALL.map(Mode::as_str))
+        .map(|s| Mode::parse(&s).expect("clap accepts only the listed spellings"))
+}
+
+/// `--on-lag`: block or degrade, listed in `--help`.
+fn on_lag_arg() -> impl clap::builder::TypedValueParser<Value = OnLag> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(OnLag::ALL.map(OnLag::as_str))
+        .map(|s| OnLag::parse(&s).expect("clap accepts only the listed spellings"))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TenantCmd {
     /// Create a tenant.
     Create {
         name: String,
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = mode_arg())]
         mode: Mode,
         /// Where the tenant's leader lives when healthy [default: the cluster picks].
         #[arg(long, value_name = "REGION")]
@@ -117,7 +131,7 @@ pub enum TenantCmd {
         #[arg(long, value_parser = parse_ms_duration, value_name = "DURATION")]
         rpo_target: Option<Duration>,
         /// near-sync: when the lag gate closes, block writes or degrade to async.
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = on_lag_arg())]
         on_lag: Option<OnLag>,
         /// Keep the tenant's replicas in these regions only (comma-separated).
         #[arg(long, value_delimiter = ',', value_name = "R1,R2")]
@@ -176,13 +190,13 @@ pub enum TenantCmd {
     /// Change a live tenant's replication mode; options left out keep their current values.
     SetMode {
         name: String,
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = mode_arg())]
         mode: Mode,
         /// near-sync: the longest span of acked writes a region loss may lose (e.g. 1s, 500ms).
         #[arg(long, value_parser = parse_ms_duration, value_name = "DURATION")]
         rpo_target: Option<Duration>,
         /// near-sync: when the lag gate closes, block writes or degrade to async.
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = on_lag_arg())]
         on_lag: Option<OnLag>,
         #[arg(long)]
         json: bool,

@@ -19,39 +19,9 @@ use crate::client::Session;
 use crate::exit::{gave_up, CmdResult, Op};
 use crate::table::Table;
 
-/// Replication mode, as the API spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    Sync,
-    NearSync,
-    Async,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Sync => "sync",
-            Mode::NearSync => "near-sync",
-            Mode::Async => "async",
-        }
-    }
-}
-
-/// What a near-sync tenant does when its lag gate closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnLag {
-    Block,
-    Degrade,
-}
-
-impl OnLag {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnLag::Block => "block",
-            OnLag::Degrade => "degrade",
-        }
-    }
-}
+/// Replication mode and the near-sync lag choice: the node's own types (tetrad-core), parsed
+/// from the spellings the API uses (`cli.rs`).
+pub use tetrad_core::directory::{Mode, OnLag};
 
 #[derive(Debug, Clone)]
 pub struct CreateArgs {
