@@ -133,3 +133,14 @@ fn a_region_and_the_gates_copy_lost_together_stay_within_the_rpo() {
 fn the_expiry_rule_counts_renewals_not_looks() {
     holds(&["run", "--seed", "21", "--scenario", "region-outage", "--mode", "near-sync"]);
 }
+
+/// Found by the 10,000-seed sweep (issue #18): a failover's `lost_writes_max` was never filled in.
+/// The async tenant's epoch 2 had one voter, its founder, which was promoted and frozen before it
+/// seeded the epoch; epoch 3 followed. Back, that node held epoch 1's log only, and reported a
+/// tail for epoch 1, never for epoch 2, so the failover from epoch 2 waited for its one old voter
+/// forever. A voter of an epoch it never started now reports that epoch's tail from the newest
+/// earlier epoch it holds (the one its seal answered for).
+#[test]
+fn a_founder_that_never_seeded_its_epoch_still_reports_its_tail() {
+    holds(&["run", "--seed", "4251", "--scenario", "region-freeze", "--duration", "1m"]);
+}

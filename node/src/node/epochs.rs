@@ -446,9 +446,28 @@ impl Node {
     async fn report_tails(&self, rec: &TenantRecord) {
         let store = &self.inner.store;
         let Ok(epochs) = epoch::local_epochs(store, &rec.spec.name) else { return };
-        for e in epochs.into_iter().filter(|e| *e < rec.epoch) {
-            let old = tenant_group(&rec.spec.name, e);
-            if epoch::tail_reported(store, &old).unwrap_or(true) {
+        // Failovers from an epoch this node was a voter of but never started (it was promoted
+        // and stopped before seeding, say): its seal answered for the newest earlier epoch it
+        // holds, so that epoch's log is its durable state of the missing one, and its tail is
+        // owed from there (sim seed 4251: without it, that failover's lost_writes_max was never
+        // filled in). Owed until the meta group holds this node's tail, so no local marker.
+        let owed: Vec<(u64, u64)> = {
+            let meta = self.inner.meta.sm.read().await;
+            meta.state
+                .history
+                .get(&rec.spec.name)
+                .into_iter()
+                .flatten()
+                .filter(|ev| ev.from_epoch < rec.epoch && ev.to_epoch > ev.from_epoch)
+                .filter(|ev| ev.old_voters.contains(&self.inner.me) && !ev.tails.contains_key(&self.inner.me))
+                .filter(|ev| !epochs.contains(&ev.from_epoch))
+                .filter_map(|ev| epochs.range(..ev.from_epoch).next_back().map(|held| (ev.from_epoch, *held)))
+                .collect()
+        };
+        let own = epochs.iter().filter(|e| **e < rec.epoch).map(|e| (*e, *e));
+        for (e, from) in own.chain(owed) {
+            let old = tenant_group(&rec.spec.name, from);
+            if e == from && epoch::tail_reported(store, &old).unwrap_or(true) {
                 continue;
             }
             if self.tenant_group(&old).is_some() {
@@ -468,9 +487,11 @@ impl Node {
             };
             if self.propose_meta(cmd).await.is_ok() {
                 if !tail.is_empty() {
-                    tracing::warn!(group = %old, writes = tail.len(), "divergent tail kept aside and listed");
+                    tracing::warn!(group = %old, epoch = e, writes = tail.len(), "divergent tail kept aside and listed");
                 }
-                let _ = epoch::note_tail_reported(store, &old, &tail).await;
+                if e == from {
+                    let _ = epoch::note_tail_reported(store, &old, &tail).await;
+                }
             }
         }
     }
