@@ -144,3 +144,14 @@ fn the_expiry_rule_counts_renewals_not_looks() {
 fn a_founder_that_never_seeded_its_epoch_still_reports_its_tail() {
     holds(&["run", "--seed", "4251", "--scenario", "region-freeze", "--duration", "1m"]);
 }
+
+/// Found by the 10,000-seed sweep (issue #18), present before this session too: an async tenant
+/// lost 151 acked writes, all that its second epoch had been seeded with. The founder of a
+/// promoted epoch added a learner before it had applied anything, so the log was not purged
+/// first, and the learner replicated the new epoch's log alone, without the seeded state (which
+/// is in no log entry). Promoted later, it founded epoch 3 without those writes. Members now join
+/// a promoted epoch only once its log is purged behind a snapshot (`membership_step`).
+#[test]
+fn a_learner_of_a_promoted_epoch_gets_its_seeded_state() {
+    holds(&["run", "--seed", "7211", "--scenario", "mixed", "--duration", "1m"]);
+}

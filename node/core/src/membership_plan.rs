@@ -62,8 +62,17 @@ pub fn membership_step<'a>(
     let have_all: BTreeSet<NodeId> = g.voters.union(g.learners).copied().collect();
     let missing: Vec<NodeId> = want_all.difference(&have_all).copied().collect();
     if !missing.is_empty() {
-        let purge = rec.base.is_some() && g.purged_index.is_none() && g.applied_index > 0;
-        return MembershipStep::AddLearners { purge_upto: purge.then_some(g.applied_index), add: missing };
+        if rec.base.is_some() && g.purged_index.is_none() {
+            // A promoted epoch's seeded state is in no log entry: a member added before the log
+            // is purged would replicate the entries alone and never get it (sim seed 7211: a
+            // learner added before the founder had applied anything lacked all 147 seeded
+            // writes, and was later promoted). Wait until something is applied, then purge.
+            if g.applied_index == 0 {
+                return MembershipStep::Nothing;
+            }
+            return MembershipStep::AddLearners { purge_upto: Some(g.applied_index), add: missing };
+        }
+        return MembershipStep::AddLearners { purge_upto: None, add: missing };
     }
     if *g.voters != want_voters {
         let caught_up =
@@ -186,6 +195,10 @@ mod tests {
             MembershipStep::AddLearners { purge_upto: None, add: vec![4, 7] },
             "purged once already"
         );
+        // Right after the founder initialised the group nothing is applied yet: no member may
+        // join before the seeded state is in a snapshot (seed 7211).
+        let fresh = GroupView { applied_index: 0, ..view(&s, None) };
+        assert_eq!(membership_step(&r, &fresh, 1, region), MembershipStep::Nothing);
     }
 
     #[test]
