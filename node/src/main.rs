@@ -162,7 +162,7 @@ async fn run(cfg: NodeConfig) -> ExitCode {
     };
     let served = tonic::transport::Server::builder()
         .add_service(Api::new(node.clone()).into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(api_incoming(listener), shutdown)
         .await;
     tracing::info!(node = %cfg.name, "shutting down");
     node.shutdown().await;
@@ -173,4 +173,13 @@ async fn run(cfg: NodeConfig) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The API's accepted connections, with Nagle's algorithm off. tonic sets TCP_NODELAY only on
+/// listeners it binds itself (`Server::tcp_nodelay` is ignored by `serve_with_incoming`). With
+/// Nagle on, a reply written in more than one piece (HTTP/2 headers, data, trailers) waits for
+/// the client's ACK of the first piece, and Linux delays that ACK by up to 40 ms: a small write
+/// was acked 40 ms late whenever that happened (issue #13).
+fn api_incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
