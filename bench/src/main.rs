@@ -2,15 +2,20 @@
 //! them. Never asserted in tests; this machine is noisy, so compare figures from one run only.
 //!
 //! - `cluster-up --runs N`: time of `tetradctl cluster up --local` (fresh directory each run).
-//! - `push --count N --size BYTES`: single-client push latency against a running local cluster,
-//!   over gRPC from this process (no CLI start-up cost), following leader redirects.
+//! - `push --clients N --duration S --size BYTES [--json] [--peer etcd]`: closed-loop small
+//!   writes, N clients at once (`load.rs`), against a running local cluster over gRPC from this
+//!   process (`tetrad_push.rs`), or the same workload as KV puts against a three-member etcd that
+//!   the bench starts on loopback and stops after (`etcd.rs`).
 //! - `rto --modes sync,near-sync,async --runs N`: recovery time after a region kill, per mode,
 //!   each run on a fresh local cluster (`rto.rs`).
 //! - `log-append --count N --size BYTES --dir DIR`: durable Raft log appends, the node's log files
 //!   against one redb commit per append (`log_append.rs`).
 
+mod etcd;
+mod load;
 mod log_append;
 mod rto;
+mod tetrad_push;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,9 +24,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use rand::{RngExt, SeedableRng};
-use tetrad_proto::v1::tetrad_client::TetradClient;
-use tetrad_proto::v1::{push_wal_request, CreateTenantRequest, PushHeader, PushWalRequest};
 
 #[derive(Parser)]
 #[command(name = "tetrad-bench")]
@@ -37,17 +39,42 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
-    /// Pushes `count` segments of `size` bytes one after another and reports latency.
+    /// Closed-loop small writes: `clients` clients, each pushing one segment of `size` bytes at a
+    /// time, for `duration` seconds (or `count` pushes each); with `--peer etcd`, the same
+    /// workload as etcd KV puts against a three-member etcd the bench starts on loopback.
     Push {
-        /// A running cluster (`tetradctl cluster up --local`); the bench creates its tenant.
+        /// A running cluster (`tetradctl cluster up --local`); the bench creates its tenants
+        /// (sync, one per client: `<tenant>-<i>`). Not used with `--peer etcd`.
         #[arg(long, default_value = "./tetrad-local")]
         cluster: PathBuf,
+        /// Tenant name prefix.
         #[arg(long, default_value = "bench")]
         tenant: String,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Timed pushes per client, when no `--duration` is given.
         #[arg(long, default_value_t = 200)]
-        count: u32,
+        count: u64,
+        /// Seconds to run; overrides `--count`.
+        #[arg(long)]
+        duration: Option<f64>,
         #[arg(long, default_value_t = 1 << 20)]
         size: usize,
+        #[arg(long, value_enum, default_value = "tetrad")]
+        peer: Peer,
+        /// The etcd binary (`--peer etcd`).
+        #[arg(long, default_value = "etcd")]
+        etcd_bin: PathBuf,
+        /// Where etcd's data directories go (`--peer etcd`; a real disk, not a tmpfs).
+        #[arg(long, default_value = "/var/tmp")]
+        etcd_dir: PathBuf,
+        /// Open a new connection for every push, as one `tetradctl wal push` per segment does
+        /// (tetrad only).
+        #[arg(long)]
+        connect_per_push: bool,
+        /// Print one JSON object (`clients`, `puts_per_s`, `p50_ms`, `p99_ms`, ...) instead of a line.
+        #[arg(long)]
+        json: bool,
     },
     /// Kills the region of a tenant's leader under a writer and measures the time to the first
     /// ack from the new leader, `runs` times per mode, each on a fresh local cluster.
@@ -117,72 +144,96 @@ fn cluster_up(runs: u32) -> Result<()> {
     Ok(())
 }
 
-async fn push(cluster: PathBuf, tenant: String, count: u32, size: usize) -> Result<()> {
-    let file = tetrad_ops::cluster_dir::ClusterFile::load(&cluster)?;
-    let addrs = file.api_addrs();
-    let mut client = TetradClient::connect(format!("http://{}", addrs[0])).await?;
-    let _ = client
-        .create_tenant(CreateTenantRequest {
-            name: tenant.clone(),
-            mode: "sync".into(),
-            primary: "eu-central".into(),
-            ..Default::default()
-        })
-        .await;
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let mut h = Histogram::<u64>::new(3)?;
-    let mut leader = addrs[0].clone();
-    let run_id: u64 = rng.random();
-    for i in 0..count {
-        let mut data = vec![0u8; size];
-        rng.fill(&mut data[..]);
-        let name = format!("{run_id:016x}{i:08X}");
-        let blake3 = blake3::hash(&data).to_hex().to_string();
-        let t = Instant::now();
-        let deadline = t + Duration::from_secs(60);
-        loop {
-            let mut c = TetradClient::connect(format!("http://{leader}")).await?.max_encoding_message_size(8 << 20);
-            let mut msgs = vec![PushWalRequest {
-                msg: Some(push_wal_request::Msg::Header(PushHeader {
-                    tenant: tenant.clone(),
-                    name: name.clone(),
-                    size: size as u64,
-                    blake3: blake3.clone(),
-                })),
-            }];
-            for piece in data.chunks(1 << 20) {
-                msgs.push(PushWalRequest { msg: Some(push_wal_request::Msg::Data(piece.to_vec())) });
-            }
-            match c.push_wal(tokio_stream_iter(msgs)).await {
-                Ok(_) => break,
-                Err(s) => {
-                    if let Some(l) = s.metadata().get(tetrad_proto::LEADER_API_KEY).and_then(|v| v.to_str().ok()) {
-                        leader = l.to_string();
-                    } else if Instant::now() > deadline {
-                        bail!("push {name} failed: {s}");
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        }
-        h.record(t.elapsed().as_micros() as u64)?;
-    }
-    report(&format!("push {size} B, single client, sync tenant"), &h);
-    Ok(())
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Peer {
+    Tetrad,
+    Etcd,
 }
 
-fn tokio_stream_iter(v: Vec<PushWalRequest>) -> impl tonic::codegen::tokio_stream::Stream<Item = PushWalRequest> {
-    tonic::codegen::tokio_stream::iter(v)
+struct PushArgs {
+    cluster: PathBuf,
+    tenant: String,
+    clients: usize,
+    stop: load::Stop,
+    size: usize,
+    peer: Peer,
+    etcd_bin: PathBuf,
+    etcd_dir: PathBuf,
+    json: bool,
+    connect_per_push: bool,
+}
+
+async fn push(a: PushArgs) -> Result<()> {
+    let seed = 7;
+    let (peer, result) = match a.peer {
+        Peer::Tetrad => {
+            let ctl = bin("tetradctl")?;
+            let mut writers = Vec::with_capacity(a.clients);
+            for i in 0..a.clients {
+                let tenant = format!("{}-{i}", a.tenant);
+                tetrad_push::create_tenant(&ctl, &a.cluster, &tenant)?;
+                writers.push(tetrad_push::TetradWriter::new(
+                    &a.cluster,
+                    tenant,
+                    a.size,
+                    seed ^ i as u64,
+                    a.connect_per_push,
+                )?);
+            }
+            ("tetrad".to_owned(), load::run(writers, a.stop).await?)
+        }
+        Peer::Etcd => {
+            let version = etcd::version(&a.etcd_bin)?;
+            let mut cluster = etcd::EtcdCluster::start(&a.etcd_bin, &a.etcd_dir).await?;
+            let writers = cluster.writers(a.clients, a.size, seed).await?;
+            let result = load::run(writers, a.stop).await;
+            drop(cluster);
+            (version, result?)
+        }
+    };
+    if a.json {
+        println!("{}", result.json(&peer, a.size));
+    } else {
+        let what = match a.peer {
+            Peer::Tetrad => format!("tetrad push {} B, sync tenant per client", a.size),
+            Peer::Etcd => format!("{peer} put {} B, 3 members", a.size),
+        };
+        println!("{}", result.line(&what));
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    // `--json` output is one object on stdout, for scripts; the command line goes to stderr then.
+    if std::env::args().any(|a| a == "--json") {
+        eprintln!("command: {command}");
+    } else {
+        println!("command: {command}");
+    }
     match cli.cmd {
         Cmd::ClusterUp { runs } => cluster_up(runs),
-        Cmd::Push { cluster, tenant, count, size } => {
-            tokio::runtime::Runtime::new()?.block_on(push(cluster, tenant, count, size))
+        Cmd::Push {
+            cluster,
+            tenant,
+            clients,
+            count,
+            duration,
+            size,
+            peer,
+            etcd_bin,
+            etcd_dir,
+            connect_per_push,
+            json,
+        } => {
+            let stop = match duration {
+                Some(s) => load::Stop::After(Duration::from_secs_f64(s)),
+                None => load::Stop::Count(count),
+            };
+            let args =
+                PushArgs { cluster, tenant, clients, stop, size, peer, etcd_bin, etcd_dir, json, connect_per_push };
+            tokio::runtime::Runtime::new()?.block_on(push(args))
         }
         Cmd::LogAppend { count, size, dir } => log_append::log_append(&dir, count, size),
         Cmd::Rto { modes, runs, segment_bytes, tuning, keep_logs } => {
