@@ -169,6 +169,7 @@ async fn push(a: PushArgs) -> Result<()> {
         Peer::Tetrad => {
             let ctl = bin("tetradctl")?;
             let mut writers = Vec::with_capacity(a.clients);
+            let retries = tetrad_push::Retries::default();
             for i in 0..a.clients {
                 let tenant = format!("{}-{i}", a.tenant);
                 tetrad_push::create_tenant(&ctl, &a.cluster, &tenant)?;
@@ -178,9 +179,19 @@ async fn push(a: PushArgs) -> Result<()> {
                     a.size,
                     seed ^ i as u64,
                     a.connect_per_push,
+                    retries.clone(),
                 )?);
             }
-            ("tetrad".to_owned(), load::run(writers, a.stop).await?)
+            let result = load::run(writers, a.stop).await?;
+            let retries = retries.lock().expect("retries lock");
+            if !retries.is_empty() {
+                // Retried attempts are inside the latencies above; this says what they were.
+                eprintln!("failed attempts before an ack, by reason:");
+                for (reason, n) in retries.iter() {
+                    eprintln!("  {n:6}  {reason}");
+                }
+            }
+            ("tetrad".to_owned(), result)
         }
         Peer::Etcd => {
             let version = etcd::version(&a.etcd_bin)?;

@@ -41,7 +41,12 @@ pub struct TetradWriter {
     /// `Some(leader's API address)`: every push on a new connection, as one `tetradctl wal push`
     /// process per segment (PostgreSQL's `archive_command`) makes it.
     connect_per_push: Option<String>,
+    /// Failed attempts before an ack, by the reason's kind, shared by all clients of a run.
+    pub retries: Retries,
 }
+
+/// Counts of failed attempts (redirects, `unavailable`, timeouts) by their reason.
+pub type Retries = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
 
 impl TetradWriter {
     pub fn new(
@@ -50,6 +55,7 @@ impl TetradWriter {
         size: usize,
         seed: u64,
         connect_per_push: bool,
+        retries: Retries,
     ) -> Result<TetradWriter> {
         let file = tetrad_ops::cluster_dir::ClusterFile::load(cluster)?;
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
@@ -58,7 +64,7 @@ impl TetradWriter {
         let run_id = rng.random::<u64>() ^ now.as_nanos() as u64;
         let addrs = file.api_addrs();
         let connect_per_push = connect_per_push.then(|| addrs[0].clone());
-        Ok(TetradWriter { pusher: Pusher::new(addrs), tenant, run_id, size, rng, connect_per_push })
+        Ok(TetradWriter { pusher: Pusher::new(addrs), tenant, run_id, size, rng, connect_per_push, retries })
     }
 }
 
@@ -75,6 +81,15 @@ impl Writer for TetradWriter {
             .push(&self.tenant, &name, &data, PUSH_BOUND)
             .await
             .map_err(|e| anyhow::anyhow!("push {name} to {}: {e}", self.tenant))?;
+        if !pushed.failed_attempts.is_empty() {
+            let mut retries = self.retries.lock().expect("retries lock");
+            for attempt in &pushed.failed_attempts {
+                // "<addr>: <code> <message> (<kind>)": the node's address is left out, and the
+                // message cut short, so that one cause counts as one.
+                let what = attempt.split_once(": ").map_or(attempt.as_str(), |(_, rest)| rest);
+                *retries.entry(what.chars().take(100).collect()).or_default() += 1;
+            }
+        }
         if pushed.reply.already_present && !pushed.maybe_stored_before {
             bail!("push {name} to {} was already present: the bench's names must be fresh", self.tenant);
         }
