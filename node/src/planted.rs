@@ -36,10 +36,15 @@ pub enum Bug {
     /// so after the meta group lost its quorum it skips live replicas holding the newest writes
     /// when it seals and promotes (sim seed 10179, issue #18).
     ExpireOnSilence,
+    /// A snapshot install is reported before the chunks it references are durable: the rows and
+    /// the applied position are installed, the chunks are never fetched by the installer (the
+    /// scrub or a read may repair them later), so `matched` and promotion count a replica that
+    /// lacks the bytes.
+    InstallBeforeChunks,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::AckBeforeCommit,
         Bug::AckBeforeFsync,
         Bug::WipedNodeVotes,
@@ -49,6 +54,7 @@ impl Bug {
         Bug::PromoteStaleRegion,
         Bug::LagGateOneCopy,
         Bug::ExpireOnSilence,
+        Bug::InstallBeforeChunks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +68,7 @@ impl Bug {
             Bug::PromoteStaleRegion => "promote-stale-region",
             Bug::LagGateOneCopy => "lag-gate-one-copy",
             Bug::ExpireOnSilence => "expire-on-silence",
+            Bug::InstallBeforeChunks => "install-before-chunks",
         }
     }
 

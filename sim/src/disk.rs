@@ -114,6 +114,9 @@ struct State {
     /// An armed power loss: (backend syncs still to pass, seed of the crash).
     crash_at_sync: Option<(u64, u64)>,
     stats: DiskStats,
+    /// Files whose durable bytes [`SimDisk::rot_bit`] flipped (a fault, not a node's doing),
+    /// until they are rewritten or the disk is wiped.
+    rotted: HashSet<PathBuf, FixedHasher>,
 }
 
 #[derive(Default)]
@@ -355,6 +358,19 @@ impl SimDisk {
         state.inodes.clear();
         state.crash_at_sync = None;
         state.stats.wipes += 1;
+        state.rotted.clear();
+    }
+
+    /// The durable contents of `path`: what a power loss now would leave (`None`: no such file).
+    pub fn durable_contents(&self, path: &Path) -> Option<Vec<u8>> {
+        let state = self.lock();
+        let id = state.files.get(path)?;
+        Some(state.inodes.get(id).expect("a name refers to an inode that does not exist").durable.to_vec())
+    }
+
+    /// Whether the simulator rotted `path`'s bytes and nothing has replaced the file since.
+    pub fn is_rotted(&self, path: &Path) -> bool {
+        self.lock().rotted.contains(path)
     }
 
     /// Flips bit `bit` (0 to 7) of the byte at `offset` in the durable contents of `path`. Reads
@@ -376,6 +392,7 @@ impl SimDisk {
         if !inode.dirty_pages.contains(&(offset / PAGE_BYTES)) && offset < inode.volatile.len() {
             inode.volatile.flip_bit(offset, bit);
         }
+        state.rotted.insert(path.to_path_buf());
         Ok(())
     }
 
@@ -436,6 +453,7 @@ impl Disk for SimDisk {
         if let Some(old) = state.files.insert(path.to_path_buf(), id) {
             state.unlink(old);
         }
+        state.rotted.remove(path);
         state.stats.durable_file_writes += 1;
         state.stats.bytes_written += data.len() as u64;
         Ok(())

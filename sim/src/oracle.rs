@@ -9,7 +9,10 @@
 //!   the blake3 its writer sent; no two writes were acked at one log position (two leaders); no two
 //!   epochs of a tenant acked at overlapping times;
 //! - convergence (within the budget): the tenant's replicas that still have their identity hold
-//!   identical catalogs.
+//!   identical catalogs;
+//! - chunks held (within the budget, once converged): every member of the current epoch holds,
+//!   durably on its own disk (read directly), every chunk of the catalog it applied, except
+//!   chunk files the simulator rotted and nothing rewrote since.
 //!
 //! One leader per term is checked during the run (`monitor.rs`).
 
@@ -268,10 +271,55 @@ pub async fn after_heal(
     f.checked.extend(claims.checked);
     f.history = claims.history;
 
-    if within {
-        check_convergence(c, tenant, &leader, &mut f).await;
+    if within && check_convergence(c, tenant, &leader, &mut f).await {
+        check_chunks_held(c, tenant, &leader, &mut f).await;
     }
     f
+}
+
+/// Once the members converged (each applied the catalog the leader serves), each holds every
+/// chunk of it durably: read from its simulated disk's durable image, the bytes that would
+/// survive a power loss now. A snapshot install reported before its chunks are durable, or an
+/// entry flushed before its chunks are, leaves a member counted (matched, promotable) without
+/// the bytes. Chunk files the simulator rotted (and nothing rewrote) are left to the scrub.
+async fn check_chunks_held(c: &SimCluster, tenant: &TenantInfo, leader: &Node, f: &mut Findings) {
+    f.checked.push("members-hold-referenced-chunks");
+    let (Ok(rec), Ok(segments)) = (leader.tenant_record(&tenant.name).await, leader.list(&tenant.name, "").await)
+    else {
+        f.notes.push(format!("chunks held: could not read {}'s record and catalog", tenant.name));
+        return;
+    };
+    let all: Vec<u64> = rec.members().collect();
+    let serving: Vec<u64> = c.serving().iter().map(|n| n.id()).filter(|id| all.contains(id)).collect();
+    let mut lines = Lines::new();
+    for id in serving {
+        let Some(n) = c.nodes.get(&id) else { continue };
+        let mut seen = BTreeSet::new();
+        for seg in &segments {
+            for h in &seg.chunks {
+                if !seen.insert(*h) {
+                    continue;
+                }
+                let x = tetrad_node::storage::chunks::hex(h);
+                let path = n.cfg.data_dir.join("chunks").join(&x[..2]).join(&x);
+                if n.disk.is_rotted(&path) {
+                    continue;
+                }
+                let why = match n.disk.durable_contents(&path) {
+                    None => "not on its disk".to_string(),
+                    Some(d) if blake3::hash(&d).as_bytes() != h => {
+                        format!("{} durable bytes that are not the chunk", d.len())
+                    }
+                    Some(_) => continue,
+                };
+                lines.push(format!(
+                    "chunks held: node {} ({id}), a member of {} epoch {}, lacks chunk {x} of segment {}: {why}",
+                    n.cfg.name, tenant.name, rec.epoch, seg.name
+                ));
+            }
+        }
+    }
+    f.violations.extend(lines.into_vec("chunks held"));
 }
 
 /// What reading one acked write found.
@@ -345,8 +393,9 @@ async fn read_around_rot(
     Read::Served
 }
 
-/// The current epoch's replicas (voters and learners) that keep their identity converge.
-async fn check_convergence(c: &SimCluster, tenant: &TenantInfo, leader: &Node, f: &mut Findings) {
+/// The current epoch's replicas (voters and learners) that keep their identity converge; answers
+/// whether they did.
+async fn check_convergence(c: &SimCluster, tenant: &TenantInfo, leader: &Node, f: &mut Findings) -> bool {
     f.checked.push("convergence");
     let deadline = tokio::time::Instant::now() + CONVERGENCE_BOUND;
     loop {
@@ -366,7 +415,7 @@ async fn check_convergence(c: &SimCluster, tenant: &TenantInfo, leader: &Node, f
         let distinct: BTreeSet<_> = digests.values().collect();
         let serving_voters = members.iter().filter(|n| rec.voters.contains(&n.id())).count();
         if distinct.len() == 1 && digests.len() == members.len() && serving_voters > rec.voters.len() / 2 {
-            return;
+            return true;
         }
         if tokio::time::Instant::now() > deadline {
             let summary: Vec<String> =
@@ -377,7 +426,7 @@ async fn check_convergence(c: &SimCluster, tenant: &TenantInfo, leader: &Node, f
                 members.len(),
                 summary.join(", ")
             ));
-            return;
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -138,6 +138,25 @@ const LARGE_ONE_IN: u32 = 100;
 /// The largest small segment.
 const SMALL_MAX_BYTES: usize = 16 << 10;
 
+/// One push in this many is huge instead ([`HUGE_BYTES`]): several chunks
+/// (`tetrad_node::storage::chunks::CHUNK_BYTES`, 1 MiB), so multi-chunk segments cross appends,
+/// snapshots (by reference) and chunk fetches. Sized so that a sweep keeps most of its speed.
+const HUGE_ONE_IN: u32 = 250;
+/// The size range of a huge segment.
+const HUGE_BYTES: (usize, usize) = (3 << 19, 3 << 20);
+
+/// A huge segment instead of the next one, drawn from the client's second RNG, or `None`. The
+/// huge draws have their own RNG so that the ordinary segments' sizes and bytes stay what the
+/// seed gave them before huge segments existed.
+fn huge_segment(rng: &mut SmallRng) -> Option<Vec<u8>> {
+    if rng.random_range(0..HUGE_ONE_IN) != 0 {
+        return None;
+    }
+    let mut data = vec![0u8; rng.random_range(HUGE_BYTES.0..=HUGE_BYTES.1)];
+    rng.fill(&mut data[..]);
+    Some(data)
+}
+
 /// A segment size: mostly small (log-uniform from `min` to 16 KiB), one in a hundred large
 /// (`max / 4` to `max`). Large segments cost the simulator in proportion to their bytes (they
 /// are encoded, copied and hashed on every replica), small ones exercise the same paths cheaply.
@@ -165,6 +184,7 @@ pub async fn run_client(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> u64 {
     let mut rng = SmallRng::seed_from_u64(spec.seed);
+    let mut huge_rng = SmallRng::seed_from_u64(spec.seed ^ 0x6875_6765);
     let mut hint: NodeId = 0;
     let mut seq: u64 = 0;
     let mut abandoned = 0;
@@ -173,6 +193,10 @@ pub async fn run_client(
         let size = segment_size(&mut rng, spec.min_bytes, spec.max_bytes);
         let mut data = vec![0u8; size];
         rng.fill(&mut data[..]);
+        if let Some(huge) = huge_segment(&mut huge_rng) {
+            data = huge;
+        }
+        let size = data.len();
         let name = format!("c{:02}-{:010}", spec.id, seq);
         let hash = *blake3::hash(&data).as_bytes();
         acks.attempt(&name, hash);

@@ -109,3 +109,48 @@ fn promote_stale_region_is_caught() {
 fn undercount_loss_is_caught() {
     caught_in("undercount-loss", "region-outage", "async", "1..60");
 }
+
+#[test]
+fn install_before_chunks_is_caught() {
+    // A snapshot install reported before its chunks are durable leaves a member (a learner
+    // added after a failover, a follower behind the purged log) counted without the bytes:
+    // the chunks-held oracle reads each member's disk after healing. Every scenario can install
+    // snapshots, so the sweep runs them all, and the control replays the catching seed in its
+    // scenario without the bug.
+    let without = OPEN_BUG_FAULTS;
+    let bug = "install-before-chunks";
+    let swept = sim(&[
+        "sweep",
+        "--seeds",
+        "1..200",
+        "--scenario",
+        "all",
+        "--plant",
+        bug,
+        "--stop-at-first",
+        "--without",
+        without,
+    ]);
+    let out = stdout(&swept);
+    assert_eq!(swept.status.code(), Some(1), "{bug} was not caught within 200 seeds:\n{out}");
+    let seed = *failed_seeds(&out).first().unwrap_or_else(|| panic!("no failing seed printed:\n{out}"));
+    let scenario = out
+        .lines()
+        .find_map(|l| l.split_once("--scenario ").map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string()))
+        .unwrap_or_else(|| panic!("no replay line with a scenario:\n{out}"));
+    eprintln!("{bug}: caught at seed {seed} ({scenario})");
+    let seed = seed.to_string();
+    let planted = sim(&["run", "--seed", &seed, "--scenario", &scenario, "--plant", bug, "--without", without]);
+    let planted_out = stdout(&planted);
+    assert!(
+        planted_out.contains("VIOLATION: chunks held:"),
+        "seed {seed} was caught by another oracle:\n{planted_out}"
+    );
+    let control = sim(&["run", "--seed", &seed, "--scenario", &scenario, "--without", without]);
+    assert_eq!(
+        control.status.code(),
+        Some(0),
+        "seed {seed} fails without {bug} too, so the catch proves nothing:\n{}",
+        stdout(&control)
+    );
+}

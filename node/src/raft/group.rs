@@ -265,6 +265,10 @@ impl<S: GroupState> Group<S> {
                 self.raft.pre_vote(r).await.map(wire::Reply::Vote).unwrap_or_else(|e| fail(e.to_string()))
             }
             RaftRpc::Snapshot { vote, meta, data } => {
+                // The chunks it references first: openraft reports an install as done.
+                if let Err(e) = super::state_machine::prepare_install(&self.sm, &data).await {
+                    return fail(format!("snapshot not installed: {e}"));
+                }
                 match self.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await {
                     Ok(resp) => {
                         self.touch_contact();

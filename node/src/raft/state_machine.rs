@@ -6,11 +6,17 @@
 //! the disk seam (`snapshots/<group>.snap`, replaced atomically) holding the snapshot's metadata
 //! and the state's bytes.
 //!
-//! A snapshot build that fails because the state is damaged (a tenant's chunk rotted on this
-//! replica) must not reach openraft, which treats a build error as fatal and stops the group:
-//! the state repairs itself ([`GroupState::repair_for_snapshot`]) and the build is tried once
-//! more; if it still cannot complete, openraft is handed a snapshot that changes nothing and the
-//! next build waits [`SNAPSHOT_RETRY_AFTER`].
+//! A tenant's snapshot holds references to chunks, not their bytes (ARCHITECTURE.md,
+//! "Snapshots by reference"). So a build first makes sure this replica holds every chunk it
+//! references ([`GroupState::ensure_referenced`], fetching a missing one from peers; no bytes
+//! are read), and an install makes every referenced chunk durable here before it installs the
+//! rows and the applied position and returns to openraft, which only then reports the install
+//! (and `matched`). Both run without the state lock. A build that cannot complete must not
+//! reach openraft, which treats a build error as fatal and stops the group: openraft is handed
+//! a snapshot that changes nothing and the next build waits [`SNAPSHOT_RETRY_AFTER`]. An
+//! install error is fatal too, so the receiving side fetches first ([`prepare_install`], before
+//! the snapshot is handed to openraft) and a failure there is an RPC error the sender retries;
+//! the install itself then only checks, and fetches what a race may have left out.
 
 use std::io;
 use std::path::PathBuf;
@@ -26,12 +32,42 @@ use tokio::sync::RwLock;
 
 use super::peers::PeerBook;
 use super::types::{Command, LogId, Reply, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::planted::{self, Bug};
 use crate::seams::net::NodeId;
 use crate::storage::store::{Store, StoreError, TxnFn};
 use crate::storage::versioned;
 
 /// How long after a snapshot build that could not complete the next policy-triggered one waits.
 pub const SNAPSHOT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Attempts an install makes to fetch what [`prepare_install`] left missing before it gives up
+/// (an error openraft treats as fatal for the group), and the first pause between two.
+const INSTALL_FETCH_ATTEMPTS: u32 = 6;
+const INSTALL_FETCH_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The version of the snapshot files this build writes, after [`versioned::SNAPSHOT_MAGIC`]:
+/// 2 since a tenant's snapshot holds chunk references (version 1 files, and files from before
+/// versions, are still read: their data is a tenant snapshot with bytes, which installs too).
+const SNAPSHOT_FILE_VERSION: u8 = 2;
+
+/// How [`GroupState::ensure_referenced`] checks a chunk already here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The file exists (cheap: a build, and the install's last look).
+    Exists,
+    /// Its bytes are read and match its hash (the receiver's fetch before an install).
+    Hash,
+}
+
+/// What [`GroupState::ensure_referenced`] did, in chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ensured {
+    /// Already here (and intact, with [`Check::Hash`]).
+    pub present: u64,
+    /// Missing here, fetched from a peer.
+    pub fetched: u64,
+    /// Damaged here, repaired from a peer.
+    pub repaired: u64,
+}
 
 /// Where an entry sits in its group's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,11 +111,11 @@ pub trait GroupState: Sized + Send + Sync + 'static {
     fn incarnations(&self) -> Vec<(NodeId, u64)> {
         vec![]
     }
-    /// Repairs what made [`GroupState::snapshot_bytes`] fail, where the state can (a tenant
-    /// fetches chunks that rotted or went missing here again from its peers), answering how many
-    /// things it repaired or why it could not. The future runs in the snapshot-building task,
-    /// without the state lock. `None` (the default): nothing is repairable, the error stands.
-    fn repair_for_snapshot(&self) -> Option<BoxFuture<'static, Result<u64, String>>> {
+    /// A future that makes everything snapshot `bytes` references outside itself durable on
+    /// this replica (a tenant's chunks, fetched from the group's members, at most one in memory
+    /// at a time), answering what it did, or why it could not. It runs without the state lock.
+    /// `None` (the default): a snapshot of this state is self-contained.
+    fn ensure_referenced(&self, _bytes: &[u8], _check: Check) -> Option<BoxFuture<'static, Result<Ensured, String>>> {
         None
     }
 }
@@ -148,11 +184,21 @@ impl<S: GroupState> GroupSm<S> {
         self.store.root().join("snapshots").join(format!("{}.snap", self.group.replace('/', "_")))
     }
 
-    /// The state's bytes and the metadata they stand for, read under the state lock.
+    /// The state's bytes and the metadata they stand for, read under the state lock (rows and
+    /// a chunk table: no chunk bytes).
     async fn snapshot_now(&self) -> Result<(SnapshotMeta, Vec<u8>), StoreError> {
         let inner = self.inner.read().await;
         let data = inner.state.snapshot_bytes(&self.store)?;
         Ok((SnapshotMeta { last_log_id: inner.applied, last_membership: inner.membership.clone() }, data))
+    }
+
+    /// Runs [`GroupState::ensure_referenced`] for `data` without holding the state lock.
+    async fn ensure(&self, data: &[u8], check: Check) -> Result<Ensured, String> {
+        let fut = self.inner.read().await.state.ensure_referenced(data, check);
+        match fut {
+            Some(f) => f.await,
+            None => Ok(Ensured::default()),
+        }
     }
 
     /// A build that cannot complete now. Unless openraft insists (`force`: it has no snapshot
@@ -183,23 +229,19 @@ impl<S: GroupState> RaftSnapshotBuilder<TypeConfig> for GroupSm<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (meta, data) = match self.snapshot_now().await {
             Ok(built) => built,
-            Err(e) => {
-                let Some(repair) = self.inner.read().await.state.repair_for_snapshot() else {
-                    return Err(e.into());
-                };
-                tracing::warn!(group = %self.group, error = %e, "snapshot build found damaged state; repairing it");
-                match repair.await {
-                    Ok(repaired) => tracing::info!(group = %self.group, repaired, "state repaired for the snapshot"),
-                    Err(why) => return self.build_later(why),
-                }
-                match self.snapshot_now().await {
-                    Ok(built) => built,
-                    Err(e) => return self.build_later(e.to_string()),
-                }
-            }
+            Err(e) => return self.build_later(e.to_string()),
         };
+        // Never reference a chunk this replica does not hold: a member that installs the
+        // snapshot fetches from the group's members, this one first among them.
+        match self.ensure(&data, Check::Exists).await {
+            Ok(e) if e.fetched + e.repaired > 0 => {
+                tracing::warn!(group = %self.group, fetched = e.fetched, "chunks missing here fetched for the snapshot")
+            }
+            Ok(_) => {}
+            Err(why) => return self.build_later(why),
+        }
         let file = SnapshotFile { meta: meta.clone(), data };
-        let bytes = versioned::encode_snapshot_file(&file);
+        let bytes = encode_snapshot_file(&file);
         let path = self.snapshot_path();
         let disk = self.store.disk().clone();
         crate::storage::store::blocking(|| -> io::Result<()> {
@@ -286,6 +328,29 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        // Every chunk the snapshot references is durable here before the rows and the applied
+        // position are, and before openraft hears of the install. `prepare_install` fetched them
+        // before openraft got the snapshot; this looks again (files only) and fetches what is
+        // still missing, with a bound: an error here stops the group.
+        if !planted::on(Bug::InstallBeforeChunks) {
+            let mut pause = INSTALL_FETCH_BACKOFF;
+            let mut attempt = 1;
+            loop {
+                match self.ensure(&snapshot, Check::Exists).await {
+                    Ok(_) => break,
+                    Err(why) if attempt < INSTALL_FETCH_ATTEMPTS => {
+                        tracing::warn!(group = %self.group, %why, attempt, "snapshot install waits for its chunks");
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                        attempt += 1;
+                    }
+                    Err(why) => {
+                        tracing::error!(group = %self.group, %why, "snapshot install cannot get its chunks");
+                        return Err(io::Error::other(why));
+                    }
+                }
+            }
+        }
         let mut inner = self.inner.write().await;
         let mut work = vec![];
         let store = self.store.clone();
@@ -296,7 +361,7 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
         work.extend(self.bookkeeping(inner.applied, &inner.membership));
         // Keep the received snapshot as the current one, so this node can serve it onwards.
         let file = SnapshotFile { meta: meta.clone(), data: snapshot };
-        let bytes = versioned::encode_snapshot_file(&file);
+        let bytes = encode_snapshot_file(&file);
         let path = self.snapshot_path();
         let disk = self.store.disk().clone();
         crate::storage::store::blocking(|| -> io::Result<()> {
@@ -318,8 +383,42 @@ impl<S: GroupState> RaftStateMachine<TypeConfig> for GroupSm<S> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let file: SnapshotFile = versioned::decode_snapshot_file(&format!("snapshot file of {}", self.group), &bytes)?;
+        let file = decode_snapshot_file(&format!("snapshot file of {}", self.group), &bytes)?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: file.data }))
+    }
+}
+
+/// Before a received snapshot is handed to openraft (`Group::handle`): fetches and verifies
+/// every chunk it references that is missing or damaged here, one at a time, without the state
+/// lock. What it fetched stays (chunks are content-addressed), so a retried or newer snapshot
+/// install skips it; an error is the RPC's answer, and the sender tries again.
+pub async fn prepare_install<S: GroupState>(sm: &RwLock<SmInner<S>>, data: &[u8]) -> Result<Ensured, String> {
+    if planted::on(Bug::InstallBeforeChunks) {
+        return Ok(Ensured::default());
+    }
+    let fut = sm.read().await.state.ensure_referenced(data, Check::Hash);
+    match fut {
+        Some(f) => f.await,
+        None => Ok(Ensured::default()),
+    }
+}
+
+/// A snapshot file of [`SNAPSHOT_FILE_VERSION`].
+fn encode_snapshot_file(file: &SnapshotFile) -> Vec<u8> {
+    let mut head = versioned::SNAPSHOT_MAGIC.to_vec();
+    head.push(SNAPSHOT_FILE_VERSION);
+    postcard::to_extend(file, head).expect("in-memory values always encode")
+}
+
+/// Reads a snapshot file of [`SNAPSHOT_FILE_VERSION`], of version 1 or from before versions
+/// (`versioned::decode_snapshot_file`); the data of the older ones is self-describing
+/// (a tenant snapshot with bytes), so it installs and is served as it is.
+fn decode_snapshot_file(what: &str, b: &[u8]) -> Result<SnapshotFile, StoreError> {
+    match b.strip_prefix(versioned::SNAPSHOT_MAGIC.as_slice()) {
+        Some([SNAPSHOT_FILE_VERSION, body @ ..]) => {
+            postcard::from_bytes(body).map_err(|e| StoreError::Corrupt { what: what.into(), detail: e.to_string() })
+        }
+        _ => versioned::decode_snapshot_file(what, b),
     }
 }
 
@@ -332,7 +431,8 @@ mod tests {
     use super::*;
     use crate::seams::disk::{DiskRef, OsDisk};
 
-    /// A state whose snapshot fails until it is repaired; the group's name says whether it can be.
+    /// A state whose snapshot references something missing here until it is fetched; the
+    /// group's name says whether it can be.
     struct Damaged {
         damaged: Arc<AtomicBool>,
         repairable: bool,
@@ -353,9 +453,6 @@ mod tests {
             Ok(Reply::None)
         }
         fn snapshot_bytes(&self, _store: &Arc<Store>) -> Result<Vec<u8>, StoreError> {
-            if self.damaged.load(Ordering::SeqCst) {
-                return Err(StoreError::Io("chunk 00ab is corrupt on this replica".into()));
-            }
             Ok(b"whole".to_vec())
         }
         fn install(
@@ -365,16 +462,24 @@ mod tests {
             _bytes: &[u8],
             _work: &mut Vec<TxnFn>,
         ) -> Result<(), StoreError> {
+            assert!(!self.damaged.load(Ordering::SeqCst), "installed before what it references is here");
             Ok(())
         }
-        fn repair_for_snapshot(&self) -> Option<BoxFuture<'static, Result<u64, String>>> {
+        fn ensure_referenced(
+            &self,
+            _bytes: &[u8],
+            _check: Check,
+        ) -> Option<BoxFuture<'static, Result<Ensured, String>>> {
             let (damaged, repairable) = (self.damaged.clone(), self.repairable);
             Some(Box::pin(async move {
+                if !damaged.load(Ordering::SeqCst) {
+                    return Ok(Ensured { present: 1, ..Ensured::default() });
+                }
                 if !repairable {
-                    return Err("no peer has a healthy copy".to_string());
+                    return Err("no peer has chunk 00ab".to_string());
                 }
                 damaged.store(false, Ordering::SeqCst);
-                Ok(1)
+                Ok(Ensured { fetched: 1, ..Ensured::default() })
             }))
         }
     }
@@ -386,7 +491,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_damaged_state_is_repaired_and_the_snapshot_built_without_an_error() {
+    async fn a_build_first_fetches_what_its_snapshot_references_and_openraft_sees_no_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path(), "repairable");
         let mut builder = sm.try_create_snapshot_builder(false).await.expect("a builder");
@@ -423,7 +528,17 @@ mod tests {
         builder.build_snapshot().await.unwrap();
         let disk = sm.store.disk().clone();
         let path = sm.snapshot_path();
-        assert!(disk.read_file(&path).unwrap().starts_with(b"TSNP\x01"));
+        assert!(disk.read_file(&path).unwrap().starts_with(b"TSNP\x02"));
+        let snap = sm.get_current_snapshot().await.unwrap().expect("the snapshot is read back");
+        assert_eq!(snap.snapshot, b"whole");
+
+        // What the build before snapshots by reference wrote: version 1.
+        let meta = SnapshotMeta { last_log_id: Some(LogId::new(3u64.into(), 42)), ..SnapshotMeta::default() };
+        let v1 = versioned::encode_snapshot_file(&SnapshotFile { meta: meta.clone(), data: b"v1 bytes".to_vec() });
+        assert!(v1.starts_with(b"TSNP\x01"));
+        disk.write_file_durable(&path, &v1).unwrap();
+        let snap = sm.get_current_snapshot().await.unwrap().expect("the version 1 snapshot is read");
+        assert_eq!((snap.meta, snap.snapshot), (meta, b"v1 bytes".to_vec()));
 
         // What a build before the version wrote: the bare postcard bytes, whose first byte (the
         // tag of the metadata's Option<LogId>) is 0 or 1, so never the magic's `T`.
@@ -436,5 +551,28 @@ mod tests {
             let snap = sm.get_current_snapshot().await.unwrap().expect("the old snapshot is read");
             assert_eq!((snap.meta, snap.snapshot), (meta, b"old bytes".to_vec()));
         }
+    }
+
+    #[tokio::test]
+    async fn an_install_fetches_what_the_snapshot_references_before_it_installs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path(), "repairable");
+        let meta = SnapshotMeta { last_log_id: Some(LogId::new(2u64.into(), 10)), ..SnapshotMeta::default() };
+        let e = prepare_install(&sm.reader(), b"whole").await.unwrap();
+        assert_eq!(e, Ensured { fetched: 1, ..Ensured::default() });
+        assert_eq!(prepare_install(&sm.reader(), b"whole").await.unwrap().fetched, 0, "a retry skips it");
+        sm.install_snapshot(&meta, b"whole".to_vec()).await.expect("installed");
+        assert_eq!(sm.applied_state().await.unwrap().0, meta.last_log_id);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_install_whose_references_cannot_be_had_fails_before_it_installs_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path(), "beyond repair");
+        assert!(prepare_install(&sm.reader(), b"whole").await.is_err(), "the RPC answers an error");
+        let meta = SnapshotMeta { last_log_id: Some(LogId::new(2u64.into(), 10)), ..SnapshotMeta::default() };
+        assert!(sm.install_snapshot(&meta, b"whole".to_vec()).await.is_err());
+        assert_eq!(sm.applied_state().await.unwrap().0, None, "nothing was installed");
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
     }
 }

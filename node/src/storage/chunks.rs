@@ -137,6 +137,26 @@ impl ChunkStore {
         Ok(h)
     }
 
+    /// Whether a file for chunk `h` exists here; its bytes are not read (the scrub and readers
+    /// check those).
+    pub fn present(&self, h: &Hash) -> bool {
+        self.disk.exists(&self.path(h))
+    }
+
+    /// Fetches chunk `h`, which this replica never had (a snapshot install references it), from
+    /// the source, verifies it and writes it as durably as any chunk write. Not a repair: the
+    /// repair counter stays.
+    pub async fn fetch_missing(&self, h: &Hash) -> Result<NodeId, ChunkError> {
+        let failed = |why: String| ChunkError::Unrepaired { damage: ChunkError::Missing(hex(h)).to_string(), why };
+        let source = self.source.as_ref().ok_or_else(|| failed("this store has no peers to fetch from".into()))?;
+        let Fetched { from, data } = source.fetch(*h).await.map_err(failed)?;
+        if blake3::hash(&data).as_bytes() != h {
+            return Err(failed(format!("node {from} sent bytes that do not match the chunk's blake3")));
+        }
+        blocking(|| self.write(h, &data))?;
+        Ok(from)
+    }
+
     /// Reads a chunk and checks its hash.
     pub fn get(&self, h: &Hash) -> Result<Vec<u8>, ChunkError> {
         let data = match self.disk.read_file(&self.path(h)) {

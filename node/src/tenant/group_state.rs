@@ -1,7 +1,10 @@
 //! A tenant's catalog as a Raft group's state: segment rows in the store, bytes in chunk files.
 //!
-//! It also says what the chunk scrub checks next ([`TenantState::scrub_batch`]) and repairs
-//! damaged chunks before a snapshot is built ([`GroupState::repair_for_snapshot`]).
+//! A snapshot holds the catalog rows and the tenant's chunk table ([`ChunkRef`]: hash, size,
+//! reference count, location), never chunk bytes ([`TenantSnapshot`]); a replica installs one only
+//! once it holds every chunk the table lists ([`GroupState::ensure_referenced`] fetches the missing
+//! ones from the group's members, one at a time). ARCHITECTURE.md, "Snapshots by reference".
+//! It also says what the chunk scrub checks next ([`TenantState::scrub_batch`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -12,9 +15,9 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{decide_put, Catalog, PutDecision, SegmentRecord, TenantCommand, TenantReply};
-use crate::raft::state_machine::{ApplyInfo, GroupState};
+use crate::raft::state_machine::{ApplyInfo, Check, Ensured, GroupState};
 use crate::raft::{Command, Reply};
-use crate::storage::chunks::{ChunkSource, ChunkStore, Hash};
+use crate::storage::chunks::{hex, ChunkError, ChunkSource, ChunkStore, Hash, CHUNK_BYTES};
 use crate::storage::store::{Store, StoreError, TxnFn, SEGMENTS};
 
 /// How many recent entries are remembered for lag accounting.
@@ -47,11 +50,132 @@ pub struct ScrubBatch {
     pub next: Option<String>,
 }
 
+/// Where a chunk of a snapshot's table lives. Only `Hot` (a chunk file on every replica) for
+/// now; the tier issue adds warm, cold and archive, which an installer fetches differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkLocation {
+    Hot,
+}
+
+/// One row of a snapshot's chunk table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub hash: Hash,
+    pub size: u64,
+    /// How many chunk references of the catalog's segments name it (a chunk shared by two
+    /// segments, or twice by one, counts each time): what a reference-counting collector needs.
+    pub refs: u64,
+    pub location: ChunkLocation,
+}
+
+/// A tenant snapshot by reference: catalog rows and chunk table, no chunk bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSnapshot {
+    pub segments: Vec<SegmentRecord>,
+    /// Sorted by hash, one row per distinct chunk the segments reference.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A tenant snapshot as builds before snapshots by reference wrote it: every chunk's bytes.
+/// Still installed (a snapshot file kept from that build, or a leader still running it).
 #[derive(Serialize, Deserialize)]
-struct TenantSnapshot {
+struct LegacySnapshot {
     segments: Vec<SegmentRecord>,
     #[serde(with = "crate::storage::byte_buf::pairs")]
     chunks: Vec<(Hash, Vec<u8>)>,
+}
+
+/// The first bytes of a by-reference tenant snapshot, then [`SNAPSHOT_FORMAT`]. A legacy
+/// snapshot is bare postcard, starting with its segment count; one with no segments has no
+/// chunks and is exactly `[0, 0]`, so no legacy snapshot starts with a zero byte followed by
+/// anything else: the two forms cannot be confused.
+const SNAPSHOT_MAGIC: &[u8; 4] = b"\0TSR";
+/// The by-reference format's version (the legacy form with bytes is version 1).
+pub const SNAPSHOT_FORMAT: u8 = 2;
+
+enum Decoded {
+    ByRef(TenantSnapshot),
+    Legacy(LegacySnapshot),
+}
+
+impl TenantSnapshot {
+    /// The snapshot of `catalog`: its rows and the table of the chunks they reference, sizes
+    /// derived from the segments' sizes (no chunk is read).
+    pub fn of(catalog: &Catalog) -> Self {
+        let mut table: std::collections::BTreeMap<Hash, ChunkRef> = std::collections::BTreeMap::new();
+        for rec in catalog.segments.values() {
+            for (i, h) in rec.chunks.iter().enumerate() {
+                let start = (i as u64).saturating_mul(CHUNK_BYTES as u64);
+                let size = rec.size.saturating_sub(start).min(CHUNK_BYTES as u64);
+                let row = table.entry(*h).or_insert(ChunkRef { hash: *h, size, refs: 0, location: ChunkLocation::Hot });
+                row.refs += 1;
+            }
+        }
+        TenantSnapshot { segments: catalog.segments.values().cloned().collect(), chunks: table.into_values().collect() }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut head = SNAPSHOT_MAGIC.to_vec();
+        head.push(SNAPSHOT_FORMAT);
+        postcard::to_extend(self, head).expect("snapshot encodes")
+    }
+
+    /// Decodes and checks a by-reference snapshot: the table lists exactly the chunks the rows
+    /// reference, once each, with their reference counts, so an install cannot be handed rows
+    /// whose chunks it was not told to fetch.
+    fn decode(body: &[u8]) -> Result<Self, StoreError> {
+        let snap: TenantSnapshot = postcard::from_bytes(body).map_err(|e| corrupt("tenant snapshot", e))?;
+        let mut want: std::collections::BTreeMap<Hash, u64> = std::collections::BTreeMap::new();
+        for rec in &snap.segments {
+            for h in &rec.chunks {
+                *want.entry(*h).or_default() += 1;
+            }
+        }
+        let have: Vec<(Hash, u64)> = snap.chunks.iter().map(|c| (c.hash, c.refs)).collect();
+        if have != want.into_iter().collect::<Vec<_>>() {
+            return Err(corrupt("tenant snapshot", "its chunk table does not match the chunks its segments reference"));
+        }
+        Ok(snap)
+    }
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<Decoded, StoreError> {
+    match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+        Some([SNAPSHOT_FORMAT, body @ ..]) => Ok(Decoded::ByRef(TenantSnapshot::decode(body)?)),
+        Some([found, ..]) => {
+            Err(StoreError::UnknownVersion { what: "tenant snapshot".into(), found: *found, known: SNAPSHOT_FORMAT })
+        }
+        Some([]) => Err(corrupt("tenant snapshot", "no format after the magic")),
+        None => postcard::from_bytes(bytes).map(Decoded::Legacy).map_err(|e| corrupt("tenant snapshot", e)),
+    }
+}
+
+/// Makes every chunk of `table` present here, one at a time (memory: one chunk). `Exists` only
+/// looks for the file; `Hash` also reads and verifies it, and repairs a damaged copy.
+async fn ensure_chunks(chunks: ChunkStore, table: Vec<ChunkRef>, check: Check) -> Result<Ensured, String> {
+    use crate::storage::store::blocking;
+    let mut done = Ensured::default();
+    for c in &table {
+        let h = c.hash;
+        let local = match check {
+            Check::Exists if blocking(|| chunks.present(&h)) => Ok(()),
+            Check::Exists => Err(ChunkError::Missing(hex(&h))),
+            Check::Hash => blocking(|| chunks.get(&h)).map(drop),
+        };
+        match local {
+            Ok(()) => done.present += 1,
+            Err(ChunkError::Missing(_)) => {
+                chunks.fetch_missing(&h).await.map_err(|e| e.to_string())?;
+                done.fetched += 1;
+            }
+            Err(ChunkError::Corrupt(_)) => {
+                chunks.check_or_repair(&h).await.map_err(|e| e.to_string())?;
+                done.repaired += 1;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(done)
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -211,20 +335,9 @@ impl GroupState for TenantState {
         Ok(Reply::Tenant(reply))
     }
 
+    /// Copies the rows and derives the chunk table: no chunk is read.
     fn snapshot_bytes(&self, _store: &Arc<Store>) -> Result<Vec<u8>, StoreError> {
-        let mut chunks = std::collections::BTreeMap::new();
-        for rec in self.catalog.segments.values() {
-            for h in &rec.chunks {
-                if !chunks.contains_key(h) {
-                    chunks.insert(*h, self.chunks.get(h).map_err(chunk_err)?);
-                }
-            }
-        }
-        let snap = TenantSnapshot {
-            segments: self.catalog.segments.values().cloned().collect(),
-            chunks: chunks.into_iter().collect(),
-        };
-        Ok(postcard::to_stdvec(&snap).expect("snapshot encodes"))
+        Ok(TenantSnapshot::of(&self.catalog).encode())
     }
 
     fn install(
@@ -234,16 +347,23 @@ impl GroupState for TenantState {
         bytes: &[u8],
         work: &mut Vec<TxnFn>,
     ) -> Result<(), StoreError> {
-        let snap: TenantSnapshot = postcard::from_bytes(bytes).map_err(|e| corrupt("tenant snapshot", e))?;
-        for (h, data) in &snap.chunks {
-            if blake3::hash(data).as_bytes() != h {
-                return Err(corrupt("tenant snapshot", "a chunk's bytes do not match its hash"));
+        let segments = match decode_snapshot(bytes)? {
+            // The installer made every chunk of the table durable here before this call
+            // (`GroupSm::install_snapshot`).
+            Decoded::ByRef(snap) => snap.segments,
+            Decoded::Legacy(snap) => {
+                for (h, data) in &snap.chunks {
+                    if blake3::hash(data).as_bytes() != h {
+                        return Err(corrupt("tenant snapshot", "a chunk's bytes do not match its hash"));
+                    }
+                    self.chunks.put(data).map_err(chunk_err)?;
+                }
+                snap.segments
             }
-            self.chunks.put(data).map_err(chunk_err)?;
-        }
+        };
         let mut catalog = Catalog::default();
         let mut rows = vec![];
-        for rec in snap.segments {
+        for rec in segments {
             rows.push((rec.name.clone(), postcard::to_stdvec(&rec).expect("segment record encodes")));
             catalog.insert(rec);
         }
@@ -276,22 +396,15 @@ impl GroupState for TenantState {
         self.mark(at, proposed_at_ms);
     }
 
-    /// Checks every chunk the catalog references and repairs the damaged ones from peers;
-    /// stops at the first that cannot be repaired. Answers how many were repaired.
-    fn repair_for_snapshot(&self) -> Option<BoxFuture<'static, Result<u64, String>>> {
-        let wanted: BTreeSet<Hash> = self.catalog.segments.values().flat_map(|r| r.chunks.iter().copied()).collect();
-        let chunks = self.chunks.clone();
-        Some(Box::pin(async move {
-            let mut repaired = 0;
-            for h in &wanted {
-                match chunks.check_or_repair(h).await {
-                    Ok(crate::storage::chunks::Checked::Intact) => {}
-                    Ok(crate::storage::chunks::Checked::Repaired { .. }) => repaired += 1,
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            Ok(repaired)
-        }))
+    /// A future that makes every chunk `bytes` (a snapshot) references present here. A legacy
+    /// snapshot carries its chunks: nothing to fetch.
+    fn ensure_referenced(&self, bytes: &[u8], check: Check) -> Option<BoxFuture<'static, Result<Ensured, String>>> {
+        let table = match decode_snapshot(bytes) {
+            Ok(Decoded::ByRef(snap)) => snap.chunks,
+            Ok(Decoded::Legacy(_)) => return None,
+            Err(e) => return Some(Box::pin(futures::future::ready(Err(e.to_string())))),
+        };
+        Some(Box::pin(ensure_chunks(self.chunks.clone(), table, check)))
     }
 }
 
@@ -346,49 +459,202 @@ mod tests {
         assert_eq!(st.scrub_batch(Some("c"), 6), ScrubBatch { chunks: vec![], next: None });
     }
 
-    #[tokio::test]
-    async fn a_rotten_chunk_is_repaired_from_a_peer_and_the_snapshot_holds_the_healthy_bytes() {
-        let dir = tempfile::tempdir().unwrap();
+    fn open_store(root: &std::path::Path) -> Arc<Store> {
         let disk: DiskRef = Arc::new(OsDisk::new());
-        let root = dir.path().join("node");
-        Store::init(disk.clone(), &root, "n1", 7).unwrap();
-        let store = Store::open(disk, &root, "n1").unwrap();
-        let mut st = TenantState::load(&store, GROUP).unwrap();
-        let data = b"a WAL segment ".repeat(700);
-        let name = "000000010000000000000001";
-        let cmd = Command::Tenant(TenantCommand::PutSegment {
-            name: name.into(),
-            blake3: *blake3::hash(&data).as_bytes(),
-            data: data.clone(),
-            proposed_at_ms: 1,
-        });
-        let mut work = vec![];
-        st.apply(&store, GROUP, ApplyInfo { term: 1, index: 1 }, &cmd, &mut work).unwrap();
-        store.write(work).await.unwrap();
-        let h = st.catalog.segments[name].chunks[0];
+        Store::init(disk.clone(), root, "n1", 7).unwrap();
+        Store::open(disk, root, "n1").unwrap()
+    }
 
+    /// A replica at `root` holding `segments` (name, bytes), applied as the group would.
+    async fn replica(root: &std::path::Path, segments: &[(&str, Vec<u8>)]) -> (Arc<Store>, TenantState) {
+        let store = open_store(root);
+        let mut st = TenantState::load(&store, GROUP).unwrap();
+        for (i, (name, data)) in segments.iter().enumerate() {
+            let cmd = Command::Tenant(TenantCommand::PutSegment {
+                name: name.to_string(),
+                blake3: *blake3::hash(data).as_bytes(),
+                data: data.clone(),
+                proposed_at_ms: 1,
+            });
+            let mut work = vec![];
+            st.apply(&store, GROUP, ApplyInfo { term: 1, index: i as u64 + 1 }, &cmd, &mut work).unwrap();
+            store.write(work).await.unwrap();
+        }
+        (store, st)
+    }
+
+    /// A peer that serves at most `budget` chunks, then fails (a deadline, a partition), and
+    /// counts what it served.
+    struct Counting {
+        peer: ChunkStore,
+        budget: std::sync::Mutex<u64>,
+        served: std::sync::Mutex<u64>,
+    }
+
+    impl ChunkSource for Counting {
+        fn fetch(&self, hash: Hash) -> BoxFuture<'static, Result<Fetched, String>> {
+            let mut budget = self.budget.lock().unwrap();
+            let got = if *budget == 0 {
+                Err("the peer stopped answering".to_string())
+            } else {
+                *budget -= 1;
+                *self.served.lock().unwrap() += 1;
+                self.peer.get(&hash).map(|data| Fetched { from: 2, data }).map_err(|e| e.to_string())
+            };
+            Box::pin(async move { got })
+        }
+    }
+
+    /// Two segments sharing a chunk: 2.5 MiB of distinct bytes in three distinct chunks.
+    fn two_segments() -> Vec<(&'static str, Vec<u8>)> {
+        let mut a: Vec<u8> = (0..CHUNK_BYTES * 2).map(|i| (i % 251) as u8).collect();
+        a.extend_from_slice(b"tail of a");
+        let mut b: Vec<u8> = a[..CHUNK_BYTES].to_vec();
+        b.extend((0..CHUNK_BYTES / 2).map(|i| (i % 241) as u8));
+        vec![("000000010000000000000001", a), ("000000010000000000000002", b)]
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_holds_rows_and_a_chunk_table_and_an_install_fetches_the_chunks_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, leader) = replica(&dir.path().join("leader"), &two_segments()).await;
+        let bytes = leader.snapshot_bytes(&_store).unwrap();
+        assert!(bytes.len() < 4096, "no chunk bytes in a snapshot: {} bytes", bytes.len());
+        let Decoded::ByRef(snap) = decode_snapshot(&bytes).unwrap() else { panic!("not by reference") };
+        assert_eq!(snap.segments.len(), 2);
+        let seg_a = &leader.catalog.segments["000000010000000000000001"];
+        let shared = seg_a.chunks[0];
+        let mut sizes: Vec<(Hash, u64, u64)> = snap.chunks.iter().map(|c| (c.hash, c.size, c.refs)).collect();
+        sizes.sort_by_key(|(_, size, refs)| (*size, *refs));
+        assert_eq!(
+            sizes.iter().map(|(_, s, r)| (*s, *r)).collect::<Vec<_>>(),
+            vec![(9, 1), ((CHUNK_BYTES / 2) as u64, 1), (CHUNK_BYTES as u64, 1), (CHUNK_BYTES as u64, 2)]
+        );
+        assert_eq!(sizes[3].0, shared, "the chunk both segments begin with is referenced twice");
+        assert!(snap.chunks.iter().all(|c| c.location == ChunkLocation::Hot));
+
+        // A new member: nothing here. Its first attempt is cut short after one chunk (a
+        // deadline); what it fetched stays and the next attempt fetches only the rest.
+        let root = dir.path().join("learner");
+        let store = open_store(&root);
+        let mut st = TenantState::load(&store, GROUP).unwrap();
+        let peer = Arc::new(Counting {
+            peer: leader.chunks.clone(),
+            budget: std::sync::Mutex::new(1),
+            served: std::sync::Mutex::new(0),
+        });
+        st.set_chunk_source(peer.clone());
+        let e = st.ensure_referenced(&bytes, Check::Hash).unwrap().await.unwrap_err();
+        assert!(e.contains("the peer stopped answering"), "{e}");
+        *peer.budget.lock().unwrap() = 100;
+        let done = st.ensure_referenced(&bytes, Check::Hash).unwrap().await.unwrap();
+        assert_eq!(done, Ensured { present: 1, fetched: 3, repaired: 0 });
+        assert_eq!(*peer.served.lock().unwrap(), 4, "each of the four chunks crossed once");
+        assert_eq!(st.chunks.repairs(), 0, "fetching a chunk never held is not a repair");
+        let again = st.ensure_referenced(&bytes, Check::Exists).unwrap().await.unwrap();
+        assert_eq!(again, Ensured { present: 4, ..Ensured::default() });
+
+        let mut work = vec![];
+        st.install(&store, GROUP, &bytes, &mut work).unwrap();
+        store.write(work).await.unwrap();
+        assert_eq!(st.catalog.segments, leader.catalog.segments);
+        for (name, data) in two_segments() {
+            let rec = &st.catalog.segments[name];
+            let got: Vec<u8> = rec.chunks.iter().flat_map(|h| st.chunks.get(h).unwrap()).collect();
+            assert_eq!(got, data, "{name} is whole on the new member");
+        }
+        let reloaded = TenantState::load(&store, GROUP).unwrap();
+        assert_eq!(reloaded.catalog.segments, leader.catalog.segments, "the rows are durable");
+    }
+
+    #[tokio::test]
+    async fn an_install_repairs_a_damaged_copy_and_a_build_fetches_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut st) =
+            replica(&dir.path().join("node"), &[("000000010000000000000001", b"a WAL segment ".repeat(700))]).await;
+        let h = st.catalog.segments["000000010000000000000001"].chunks[0];
         let x = hex(&h);
-        let path = root.join("chunks").join(&x[..2]).join(&x);
+        let path = dir.path().join("node").join("chunks").join(&x[..2]).join(&x);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 0x01;
-        std::fs::write(&path, bytes).unwrap();
-        let e = st.snapshot_bytes(&store).unwrap_err();
-        assert!(e.to_string().contains("corrupt"), "{e}");
+        std::fs::write(&path, &bytes).unwrap();
 
         let peer = ChunkStore::new(Arc::new(OsDisk::new()), &dir.path().join("peer"));
-        peer.put(&data).unwrap();
+        peer.put(&b"a WAL segment ".repeat(700)).unwrap();
         st.set_chunk_source(Arc::new(Peer(peer)));
-        let repair = st.repair_for_snapshot().expect("a tenant can repair");
-        assert_eq!(repair.await, Ok(1));
-
-        let snap: TenantSnapshot = postcard::from_bytes(&st.snapshot_bytes(&store).unwrap()).unwrap();
-        assert_eq!(snap.chunks, vec![(h, data)]);
+        let snap = st.snapshot_bytes(&store).unwrap();
+        // A build looks at files only: the rot is the scrub's (and the installer's) to find.
+        assert_eq!(
+            st.ensure_referenced(&snap, Check::Exists).unwrap().await,
+            Ok(Ensured { present: 1, ..Default::default() })
+        );
+        assert_eq!(
+            st.ensure_referenced(&snap, Check::Hash).unwrap().await,
+            Ok(Ensured { repaired: 1, ..Default::default() })
+        );
         assert_eq!(st.chunks.repairs(), 1);
-        assert_eq!(st.repair_for_snapshot().unwrap().await, Ok(0), "nothing left to repair");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            st.ensure_referenced(&snap, Check::Exists).unwrap().await,
+            Ok(Ensured { fetched: 1, ..Default::default() })
+        );
+        assert!(st.chunks.get(&h).is_ok());
 
         // Any epoch of the tenant that holds rows here vouches for the chunk; other tenants do not.
         assert!(rows_reference_chunk(&store, "t/x/", &h).unwrap());
         assert!(!rows_reference_chunk(&store, "t/xy/", &h).unwrap());
         assert!(!rows_reference_chunk(&store, "t/x/", &[7; 32]).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_with_bytes_from_the_previous_build_still_installs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_leader_store, leader) = replica(&dir.path().join("leader"), &two_segments()).await;
+        // What `snapshot_bytes` wrote before snapshots by reference.
+        let mut chunks = std::collections::BTreeMap::new();
+        for rec in leader.catalog.segments.values() {
+            for h in &rec.chunks {
+                chunks.insert(*h, leader.chunks.get(h).unwrap());
+            }
+        }
+        let legacy = postcard::to_stdvec(&LegacySnapshot {
+            segments: leader.catalog.segments.values().cloned().collect(),
+            chunks: chunks.into_iter().collect(),
+        })
+        .unwrap();
+        assert!(legacy.len() > 2 * CHUNK_BYTES);
+        let empty = postcard::to_stdvec(&LegacySnapshot { segments: vec![], chunks: vec![] }).unwrap();
+        assert_eq!(empty, [0, 0], "why no legacy snapshot starts with the magic");
+
+        let root = dir.path().join("member");
+        let store = open_store(&root);
+        let mut st = TenantState::load(&store, GROUP).unwrap();
+        assert!(st.ensure_referenced(&legacy, Check::Hash).is_none(), "its chunks travel with it");
+        let mut work = vec![];
+        st.install(&store, GROUP, &legacy, &mut work).unwrap();
+        store.write(work).await.unwrap();
+        assert_eq!(st.catalog.segments, leader.catalog.segments);
+        for rec in st.catalog.segments.values() {
+            for h in &rec.chunks {
+                assert!(st.chunks.get(h).is_ok());
+            }
+        }
+        // A legacy empty snapshot installs as an empty catalog.
+        let mut work = vec![];
+        st.install(&store, GROUP, &empty, &mut work).unwrap();
+        assert!(st.catalog.segments.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_whose_table_misses_a_chunk_or_has_an_unknown_format_is_refused() {
+        let mut catalog = Catalog::default();
+        catalog.insert(record("a", 5, &[[1; 32], [2; 32]]));
+        let mut snap = TenantSnapshot::of(&catalog);
+        snap.chunks.pop();
+        let e = decode_snapshot(&snap.encode()).err().expect("refused");
+        assert!(e.to_string().contains("chunk table does not match"), "{e}");
+        let mut future = TenantSnapshot::of(&catalog).encode();
+        future[4] = 9;
+        assert!(matches!(decode_snapshot(&future), Err(StoreError::UnknownVersion { found: 9, .. })));
     }
 }
