@@ -85,7 +85,7 @@ pub(super) struct ReconcileDeps {
 }
 
 impl Reconcile {
-    pub(crate) fn new(d: ReconcileDeps) -> Self {
+    pub(super) fn new(d: ReconcileDeps) -> Self {
         Self {
             me: d.me,
             cfg: d.cfg,
@@ -117,7 +117,7 @@ impl Reconcile {
     }
 
     /// Stops a tenant group on this node for good (its epoch is sealed or superseded).
-    pub(crate) async fn seal_local(&self, group: &str) {
+    async fn seal_local(&self, group: &str) {
         self.sealed.lock().expect("sealed lock").insert(group.to_string());
         let g = self.hosted.remove(group);
         self.writes.forget(group);
@@ -177,7 +177,7 @@ impl Reconcile {
     /// Brings this node's tenant groups in line with one directory record: seals, seeds,
     /// starts, initialises (founder only), reconciles membership when leading, and reports the
     /// divergent tail of older epochs it holds.
-    pub(crate) async fn reconcile_tenant(&self, rec: &TenantRecord, slow_tick: bool) {
+    async fn reconcile_tenant(&self, rec: &TenantRecord, slow_tick: bool) {
         let me = self.me;
         let group = rec.group();
         // Any older epoch still running here is superseded: stop it.
@@ -260,7 +260,7 @@ impl Reconcile {
 
     /// How long this node has led `group` in its current term, as seen by the loops that call
     /// this (every reconcile tick); zero when it does not lead.
-    pub(crate) fn led_for(&self, group: &str, st: &GroupStatus) -> Duration {
+    fn led_for(&self, group: &str, st: &GroupStatus) -> Duration {
         let now = self.clock.mono_now();
         let mut leading = self.leading_since.lock().expect("leading lock");
         if !st.is_leader {
@@ -286,7 +286,7 @@ impl Reconcile {
 
     /// Whether this node's lease has been invalid for at least one liveness period (and the node
     /// has run long enough to have had one).
-    pub(crate) fn fenced_for_long(&self) -> bool {
+    fn fenced_for_long(&self) -> bool {
         let period = self.cfg.liveness.period();
         !self.liveness.is_valid()
             && self.liveness.invalid_for() >= period
