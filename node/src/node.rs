@@ -1,38 +1,59 @@
 //! A tetrad node: the meta group replica, the tenant groups it hosts, its liveness lease and the
 //! loops that keep them in line with the meta directory. The gRPC service (`api.rs`) and the
 //! simulator both drive a node through the methods here.
+//!
+//! This file only wires: it builds the services of `node/` (each owns its state and is handed
+//! its collaborators), spawns the loops (`tasks.rs`) and delegates each public method to the
+//! service that answers it. Which service owns what: ARCHITECTURE.md, "Node services".
 
 mod controller;
+mod directory;
 mod dispatch;
-mod epochs;
-mod failover;
-mod ops;
+mod hosted;
+mod operator;
+mod reads;
+mod reconcile;
 mod repair;
 mod report_batch;
+mod status;
 mod takeover;
 mod tasks;
+mod writes;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::watch;
 
+use self::controller::Controller;
+use self::directory::Directory;
+use self::hosted::HostedGroups;
+use self::operator::Operator;
+use self::reads::Reads;
+use self::reconcile::{Reconcile, ReconcileDeps};
+use self::repair::Repair;
+use self::status::Status;
+use self::writes::Writes;
 use crate::config::NodeConfig;
 use crate::meta::liveness::Liveness;
-use crate::meta::state::MetaState;
+use crate::meta::state::{MetaCommand, MetaReply, MetaState, TenantEvent, TenantRecord};
 use crate::meta::META_GROUP;
 use crate::raft::group::Group;
 use crate::raft::peers::PeerBook;
+use crate::raft::wire::GroupProbeReply;
 use crate::seams::clock::ClockRef;
 use crate::seams::disk::DiskRef;
 use crate::seams::net::{NodeId, RpcHandler, RpcHandlerRef, TransportRef};
+use crate::storage::chunks::Hash;
 use crate::storage::store::{Store, StoreError, StoreOptions};
-use crate::tenant::group_state::TenantState;
+use crate::tenant::catalog::SegmentRecord;
 
 /// How long shutdown waits for one group.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub use ops::{ApiError, ClusterStatus, NodeView, PushOutcome, TenantView};
+pub use crate::api::error::ApiError;
+pub use crate::api::status::{ClusterStatus, NodeView, TenantView};
+pub use writes::PushOutcome;
 
 /// What a node needs from the outside world, all through the seams.
 #[derive(Clone)]
@@ -51,36 +72,25 @@ pub enum StartError {
     Meta(String),
 }
 
+/// The node's services, wired together once at start. Each service owns its state; what they
+/// share (the store, the clock, the transport, the meta replica through the directory, the
+/// registry of hosted tenant groups) they were handed when they were built.
 pub(crate) struct Inner {
-    pub cfg: NodeConfig,
-    pub me: NodeId,
-    pub store: Arc<Store>,
-    pub clock: ClockRef,
-    pub transport: TransportRef,
-    pub liveness: Liveness,
-    pub meta: Group<MetaState>,
-    pub meta_voters: Vec<NodeId>,
-    /// Running tenant groups by group name (`t/<tenant>/<epoch>`).
-    pub tenants: Mutex<BTreeMap<String, Arc<Group<TenantState>>>>,
-    /// Why the meta group refused this node's heartbeats, if it did.
-    pub refused: Mutex<Option<String>>,
-    /// The directory's storage incarnation of every peer; replies from any other are ignored.
-    pub peers: PeerBook,
-    /// Tenant groups this node stopped because their epoch was sealed or superseded; never
-    /// restarted (their rows and log stay, as the divergent tail's record).
-    pub sealed: Mutex<std::collections::BTreeSet<String>>,
-    /// Per tenant group this node leads: the lag gate's acked writes and the newest ack.
-    pub acks: Mutex<BTreeMap<String, epochs::AckBook>>,
-    /// The failover controller's view, while this node leads the meta group.
-    pub controller: Mutex<controller::Observations>,
-    pub stop: watch::Sender<bool>,
-    /// Monotonic time the node started.
-    pub started: std::time::Duration,
-    /// Per group this node leads: the term and the monotonic time it was first seen leading in
-    /// it (see `Node::led_for`).
-    pub leading_since: Mutex<std::collections::HashMap<String, (u64, std::time::Duration)>>,
-    /// Reports waiting for the next meta batch while this node leads the meta group.
-    pub reports: report_batch::ReportBatcher,
+    cfg: Arc<NodeConfig>,
+    me: NodeId,
+    store: Arc<Store>,
+    clock: ClockRef,
+    liveness: Liveness,
+    stop: watch::Sender<bool>,
+    hosted: Arc<HostedGroups>,
+    directory: Arc<Directory>,
+    status: Arc<Status>,
+    writes: Arc<Writes>,
+    reads: Reads,
+    operator: Operator,
+    repair: Arc<Repair>,
+    reconcile: Arc<Reconcile>,
+    controller: Controller,
 }
 
 /// A running node. Cheap to clone.
@@ -130,34 +140,77 @@ impl Node {
         let transport = make_transport(Arc::new(LateHandler { node: slot.clone(), incarnation: store.incarnation() }))
             .map_err(StartError::Transport)?;
         let peers = PeerBook::default();
-        let meta =
+        let meta = Arc::new(
             Group::<MetaState>::start(META_GROUP, store.clone(), transport.clone(), &cfg.raft, me, peers.clone())
                 .await
-                .map_err(|e| StartError::Meta(e.to_string()))?;
-        let meta_voters =
-            cfg.meta_voters.iter().filter_map(|n| cfg.nodes.iter().find(|p| &p.name == n).map(|p| p.id)).collect();
-        let liveness = Liveness::new(deps.clock.clone(), cfg.liveness.period());
+                .map_err(|e| StartError::Meta(e.to_string()))?,
+        );
+        let cfg = Arc::new(cfg);
+        let clock = deps.clock;
+        let liveness = Liveness::new(clock.clone(), cfg.liveness.period());
         let (stop, _) = watch::channel(false);
-        let started = deps.clock.mono_now();
+        let started = clock.mono_now();
+        let hosted = Arc::new(HostedGroups::default());
+        let directory = Arc::new(Directory::new(
+            me,
+            cfg.clone(),
+            meta,
+            store.incarnation(),
+            transport.clone(),
+            peers.clone(),
+            clock.clone(),
+        ));
+        let status = Arc::new(Status::new(me, cfg.clone(), clock.clone(), directory.clone(), hosted.clone()));
+        let writes = Arc::new(Writes::new(
+            me,
+            clock.clone(),
+            liveness.clone(),
+            directory.clone(),
+            status.clone(),
+            hosted.clone(),
+        ));
+        let reads = Reads::new(directory.clone(), status.clone(), hosted.clone());
+        let operator = Operator::new(cfg.clone(), clock.clone(), directory.clone(), status.clone());
+        let repair = Arc::new(Repair::new(
+            me,
+            cfg.clone(),
+            store.clone(),
+            transport.clone(),
+            peers.clone(),
+            directory.clone(),
+            hosted.clone(),
+        ));
+        let reconcile = Arc::new(Reconcile::new(ReconcileDeps {
+            me,
+            cfg: cfg.clone(),
+            clock: clock.clone(),
+            store: store.clone(),
+            transport,
+            peers,
+            liveness: liveness.clone(),
+            started,
+            directory: directory.clone(),
+            writes: writes.clone(),
+            repair: repair.clone(),
+            hosted: hosted.clone(),
+        }));
+        let controller = Controller::new(me, cfg.clone(), clock.clone(), directory.clone(), reconcile.clone());
         let inner = Arc::new(Inner {
+            cfg,
             me,
             store,
-            clock: deps.clock,
-            transport,
+            clock,
             liveness,
-            meta,
-            meta_voters,
-            tenants: Mutex::new(BTreeMap::new()),
-            refused: Mutex::new(None),
-            peers,
-            sealed: Mutex::new(Default::default()),
-            acks: Mutex::new(BTreeMap::new()),
-            controller: Mutex::new(Default::default()),
-            started,
-            leading_since: Mutex::new(Default::default()),
-            reports: Default::default(),
             stop,
-            cfg,
+            hosted,
+            directory,
+            status,
+            writes,
+            reads,
+            operator,
+            repair,
+            reconcile,
+            controller,
         });
         *slot.lock().expect("handler lock") = Arc::downgrade(&inner);
         let node = Node { inner };
@@ -186,7 +239,7 @@ impl Node {
     /// Stops every loop and group. Used for orderly shutdown and by the simulator's crashes.
     pub async fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
-        let groups: Vec<_> = self.inner.tenants.lock().expect("tenants lock").values().cloned().collect();
+        let groups = self.inner.hosted.all();
         // A group whose core is wedged (its disk died under it, say) must not hold the node's
         // shutdown forever: give each a bounded time.
         for g in groups {
@@ -194,20 +247,140 @@ impl Node {
                 tracing::warn!(node = %self.name(), group = %g.name, "group did not shut down in time; abandoning it");
             }
         }
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.meta.shutdown()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.directory.meta().shutdown()).await.is_err() {
             tracing::warn!(node = %self.name(), "meta group did not shut down in time; abandoning it");
         }
-    }
-
-    pub(crate) fn region_of(&self, id: NodeId) -> Option<&str> {
-        self.inner.cfg.nodes.iter().find(|p| p.id == id).map(|p| p.region.as_str())
     }
 
     pub fn api_addr_of(&self, id: NodeId) -> Option<std::net::SocketAddr> {
         self.inner.cfg.nodes.iter().find(|p| p.id == id).map(|p| p.api_addr)
     }
 
-    pub(crate) fn tenant_group(&self, group: &str) -> Option<Arc<Group<TenantState>>> {
-        self.inner.tenants.lock().expect("tenants lock").get(group).cloned()
+    // What clients and operators ask of a node: thin delegations to the service that answers.
+
+    /// Proposes a meta command through whichever node leads the meta group.
+    pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaReply, ApiError> {
+        self.inner.directory.propose_meta(cmd).await
+    }
+
+    /// Like [`Node::propose_meta`], with the meta log index the command committed at (0 when
+    /// the answer carries none: a refusal by a peer).
+    pub async fn propose_meta_at(&self, cmd: MetaCommand) -> Result<(MetaReply, u64), ApiError> {
+        self.inner.directory.propose_meta_at(cmd).await
+    }
+
+    /// Bootstraps the meta group. Only a meta voter can; idempotent.
+    pub async fn init_cluster(&self) -> Result<bool, ApiError> {
+        self.inner.directory.init_cluster().await
+    }
+
+    pub fn meta_leader(&self) -> Option<NodeId> {
+        self.inner.directory.meta_leader()
+    }
+
+    /// A tenant's record, confirmed with the meta leader when this node's replica lacks it.
+    pub async fn tenant_record(&self, name: &str) -> Result<TenantRecord, ApiError> {
+        self.inner.directory.tenant_record(name).await
+    }
+
+    pub async fn tenant_records(&self) -> Vec<TenantRecord> {
+        self.inner.directory.tenant_records().await
+    }
+
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        mode: &str,
+        primary: Option<&str>,
+        rpo_target_ms: u64,
+        on_lag: &str,
+        regions: &[String],
+    ) -> Result<TenantRecord, ApiError> {
+        self.inner.operator.create_tenant(name, mode, primary, rpo_target_ms, on_lag, regions).await
+    }
+
+    /// Stores one WAL segment; the ack sequence is `Writes::commit_and_ack` (`node/writes.rs`).
+    pub async fn push(&self, tenant: &str, name: &str, blake3: Hash, data: Vec<u8>) -> Result<PushOutcome, ApiError> {
+        self.inner.writes.push(tenant, name, blake3, data).await
+    }
+
+    /// Looks a segment up (linearizable).
+    pub async fn segment(&self, tenant: &str, name: &str) -> Result<SegmentRecord, ApiError> {
+        self.inner.reads.segment(tenant, name).await
+    }
+
+    /// Reads one chunk of a tenant's segment, verified (and repaired first when damaged).
+    pub async fn read_chunk(&self, tenant: &str, hash: &Hash) -> Result<Vec<u8>, ApiError> {
+        self.inner.reads.read_chunk(tenant, hash).await
+    }
+
+    /// Reads a whole segment (linearizable), verifying every chunk and the whole.
+    pub async fn fetch(&self, tenant: &str, name: &str) -> Result<(SegmentRecord, Vec<u8>), ApiError> {
+        self.inner.reads.fetch(tenant, name).await
+    }
+
+    /// Lists a tenant's segments (linearizable).
+    pub async fn list(&self, tenant: &str, prefix: &str) -> Result<Vec<SegmentRecord>, ApiError> {
+        self.inner.reads.list(tenant, prefix).await
+    }
+
+    /// What this node knows of a group it hosts (with lag per region if it leads).
+    pub async fn probe_local(&self, group: &str) -> Option<GroupProbeReply> {
+        self.inner.status.probe_local(group).await
+    }
+
+    pub async fn status(&self) -> ClusterStatus {
+        self.inner.status.status().await
+    }
+
+    /// A digest of this replica's applied catalog for `group`: (applied index, segments, hash).
+    pub async fn replica_digest(&self, group: &str) -> Option<(u64, u64, [u8; 32])> {
+        self.inner.status.replica_digest(group).await
+    }
+
+    /// For every tenant group this node leads: each member's matched log index.
+    pub fn led_group_matched(&self) -> Vec<(String, BTreeMap<NodeId, Option<u64>>)> {
+        self.inner.status.led_group_matched()
+    }
+
+    /// (term, leader) of every group this node runs, for the one-leader-per-term oracle.
+    pub fn group_leaders(&self) -> Vec<(String, u64, Option<NodeId>)> {
+        self.inner.status.group_leaders()
+    }
+
+    /// Chunks this node repaired from peers since its tenant groups started here.
+    pub async fn chunk_repairs(&self) -> u64 {
+        self.inner.repair.chunk_repairs().await
+    }
+
+    /// Every recorded event of a tenant, oldest first (read on the meta leader).
+    pub async fn tenant_history(&self, tenant: &str) -> Result<Vec<TenantEvent>, ApiError> {
+        self.inner.operator.tenant_history(tenant).await
+    }
+
+    /// Changes a live tenant's mode (and its near-sync parameters).
+    pub async fn set_mode(
+        &self,
+        tenant: &str,
+        mode: &str,
+        rpo_target_ms: Option<u64>,
+        on_lag: Option<&str>,
+    ) -> Result<TenantRecord, ApiError> {
+        self.inner.operator.set_mode(tenant, mode, rpo_target_ms, on_lag).await
+    }
+
+    /// Planned switchover of a tenant's primary region, with zero loss.
+    pub async fn switchover(&self, tenant: &str, to_region: &str) -> Result<TenantEvent, ApiError> {
+        self.inner.operator.switchover(tenant, to_region).await
+    }
+
+    /// Manual failover to `to_region`; refused without `accept_data_loss`.
+    pub async fn manual_failover(
+        &self,
+        tenant: &str,
+        to_region: &str,
+        accept_data_loss: bool,
+    ) -> Result<TenantEvent, ApiError> {
+        self.inner.operator.manual_failover(tenant, to_region, accept_data_loss).await
     }
 }

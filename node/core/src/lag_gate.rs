@@ -2,7 +2,7 @@
 //! yet durable outside its region, how long the oldest of them has been exposed, whether the
 //! gate lets the next ack through, and how a degraded tenant's state moves back to healthy.
 //!
-//! The node's shell (`node/src/node/epochs.rs`) reads the group's replication progress and its
+//! The node's shell (`node/src/node/writes.rs`) reads the group's replication progress and its
 //! monotonic clock, and waits (back pressure) while the gate is closed.
 
 use std::collections::{BTreeMap, VecDeque};

@@ -1,5 +1,5 @@
 //! A tenant group's leader moving its membership toward the directory's record (the reconcile
-//! loop's plan; `node/src/node/epochs.rs`, `reconcile_membership`, carries it out): learners
+//! loop's plan; `node/src/node/reconcile.rs`, `reconcile_membership`, carries it out): learners
 //! first, voters once caught up, then extra learners out, then the lead into the primary region.
 //! Also whom a fenced leader hands its lead to.
 

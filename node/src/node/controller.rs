@@ -11,18 +11,23 @@
 use std::time::Duration;
 
 use tetrad_core::control_plan::{self, Step};
-pub use tetrad_core::liveness_view::Observations;
+use tetrad_core::liveness_view::Observations;
 use tetrad_core::promotion::{self, OldLeases, SealAnswers};
 
-use super::ops::ApiError;
-use super::Node;
+use std::sync::{Arc, Mutex};
+
+use super::directory::Directory;
+use super::reconcile::Reconcile;
+use crate::api::error::ApiError;
+use crate::config::NodeConfig;
 use crate::meta::state::{AckMark, EventKind, MetaCommand, MetaReply, TenantEvent, TenantRecord};
 use crate::raft::wire::{Reply, Request};
 use crate::raft::Command;
+use crate::seams::clock::ClockRef;
 use crate::seams::net::NodeId;
 
 /// How often the controller looks.
-pub const CONTROL_EVERY: Duration = Duration::from_millis(200);
+pub(super) const CONTROL_EVERY: Duration = Duration::from_millis(200);
 /// How long a seal waits to hear from every live replica.
 const SEAL_WAIT: Duration = Duration::from_secs(2);
 const SEAL_CALL: Duration = Duration::from_millis(1500);
@@ -36,32 +41,54 @@ fn pick(answers: &[(NodeId, AckMark)]) -> Option<(NodeId, AckMark)> {
     promotion::pick_best(answers)
 }
 
-impl Node {
+/// The failover controller.
+pub(crate) struct Controller {
+    me: NodeId,
+    cfg: Arc<NodeConfig>,
+    clock: ClockRef,
+    directory: Arc<Directory>,
+    /// Seals this node's own replica when it is one of those being sealed.
+    reconcile: Arc<Reconcile>,
+    /// The controller's view of every node's renewals, while this node leads the meta group.
+    observations: Mutex<Observations>,
+}
+
+impl Controller {
+    pub(super) fn new(
+        me: NodeId,
+        cfg: Arc<NodeConfig>,
+        clock: ClockRef,
+        directory: Arc<Directory>,
+        reconcile: Arc<Reconcile>,
+    ) -> Self {
+        Self { me, cfg, clock, directory, reconcile, observations: Mutex::new(Default::default()) }
+    }
+
     fn grace(&self) -> Duration {
-        self.inner.cfg.liveness.period() + self.inner.cfg.liveness.max_clock_drift()
+        self.cfg.liveness.period() + self.cfg.liveness.max_clock_drift()
     }
 
     /// One look of the controller (called every [`CONTROL_EVERY`] by the node's loop).
-    pub(super) async fn control_once(&self) {
+    pub(crate) async fn control_once(&self) {
         // Every node asks every 200 ms: read the leader in place (`GroupStatus::is_leader` is
         // the same test) rather than clone the group's metrics.
-        if self.inner.meta.term_leader().1 != Some(self.inner.me) {
-            *self.inner.controller.lock().expect("controller lock") = Default::default();
+        if self.directory.meta().term_leader().1 != Some(self.me) {
+            *self.observations.lock().expect("controller lock") = Default::default();
             return;
         }
-        if self.inner.controller.lock().expect("controller lock").leading_since.is_none() {
+        if self.observations.lock().expect("controller lock").leading_since.is_none() {
             // Apply everything committed before judging anyone.
-            if self.inner.meta.read_barrier().await.is_err() {
+            if self.directory.meta().read_barrier().await.is_err() {
                 return;
             }
         }
         let (counts, tenants) = {
-            let meta = self.inner.meta.sm.read().await;
+            let meta = self.directory.meta().sm.read().await;
             let counts: Vec<(NodeId, u64)> = meta.state.nodes.values().map(|r| (r.id, r.heartbeats)).collect();
             (counts, meta.state.tenants.values().cloned().collect::<Vec<_>>())
         };
-        let now = self.inner.clock.mono_now();
-        self.inner.controller.lock().expect("controller lock").observe(counts, now, self.inner.me);
+        let now = self.clock.mono_now();
+        self.observations.lock().expect("controller lock").observe(counts, now, self.me);
         for rec in tenants {
             match control_plan::step(&rec, |v| self.is_expired(v)) {
                 Step::Promote { to_region, kind } => {
@@ -96,7 +123,7 @@ impl Node {
         event: Option<TenantEvent>,
     ) -> Result<TenantRecord, ApiError> {
         let cmd = MetaCommand::UpdateTenant { expect_version: current.version, record: next, event };
-        match self.inner.meta.write(Command::Meta(cmd)).await {
+        match self.directory.meta().write(Command::Meta(cmd)).await {
             Ok((crate::raft::Reply::Meta(MetaReply::TenantUpdated(r)), _, _)) => Ok(r),
             Ok((crate::raft::Reply::Meta(MetaReply::Refused { reason }), _, _)) => Err(ApiError::Unavailable(reason)),
             Ok((other, _, _)) => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
@@ -105,8 +132,8 @@ impl Node {
     }
 
     fn is_expired(&self, node: NodeId) -> bool {
-        let now = self.inner.clock.mono_now();
-        let view = self.inner.controller.lock().expect("controller lock");
+        let now = self.clock.mono_now();
+        let view = self.observations.lock().expect("controller lock");
         // Planted `expire-on-silence`: the time since the last renewal alone decides (the seed
         // 10179 bug: a stalled meta group then makes live replicas look expired).
         if crate::planted::on(crate::planted::Bug::ExpireOnSilence) {
@@ -118,8 +145,8 @@ impl Node {
     /// Moves a tenant's replicas toward its placement (`tetrad_core::control_plan::placement_move`
     /// decides; the group's leader carries the membership change out in the background).
     async fn move_to_placement(&self, rec: &TenantRecord) {
-        let Ok(placed) = self.place_for(&rec.spec, Some(rec)).await else { return };
-        let Some(next) = control_plan::placement_move(rec, &placed, |m| self.region_of(m)) else { return };
+        let Ok(placed) = self.directory.place_for(&rec.spec, Some(rec)).await else { return };
+        let Some(next) = control_plan::placement_move(rec, &placed, |m| self.directory.region_of(m)) else { return };
         if let Ok(r) = self.update_tenant_here(rec, next, None).await {
             tracing::info!(tenant = %r.spec.name, voters = ?r.voters, learners = ?r.learners, "placement: moving replicas");
         }
@@ -135,7 +162,7 @@ impl Node {
     ) -> Result<TenantEvent, ApiError> {
         let group = rec.group();
         let members: Vec<NodeId> = rec.members().collect();
-        let started = self.inner.clock.mono_now();
+        let started = self.clock.mono_now();
         let mut answers = SealAnswers::new();
         loop {
             // Members past their lease are fenced already; asking them would only cost the
@@ -143,10 +170,10 @@ impl Node {
             let asks = members.iter().copied().filter(|m| !answers.contains_key(m) && !self.is_expired(*m)).map(|m| {
                 let group = group.clone();
                 async move {
-                    let r = if m == self.inner.me {
-                        self.serve_seal(&group).await
+                    let r = if m == self.me {
+                        self.reconcile.serve_seal(&group).await
                     } else {
-                        match self.call_peer_within(m, Request::Seal { group }, SEAL_CALL).await {
+                        match self.directory.call_peer_within(m, Request::Seal { group }, SEAL_CALL).await {
                             Ok(r) => r,
                             Err(_) => return None,
                         }
@@ -160,16 +187,17 @@ impl Node {
             answers.extend(futures::future::join_all(asks).await.into_iter().flatten());
             let waiting: Vec<NodeId> =
                 members.iter().copied().filter(|m| !answers.contains_key(m) && !self.is_expired(*m)).collect();
-            if waiting.is_empty() || self.inner.clock.mono_now().saturating_sub(started) > SEAL_WAIT {
+            if waiting.is_empty() || self.clock.mono_now().saturating_sub(started) > SEAL_WAIT {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // Fencing: no old voter may still ack. Each one is sealed (it answered) or its lease has
         // expired, judged as above (a period plus the drift bound with no renewal seen).
-        let choice = promotion::choose(rec, &answers, to_region, |v| self.is_expired(v), |n| self.region_of(n), pick)
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let now_ms = self.inner.clock.wall_now_ms();
+        let choice =
+            promotion::choose(rec, &answers, to_region, |v| self.is_expired(v), |n| self.directory.region_of(n), pick)
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let now_ms = self.clock.wall_now_ms();
         let (last_renewal, lease_end) = self.old_leases(&rec.voters).await;
         let leases = OldLeases { last_renewal_ms: last_renewal, lease_end_ms: lease_end };
         // Planted `undercount-loss`: takes the promoted replica's position as the newest ack.
@@ -184,6 +212,6 @@ impl Node {
     /// The old voters' newest liveness renewal and when the last of their leases ends, in wall
     /// time (their own clocks' stamps plus the period and the drift bound).
     async fn old_leases(&self, voters: &[NodeId]) -> (u64, u64) {
-        self.inner.meta.sm.read().await.state.old_leases(voters, self.grace())
+        self.directory.meta().sm.read().await.state.old_leases(voters, self.grace())
     }
 }

@@ -1,4 +1,5 @@
-//! Inbound peer requests: decode, check the sender's storage incarnation, route.
+//! Inbound peer requests: decode, check the sender's storage incarnation, route to the group
+//! or the service that answers them.
 
 use bytes::Bytes;
 
@@ -26,7 +27,7 @@ fn write_err(e: WriteError) -> Reply {
 async fn route(node: &Node, from: NodeId, env: Envelope) -> Reply {
     // A node that lost its storage comes back with a new incarnation; it must not take part
     // under its old identity (its empty vote could elect a leader lacking committed entries).
-    let registered = node.inner.meta.sm.read().await.state.nodes.get(&from).map(|r| r.incarnation);
+    let registered = node.inner.directory.meta().sm.read().await.state.nodes.get(&from).map(|r| r.incarnation);
     if let Some(inc) = registered {
         if inc != env.from_incarnation && !crate::planted::on(crate::planted::Bug::WipedNodeVotes) {
             return Reply::Error(WireError::Refused(format!(
@@ -38,36 +39,36 @@ async fn route(node: &Node, from: NodeId, env: Envelope) -> Reply {
     match env.body {
         Request::Raft { group, rpc } => {
             if group == META_GROUP {
-                node.inner.meta.handle(rpc).await
+                node.inner.directory.meta().handle(rpc).await
             } else {
-                match node.tenant_group(&group) {
+                match node.inner.hosted.get(&group) {
                     Some(g) => g.handle(rpc).await,
                     None => Reply::Error(WireError::UnknownGroup(group)),
                 }
             }
         }
-        Request::MetaPropose { cmd } => match node.meta_write(cmd).await {
+        Request::MetaPropose { cmd } => match node.inner.directory.meta_write(cmd).await {
             Ok((crate::raft::Reply::Meta(reply), _, index)) => Reply::MetaAt { reply, index },
             Ok((other, _, _)) => Reply::Error(WireError::Failed(format!("unexpected meta reply {other:?}"))),
             Err(e) => write_err(e),
         },
-        Request::GroupProbe { group } => match node.probe_local(&group).await {
+        Request::GroupProbe { group } => match node.inner.status.probe_local(&group).await {
             Some(p) => Reply::Probe(p),
             None => Reply::Error(WireError::UnknownGroup(group)),
         },
-        Request::TenantLookup { name } => match node.inner.meta.read_barrier().await {
-            Ok(()) => Reply::Tenant(node.inner.meta.sm.read().await.state.tenants.get(&name).cloned()),
+        Request::TenantLookup { name } => match node.inner.directory.meta().read_barrier().await {
+            Ok(()) => Reply::Tenant(node.inner.directory.meta().sm.read().await.state.tenants.get(&name).cloned()),
             Err(e) => write_err(e),
         },
-        Request::FetchChunk { group, hash } => node.serve_chunk(from, &group, &hash).await,
-        Request::Seal { group } => node.serve_seal(&group).await,
-        Request::CatalogNames { group } => node.serve_catalog_names(&group).await,
+        Request::FetchChunk { group, hash } => node.inner.repair.serve_chunk(from, &group, &hash).await,
+        Request::Seal { group } => node.inner.reconcile.serve_seal(&group).await,
+        Request::CatalogNames { group } => node.inner.reconcile.serve_catalog_names(&group).await,
         Request::JoinMeta { node: joining } => {
-            let st = node.inner.meta.status();
+            let st = node.inner.directory.meta().status();
             if st.voters.contains(&joining) || st.learners.contains(&joining) {
                 return Reply::Joined;
             }
-            match node.inner.meta.add_learner(joining).await {
+            match node.inner.directory.meta().add_learner(joining).await {
                 Ok(()) => Reply::Joined,
                 Err(e) => write_err(e),
             }

@@ -5,9 +5,9 @@
 //! chunk's group ([`PeerChunks`], the [`ChunkSource`] each tenant group's chunk store gets when
 //! the group starts here), verifies it and rewrites it durably (`ChunkStore::get_or_repair`).
 //! Three paths repair: the snapshot builder (`GroupState::repair_for_snapshot`), the read path
-//! (`Node::read_chunk`), and the scrub ([`Scrub`], stepped by the loop in `tasks.rs`), which
+//! (`Reads::read_chunk`), and the scrub ([`Scrub`], stepped by the loop in `tasks.rs`), which
 //! checks every chunk that the node's tenant catalogs reference, a bounded number of bytes per
-//! step. The serving side is [`Node::serve_chunk`]: it answers members of the group only, for
+//! step. The serving side is [`Repair::serve_chunk`]: it answers members of the group only, for
 //! chunks the group's catalog references, with bytes that match their hash.
 
 use std::collections::BTreeSet;
@@ -17,12 +17,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use super::{Inner, Node};
+use super::directory::Directory;
+use super::hosted::HostedGroups;
+use crate::config::NodeConfig;
 use crate::raft::group::Group;
+use crate::raft::peers::PeerBook;
 use crate::raft::wire::{self, Envelope, Reply, ReplyEnvelope, Request, WireError};
-use crate::seams::net::NodeId;
+use crate::seams::net::{NodeId, TransportRef};
 use crate::storage::chunks::{hex, Checked, ChunkSource, Fetched, Hash};
-use crate::storage::store::blocking;
+use crate::storage::store::{blocking, Store};
 use crate::tenant::group_state::{rows_reference_chunk, TenantState};
 
 /// How long one peer may take to send one chunk (up to 1 MiB, possibly across a WAN).
@@ -38,17 +41,17 @@ pub(super) const SCRUB_PASS_EVERY: Duration = Duration::from_secs(30);
 
 /// Fetches chunks of one tenant group from the group's other members.
 pub(super) struct PeerChunks {
-    node: Weak<Inner>,
+    repair: Weak<Repair>,
     group: String,
 }
 
 impl ChunkSource for PeerChunks {
     fn fetch(&self, hash: Hash) -> BoxFuture<'static, Result<Fetched, String>> {
-        let node = self.node.upgrade().map(|inner| Node { inner });
+        let repair = self.repair.upgrade();
         let group = self.group.clone();
         Box::pin(async move {
-            match node {
-                Some(node) => node.fetch_chunk(&group, hash).await,
+            match repair {
+                Some(repair) => repair.fetch_chunk(&group, hash).await,
                 None => Err("the node is stopping".into()),
             }
         })
@@ -86,16 +89,43 @@ pub(super) struct Scrub {
     unrepaired: u64,
 }
 
-impl Node {
+/// Chunk repair, both sides: fetching a healthy copy from peers and serving this node's copies.
+pub(crate) struct Repair {
+    me: NodeId,
+    cfg: Arc<NodeConfig>,
+    store: Arc<Store>,
+    transport: TransportRef,
+    peers: PeerBook,
+    directory: Arc<Directory>,
+    hosted: Arc<HostedGroups>,
+}
+
+impl Repair {
+    pub(super) fn new(
+        me: NodeId,
+        cfg: Arc<NodeConfig>,
+        store: Arc<Store>,
+        transport: TransportRef,
+        peers: PeerBook,
+        directory: Arc<Directory>,
+        hosted: Arc<HostedGroups>,
+    ) -> Self {
+        Self { me, cfg, store, transport, peers, directory, hosted }
+    }
+
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
     /// Lets a tenant group's chunk store repair damaged chunks from the group's other members.
-    pub(super) async fn attach_chunk_repair(&self, g: &Group<TenantState>) {
-        let source = Arc::new(PeerChunks { node: Arc::downgrade(&self.inner), group: g.name.clone() });
+    pub(super) async fn attach(this: &Arc<Self>, g: &Group<TenantState>) {
+        let source = Arc::new(PeerChunks { repair: Arc::downgrade(this), group: g.name.clone() });
         g.sm.write().await.state.set_chunk_source(source);
     }
 
     /// Chunks this node repaired from peers since its tenant groups started here.
-    pub async fn chunk_repairs(&self) -> u64 {
-        let groups: Vec<_> = self.inner.tenants.lock().expect("tenants lock").values().cloned().collect();
+    pub(crate) async fn chunk_repairs(&self) -> u64 {
+        let groups = self.hosted.all();
         let mut n = 0;
         for g in groups {
             n += g.sm.read().await.state.chunks.repairs();
@@ -108,11 +138,11 @@ impl Node {
     /// group whose membership has not reached this node yet, may know only one of the two).
     async fn group_members(&self, group: &str) -> BTreeSet<NodeId> {
         let mut members = BTreeSet::new();
-        if let Some(g) = self.tenant_group(group) {
+        if let Some(g) = self.hosted.get(group) {
             let st = g.status();
             members.extend(st.voters.iter().chain(st.learners.iter()).copied());
         }
-        let meta = self.inner.meta.sm.read().await;
+        let meta = self.directory.meta().sm.read().await;
         if let Some(rec) = meta.state.tenants.values().find(|r| r.group() == group) {
             members.extend(rec.members());
         }
@@ -122,10 +152,10 @@ impl Node {
     /// A healthy copy of chunk `hash` from another member of `group`: nearby members first (a
     /// chunk is up to 1 MiB), each answer checked against the hash.
     async fn fetch_chunk(&self, group: &str, hash: Hash) -> Result<Fetched, String> {
-        let me = self.inner.me;
-        let here = self.region_of(me).map(str::to_string);
+        let me = self.me;
+        let here = self.directory.region_of(me).map(str::to_string);
         let mut peers: Vec<NodeId> = self.group_members(group).await.into_iter().filter(|m| *m != me).collect();
-        peers.sort_by_key(|p| (self.region_of(*p).map(str::to_string) != here, *p));
+        peers.sort_by_key(|p| (self.directory.region_of(*p).map(str::to_string) != here, *p));
         let mut failures = vec![];
         for p in peers.into_iter().take(MAX_PEERS_ASKED) {
             match self.ask_for_chunk(p, group, hash).await {
@@ -142,17 +172,16 @@ impl Node {
 
     async fn ask_for_chunk(&self, to: NodeId, group: &str, hash: Hash) -> Result<Vec<u8>, String> {
         let env = Envelope {
-            from_incarnation: self.inner.store.incarnation(),
+            from_incarnation: self.store.incarnation(),
             body: Request::FetchChunk { group: group.to_string(), hash },
         };
         let reply = self
-            .inner
             .transport
             .call(to, Bytes::from(wire::encode(&env)), FETCH_CHUNK_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
         let reply = wire::decode::<ReplyEnvelope>(&reply).map_err(|e| e.to_string())?;
-        self.inner.peers.check(to, reply.from_incarnation)?;
+        self.peers.check(to, reply.from_incarnation)?;
         match reply.body {
             Reply::Chunk(data) => Ok(data),
             Reply::Error(e) => Err(e.to_string()),
@@ -167,7 +196,7 @@ impl Node {
     /// reach a node that is not one of its replicas. A damaged copy here is refused, not repaired
     /// on the way (the asker tries another member; this node's scrub repairs it).
     pub(super) async fn serve_chunk(&self, from: NodeId, group: &str, hash: &Hash) -> Reply {
-        let Some(g) = self.tenant_group(group) else {
+        let Some(g) = self.hosted.get(group) else {
             return Reply::Error(WireError::UnknownGroup(group.to_string()));
         };
         if !self.group_members(group).await.contains(&from) {
@@ -182,7 +211,7 @@ impl Node {
             || match group.rsplit_once('/') {
                 Some((tenant, _epoch)) => {
                     let prefix = format!("{tenant}/");
-                    blocking(|| rows_reference_chunk(&self.inner.store, &prefix, hash)).unwrap_or_else(|e| {
+                    blocking(|| rows_reference_chunk(&self.store, &prefix, hash)).unwrap_or_else(|e| {
                         tracing::warn!(%group, error = %e, "cannot read the tenant's rows; refusing a chunk request");
                         false
                     })
@@ -201,7 +230,7 @@ impl Node {
     /// One step of the scrub: checks the chunks of about [`SCRUB_STEP_BYTES`] of one group's
     /// segments, repairing damaged ones. Answers how long to wait before the next step.
     pub(super) async fn scrub_step(&self, scrub: &mut Scrub) -> Duration {
-        let groups: Vec<String> = self.inner.tenants.lock().expect("tenants lock").keys().cloned().collect();
+        let groups: Vec<String> = self.hosted.names();
         if groups.is_empty() {
             // Nothing hosted yet (a node starts its groups shortly after it starts): look again
             // soon rather than a whole pass later.
@@ -217,7 +246,7 @@ impl Node {
             }
             return SCRUB_PASS_EVERY;
         };
-        let Some(g) = self.tenant_group(&group) else {
+        let Some(g) = self.hosted.get(&group) else {
             scrub.at = ScrubPosition::After { group };
             return Duration::ZERO;
         };

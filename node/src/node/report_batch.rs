@@ -19,25 +19,29 @@
 //! meta leader, which measures a node's expiry from when it saw the renewal applied, only
 //! waits longer before a failover: the fencing order is unchanged.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::Node;
-use crate::meta::state::{MetaCommand, MetaReply};
-use crate::raft::group::WriteError;
+use crate::meta::state::{MetaCommand, MetaReply, MetaState};
+use crate::raft::group::{Group, WriteError};
 use crate::raft::{Command, Reply};
+use crate::seams::clock::ClockRef;
+use crate::seams::net::NodeId;
 
 /// The most reports one entry carries; more wait for the next window.
 const REPORTS_PER_BATCH_MAX: usize = 256;
 
 /// A report's outcome: the reply, and the term and index of the entry that carried it.
-type Answer = Result<(Reply, u64, u64), WriteError>;
+pub(crate) type Answer = Result<(Reply, u64, u64), WriteError>;
 
-/// Reports waiting at the meta leader for the next batch.
-#[derive(Default)]
+/// Reports waiting at the meta leader for the next batch, and the meta replica they go to.
 pub(crate) struct ReportBatcher {
+    me: NodeId,
+    meta: Arc<Group<MetaState>>,
+    clock: ClockRef,
+    timing: Timing,
     state: Mutex<BatchState>,
 }
 
@@ -98,43 +102,47 @@ fn answer_batch(batch: Vec<oneshot::Sender<Answer>>, outcome: Answer) {
     }
 }
 
-impl Node {
+impl ReportBatcher {
+    pub(super) fn new(me: NodeId, meta: Arc<Group<MetaState>>, clock: ClockRef, renew_interval: Duration) -> Self {
+        Self { me, meta, clock, timing: Timing::for_renew_interval(renew_interval), state: Default::default() }
+    }
+
     /// Proposes `cmd` on this node's meta replica. Reports wait for the next batch while this
     /// node leads the meta group; anything else, or any command on a follower (which refuses
     /// with the leader's id), goes straight to openraft.
-    pub(super) async fn meta_write(&self, cmd: MetaCommand) -> Answer {
-        let leads = matches!(self.inner.meta.term_leader(), (_, Some(l)) if l == self.inner.me);
+    pub(super) async fn write(self: &Arc<Self>, cmd: MetaCommand) -> Answer {
+        let leads = matches!(self.meta.term_leader(), (_, Some(l)) if l == self.me);
         if !cmd.is_report() || !leads {
-            return self.inner.meta.write(Command::Meta(cmd)).await;
+            return self.meta.write(Command::Meta(cmd)).await;
         }
         let (tx, rx) = oneshot::channel();
         let start_flush = {
-            let mut st = self.inner.reports.state.lock().expect("reports lock");
+            let mut st = self.state.lock().expect("reports lock");
             if st.pending.is_empty() {
-                st.first_pending = Some(self.inner.clock.mono_now());
+                st.first_pending = Some(self.clock.mono_now());
             }
             st.pending.push((cmd, tx));
             !std::mem::replace(&mut st.flushing, true)
         };
         if start_flush {
-            tokio::spawn(self.clone().flush_reports());
+            tokio::spawn(Arc::clone(self).flush());
         }
         rx.await.unwrap_or_else(|_| Err(WriteError::Unavailable("the report batch was dropped".into())))
     }
 
     /// Proposes the pending reports, one batch per window, until none are left.
-    async fn flush_reports(self) {
-        let timing = Timing::for_renew_interval(self.inner.cfg.liveness.renew_interval());
+    async fn flush(self: Arc<Self>) {
+        let timing = self.timing;
         loop {
             // Sleep until the batch is due; reports arriving meanwhile join it.
             loop {
                 let wait = {
-                    let mut st = self.inner.reports.state.lock().expect("reports lock");
+                    let mut st = self.state.lock().expect("reports lock");
                     let Some(first) = st.first_pending.filter(|_| !st.pending.is_empty()) else {
                         st.flushing = false;
                         return;
                     };
-                    timing.wait(st.last_proposed, first, self.inner.clock.mono_now())
+                    timing.wait(st.last_proposed, first, self.clock.mono_now())
                 };
                 if wait.is_zero() {
                     break;
@@ -142,8 +150,8 @@ impl Node {
                 tokio::time::sleep(wait).await;
             }
             let (mut cmds, txs): (Vec<MetaCommand>, Vec<oneshot::Sender<Answer>>) = {
-                let mut st = self.inner.reports.state.lock().expect("reports lock");
-                let now = self.inner.clock.mono_now();
+                let mut st = self.state.lock().expect("reports lock");
+                let now = self.clock.mono_now();
                 st.last_proposed = Some(now);
                 let n = st.pending.len().min(REPORTS_PER_BATCH_MAX);
                 let batch = st.pending.drain(..n).unzip();
@@ -153,7 +161,7 @@ impl Node {
             };
             tracing::debug!(reports = cmds.len(), "proposing a batch of reports");
             let cmd = if cmds.len() == 1 { cmds.pop().expect("one report") } else { MetaCommand::Batch(cmds) };
-            let outcome = self.inner.meta.write(Command::Meta(cmd)).await;
+            let outcome = self.meta.write(Command::Meta(cmd)).await;
             answer_batch(txs, outcome);
         }
     }

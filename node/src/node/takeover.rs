@@ -25,13 +25,15 @@
 //! simulator (and stands still while a node is paused), which would move every campaign.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use tetrad_core::takeover_schedule::{rank_of, Schedule};
 
-use super::Node;
+use super::directory::Directory;
+use super::hosted::HostedGroups;
 use crate::raft::group::Group;
 use crate::raft::state_machine::GroupState;
 use crate::seams::net::NodeId;
@@ -39,26 +41,34 @@ use crate::seams::net::NodeId;
 /// How often the loop looks at every group.
 pub(super) const TAKEOVER_EVERY: Duration = Duration::from_millis(50);
 
-/// This loop's memory: when each group last campaigned here.
-#[derive(Default)]
+/// The takeover loop's service: owned by the loop, with its memory of when each group last
+/// campaigned here.
 pub(super) struct Takeover {
+    me: NodeId,
+    heartbeat: Duration,
+    directory: Arc<Directory>,
+    hosted: Arc<HostedGroups>,
     campaigned: HashMap<String, Instant>,
 }
 
-impl Node {
+impl Takeover {
+    pub(super) fn new(me: NodeId, heartbeat: Duration, directory: Arc<Directory>, hosted: Arc<HostedGroups>) -> Self {
+        Self { me, heartbeat, directory, hosted, campaigned: HashMap::new() }
+    }
+
     /// One look at every group this node votes in; campaigns where a leader went silent.
-    pub(super) async fn takeover_once(&self, state: &mut Takeover) {
-        self.takeover_group(&self.inner.meta, state).await;
-        let tenants: Vec<_> = self.inner.tenants.lock().expect("tenants lock").values().cloned().collect();
-        for g in tenants {
-            self.takeover_group(&g, state).await;
+    pub(super) async fn takeover_once(&mut self) {
+        let meta = self.directory.meta().clone();
+        self.takeover_group(&meta).await;
+        for g in self.hosted.all() {
+            self.takeover_group(&g).await;
         }
     }
 
-    async fn takeover_group<S: GroupState>(&self, g: &Group<S>, state: &mut Takeover) {
-        let me = self.inner.me;
+    async fn takeover_group<S: GroupState>(&mut self, g: &Group<S>) {
+        let me = self.me;
         let Some(contact) = g.last_leader_contact() else { return };
-        let schedule = Schedule::from_heartbeat(Duration::from_millis(self.inner.cfg.raft.heartbeat_interval_ms));
+        let schedule = Schedule::from_heartbeat(self.heartbeat);
         let now = crate::seams::clock::scheduling_now();
         // Cheap looks first (this runs every 50 ms for every group): nothing to do while the
         // leader's lease runs here, or while this node leads.
@@ -66,17 +76,19 @@ impl Node {
             return;
         }
         if g.term_leader().1 == Some(me) {
-            state.campaigned.remove(&g.name);
+            self.campaigned.remove(&g.name);
             return;
         }
         let st = g.status();
         if st.is_leader || !st.voters.contains(&me) {
-            state.campaigned.remove(&g.name);
+            self.campaigned.remove(&g.name);
             return;
         }
         let voters: Vec<NodeId> = st.voters.iter().copied().collect();
-        let Some(rank) = rank_of(me, &voters, st.leader, |n| self.region_of(n).map(str::to_string)) else { return };
-        let last = state.campaigned.get(&g.name).copied().filter(|t| *t > contact);
+        let Some(rank) = rank_of(me, &voters, st.leader, |n| self.directory.region_of(n).map(str::to_string)) else {
+            return;
+        };
+        let last = self.campaigned.get(&g.name).copied().filter(|t| *t > contact);
         let due = schedule.due(contact, g.leader_lease(), rank, voters.len(), last);
         if now < due {
             return;
@@ -88,7 +100,7 @@ impl Node {
             silent_ms = (now - contact).as_millis() as u64,
             "leader silent past its lease: campaigning"
         );
-        state.campaigned.insert(g.name.clone(), now);
+        self.campaigned.insert(g.name.clone(), now);
         g.campaign().await;
     }
 }

@@ -1,11 +1,14 @@
-//! The node's background loops: liveness renewal, reconciliation with the meta directory, and
-//! the chunk scrub, and the takeover of groups whose leader went silent.
+//! The node's background loops: liveness renewal, reconciliation with the meta directory, the
+//! failover controller, the chunk scrub, and the takeover of groups whose leader went silent.
+//! Each loop drives one service; the loops own only their pacing (and, for the scrub and the
+//! takeover, the loop's own memory).
 
 use std::time::Duration;
 
 use super::repair::Scrub;
 use super::takeover::Takeover;
 use super::Node;
+use crate::meta::liveness::Liveness;
 use crate::meta::state::{MetaCommand, MetaReply};
 
 /// How often the node compares what it runs with what the directory says.
@@ -22,8 +25,11 @@ pub(super) fn spawn_all(node: &Node) {
 async fn liveness_loop(node: Node) {
     let mut stop = node.inner.stop.subscribe();
     let every = node.inner.cfg.liveness.renew_interval();
+    let liveness: &Liveness = &node.inner.liveness;
+    // Why the meta group refused this node's heartbeats, if it did.
+    let mut refused: Option<String> = None;
     loop {
-        let sent_at = node.inner.liveness.now();
+        let sent_at = liveness.now();
         let cmd = MetaCommand::Heartbeat {
             node: node.inner.me,
             incarnation: node.inner.store.incarnation(),
@@ -34,25 +40,24 @@ async fn liveness_loop(node: Node) {
         // Both are bounded alike, so that an unreachable meta group delays the next renewal
         // attempt no more than before (an unfinished report is sent again next round).
         let (renewal, _) = tokio::join!(
-            tokio::time::timeout(every * 2, node.propose_meta_at(cmd)),
-            tokio::time::timeout(every * 2, node.report_acks())
+            tokio::time::timeout(every * 2, node.inner.directory.propose_meta_at(cmd)),
+            tokio::time::timeout(every * 2, node.inner.writes.report_acks())
         );
         match renewal {
             Ok(Ok((MetaReply::HeartbeatAccepted, index))) => {
                 // The lease counts only once this node's copy of the directory holds everything
                 // committed up to the renewal: a region that was cut off while the meta group
                 // sealed or replaced a tenant's epoch sees that before it may ack again.
-                if node.wait_meta_applied(index, every).await {
-                    node.inner.liveness.renewed(sent_at);
+                if node.inner.directory.wait_meta_applied(index, every).await {
+                    liveness.renewed(sent_at);
                 }
             }
             Ok(Ok((MetaReply::HeartbeatRefused { reason }, _))) | Ok(Ok((MetaReply::Refused { reason }, _))) => {
-                node.inner.liveness.revoke();
-                let mut r = node.inner.refused.lock().expect("refused lock");
-                if r.is_none() {
+                liveness.revoke();
+                if refused.is_none() {
                     tracing::error!(node = %node.name(), %reason, "the meta group refuses this node; it will not ack any write");
                 }
-                *r = Some(reason);
+                refused = Some(reason);
             }
             Ok(Ok((other, _))) => tracing::warn!(?other, "unexpected heartbeat reply"),
             Ok(Err(e)) => tracing::debug!(error = %e, "liveness renewal failed"),
@@ -71,12 +76,12 @@ async fn reconcile_loop(node: Node) {
     loop {
         ticks += 1;
         if ticks % 8 == 1 {
-            node.join_meta_if_needed().await;
+            node.inner.directory.join_meta_if_needed().await;
         }
-        reconcile_tenants(&node, ticks % 8 == 1).await;
-        let meta = node.inner.meta.status();
-        if node.should_hand_over(crate::meta::META_GROUP, &meta) {
-            node.step_down(&node.inner.meta, &meta).await;
+        node.inner.reconcile.reconcile_tenants(ticks % 8 == 1).await;
+        let meta = node.inner.directory.meta().status();
+        if node.inner.reconcile.should_hand_over(crate::meta::META_GROUP, &meta) {
+            node.inner.reconcile.step_down(node.inner.directory.meta(), &meta).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
@@ -92,7 +97,7 @@ async fn scrub_loop(node: Node) {
     let mut scrub = Scrub::default();
     loop {
         let pause = tokio::select! {
-            pause = node.scrub_step(&mut scrub) => pause,
+            pause = node.inner.repair.scrub_step(&mut scrub) => pause,
             _ = stop.changed() => return,
         };
         tokio::select! {
@@ -102,19 +107,14 @@ async fn scrub_loop(node: Node) {
     }
 }
 
-async fn reconcile_tenants(node: &Node, slow_tick: bool) {
-    let records: Vec<_> = node.inner.meta.sm.read().await.state.tenants.values().cloned().collect();
-    for rec in records {
-        node.reconcile_tenant(&rec, slow_tick).await;
-    }
-}
-
 /// Campaigns in groups whose leader went silent past its lease (`takeover.rs`).
 async fn takeover_loop(node: Node) {
     let mut stop = node.inner.stop.subscribe();
-    let mut state = Takeover::default();
+    let inner = &node.inner;
+    let heartbeat = Duration::from_millis(inner.cfg.raft.heartbeat_interval_ms);
+    let mut takeover = Takeover::new(inner.me, heartbeat, inner.directory.clone(), inner.hosted.clone());
     loop {
-        node.takeover_once(&mut state).await;
+        takeover.takeover_once().await;
         tokio::select! {
             _ = tokio::time::sleep(super::takeover::TAKEOVER_EVERY) => {}
             _ = stop.changed() => return,
@@ -126,7 +126,7 @@ async fn takeover_loop(node: Node) {
 async fn control_loop(node: Node) {
     let mut stop = node.inner.stop.subscribe();
     loop {
-        node.control_once().await;
+        node.inner.controller.control_once().await;
         tokio::select! {
             _ = tokio::time::sleep(super::controller::CONTROL_EVERY) => {}
             _ = stop.changed() => return,

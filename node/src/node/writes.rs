@@ -1,0 +1,330 @@
+//! The write path of a tenant leader: a client's push from its checks to its ack
+//! ([`Writes::push`], the ack sequence in [`Writes::commit_and_ack`]), the near-sync lag gate's
+//! wait, and the ack book of every group this node leads (the gate's input and the reports of
+//! the newest ack the meta group counts losses against). The gate's decisions are pure and
+//! live in `tetrad-core` (`node/core/src/lag_gate.rs`); this file reads the group's progress and
+//! the clock, and waits.
+//!
+//! Owns: the ack books (`acks`), one per tenant group this node leads.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tetrad_core::lag_gate::{self, AckBook, Exposure, GateVerdict};
+
+use super::directory::Directory;
+use super::hosted::{HostedGroups, TenantGroup};
+use super::status::Status;
+use crate::api::error::ApiError;
+use crate::meta::liveness::Liveness;
+use crate::meta::state::{
+    parse_group, AckMark, EventKind, MetaCommand, TenantEvent, TenantRecord, TenantState as TState,
+};
+use crate::raft::group::{Group, GroupStatus};
+use crate::raft::Command;
+use crate::seams::clock::ClockRef;
+use crate::seams::net::NodeId;
+use crate::storage::chunks::Hash;
+use crate::tenant::catalog::{validate_name, TenantCommand, TenantReply, MAX_SEGMENT_BYTES};
+use crate::tenant::group_state::TenantState;
+
+/// How long a push to a replica that knows no leader waits for an election to end.
+const ELECTION_WAIT: Duration = Duration::from_millis(1_000);
+/// How long a write may wait at the lag gate before the client is told the outcome is unknown
+/// (it is committed in the primary region; a retry is idempotent).
+const GATE_PATIENCE: Duration = Duration::from_secs(30);
+const GATE_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    pub already_present: bool,
+    pub size: u64,
+    pub blake3: Hash,
+    pub epoch: u64,
+    pub term: u64,
+    pub index: u64,
+}
+
+/// The write path and the ack books of the groups this node leads.
+pub(crate) struct Writes {
+    me: NodeId,
+    clock: ClockRef,
+    liveness: Liveness,
+    directory: Arc<Directory>,
+    status: Arc<Status>,
+    hosted: Arc<HostedGroups>,
+    /// Per tenant group this node leads: the lag gate's acked writes and the newest ack.
+    acks: Mutex<BTreeMap<String, AckBook>>,
+}
+
+impl Writes {
+    pub(super) fn new(
+        me: NodeId,
+        clock: ClockRef,
+        liveness: Liveness,
+        directory: Arc<Directory>,
+        status: Arc<Status>,
+        hosted: Arc<HostedGroups>,
+    ) -> Self {
+        Self { me, clock, liveness, directory, status, hosted, acks: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AckBook>> {
+        self.acks.lock().expect("acks lock")
+    }
+
+    /// Stores one WAL segment. Answers only once it is durable as the tenant's mode promises and
+    /// this node's liveness lease is valid.
+    pub(crate) async fn push(
+        &self,
+        tenant: &str,
+        name: &str,
+        blake3: Hash,
+        data: Vec<u8>,
+    ) -> Result<PushOutcome, ApiError> {
+        validate_name(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if data.len() as u64 > MAX_SEGMENT_BYTES {
+            return Err(ApiError::BadRequest(format!("segment is larger than {MAX_SEGMENT_BYTES} bytes")));
+        }
+        let rec = self.directory.tenant_record(tenant).await?;
+        if rec.sealed {
+            return Err(ApiError::Unavailable(format!(
+                "tenant {tenant}'s epoch {} is sealed: a failover is promoting a new epoch; retry shortly",
+                rec.epoch
+            )));
+        }
+        let Some(g) = self.hosted.get(&rec.group()) else {
+            return Err(ApiError::NotLeader { leader: self.status.locate_leader(&rec).await });
+        };
+        if !g.status().is_leader {
+            // No leader known here: an election is under way (or this replica is cut off).
+            // Waiting for its outcome answers the client with the new leader, or takes the
+            // write here if this node won, instead of sending it on a round of probes.
+            let leader = match g.wait_leader(ELECTION_WAIT).await {
+                Some(l) => Some(l),
+                None => self.status.locate_leader(&rec).await,
+            };
+            if leader != Some(self.me) || !g.status().is_leader {
+                return Err(ApiError::NotLeader { leader });
+            }
+        }
+        let ignore_lease = crate::planted::on(crate::planted::Bug::IgnoreLease);
+        if !self.liveness.is_valid() && !ignore_lease {
+            return Err(ApiError::Unavailable(
+                "this node's liveness lease is not valid; it acks nothing until it renews".into(),
+            ));
+        }
+        // Checked here, by the node about to propose it, not by every node a client tries first:
+        // a client looking for the leader (or waiting out a failover) asks several, and hashing
+        // each attempt cost the simulator 3% of its time.
+        if ::blake3::hash(&data).as_bytes() != &blake3 {
+            return Err(ApiError::BadRequest("the segment's bytes do not match the blake3 in its header".into()));
+        }
+        let proposed_at_ms = self.clock.wall_now_ms();
+        let cmd = TenantCommand::PutSegment { name: name.to_string(), blake3, data, proposed_at_ms };
+        self.commit_and_ack(&g, &rec, name, cmd, proposed_at_ms, ignore_lease).await
+    }
+
+    /// The ack of a write, on the leader of its tenant group, in this order:
+    ///
+    /// 1. **Durable commit** (`Group::write`): the entry is fdatasync'd on a quorum and applied
+    ///    here. Nothing below may run before it: every check is about whether a write that is
+    ///    already durable may be acked, and an ack of a write that is not durable is the loss the
+    ///    product exists to prevent.
+    /// 2. **Lag gate** (near-sync only, [`Writes::lag_gate`]): waits while an acked write has
+    ///    been durable only in the primary region for longer than the RPO target (or commits the
+    ///    switch to degraded). It comes after the commit because it holds back the ack, not the
+    ///    commit: the write is already counted in the group's progress it measures.
+    /// 3. **Lease** (`Liveness::is_valid`): checked again after the commit and the gate because
+    ///    both can wait long enough for the lease to lapse, and a node without a valid lease may
+    ///    already have been fenced and replaced by another epoch.
+    /// 4. **Epoch current** (`Directory::epoch_current`): last, because a renewal counts only
+    ///    once this node's directory has applied everything up to it (`liveness_loop`): a lease
+    ///    valid at step 3 means the directory read here is recent enough to show a seal or a
+    ///    newer epoch.
+    ///
+    /// Only then is the ack noted in the group's ack book ([`Writes::note_ack`]), which the gate
+    /// and the meta group's loss accounting read: a write there is one the client is told is
+    /// safe. A failed step 2, 3 or 4 answers `outcome-unknown` (the write is committed; a retry
+    /// of the same push is idempotent).
+    async fn commit_and_ack(
+        &self,
+        g: &TenantGroup,
+        rec: &TenantRecord,
+        name: &str,
+        cmd: TenantCommand,
+        proposed_at_ms: u64,
+        ignore_lease: bool,
+    ) -> Result<PushOutcome, ApiError> {
+        let tenant = rec.spec.name.as_str();
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::on(crate::planted::Bug::AckBeforeCommit) {
+            return crate::planted::ack_before_commit(g, cmd, rec.epoch).await;
+        }
+        // 1. Durable commit.
+        let (reply, term, index) = g.write(Command::Tenant(cmd)).await?;
+        // 2. The lag gate, between the commit and the ack.
+        self.lag_gate(g, tenant).await?;
+        // 3. Fencing: the lease, checked after the write is durable and just before the ack.
+        if !self.liveness.is_valid() && !ignore_lease {
+            return Err(ApiError::OutcomeUnknown(
+                "the write committed, but this node's liveness lease lapsed before the ack".into(),
+            ));
+        }
+        // 4. The epoch, on the directory the valid lease vouches for.
+        if !self.directory.epoch_current(tenant, rec.epoch).await && !ignore_lease {
+            return Err(ApiError::OutcomeUnknown(format!(
+                "the write committed in epoch {}, but the meta group has sealed or replaced that epoch",
+                rec.epoch
+            )));
+        }
+        let writes = g.sm.read().await.state.mark_at(index).map(|m| m.writes).unwrap_or(0);
+        self.note_ack(g, rec, AckMark { term, index, writes, proposed_at_ms });
+        outcome_of(reply, name, rec.epoch)
+    }
+
+    /// The highest log index that the gate counts as durable outside `region`: on two members
+    /// there (leader only; the rule is `tetrad_core::lag_gate::replicated_outside`).
+    fn replicated_outside(&self, st: &GroupStatus, region: &str) -> u64 {
+        // Planted `lag-gate-one-copy`: one copy outside the region counts (the rule before #18).
+        let copies =
+            if crate::planted::on(crate::planted::Bug::LagGateOneCopy) { 1 } else { lag_gate::GATE_COPIES_OUTSIDE };
+        lag_gate::replicated_outside(&st.matched, region, |m| self.directory.region_of(m), copies)
+    }
+
+    /// The gate's current exposure for a group this node leads.
+    pub(crate) fn exposure_of(&self, g: &Group<TenantState>) -> (Exposure, GroupStatus) {
+        let st = g.status();
+        let region = self.directory.region_of(self.me).unwrap_or_default().to_string();
+        let replicated = self.replicated_outside(&st, &region);
+        // Planted `lag-gate-off-by-one`: counts the entry after the replicated one as durable.
+        let replicated =
+            if crate::planted::on(crate::planted::Bug::LagGateOffByOne) { replicated + 1 } else { replicated };
+        let now = self.clock.mono_now();
+        let mut books = self.books();
+        let book = books.entry(g.name.clone()).or_insert_with(|| AckBook::begin(st.term, st.last_index));
+        book.follow_term(st.term, st.last_index);
+        (book.exposure(replicated, now), st)
+    }
+
+    /// The near-sync lag gate, between the commit and the ack: waits while an acked write has
+    /// been exposed (durable only in the primary region) longer than the tenant's RPO target,
+    /// or switches the tenant to degraded first (committed in the meta group) when it says
+    /// `on_lag = degrade`.
+    async fn lag_gate(&self, g: &Group<TenantState>, tenant: &str) -> Result<(), ApiError> {
+        let started = self.clock.mono_now();
+        loop {
+            let Some(rec) = self.directory.local_record(tenant).await else {
+                return Err(ApiError::UnknownTenant(tenant.to_string()));
+            };
+            if !lag_gate::gate_applies(&rec) {
+                return Ok(());
+            }
+            let rpo = Duration::from_millis(rec.spec.rpo_target_ms);
+            let (exposure, st) = self.exposure_of(g);
+            if !st.is_leader {
+                return Err(ApiError::OutcomeUnknown(
+                    "the write committed, but this node lost the lead at the lag gate".into(),
+                ));
+            }
+            let verdict = lag_gate::verdict(exposure, rpo, rec.spec.on_lag);
+            if verdict == GateVerdict::Open {
+                return Ok(());
+            }
+            if verdict == GateVerdict::Degrade {
+                let ev = TenantEvent::new(
+                    EventKind::Degraded,
+                    self.clock.wall_now_ms(),
+                    rec.epoch,
+                    rec.epoch,
+                    format!("an acked write was not durable outside the primary region within {} ms", rpo.as_millis()),
+                );
+                let mut next = rec.clone();
+                next.state = TState::Degraded;
+                match self.directory.update_tenant(&rec, next, Some(ev)).await {
+                    Ok(_) => {
+                        tracing::warn!(%tenant, "tenant degraded: acking as async until replication catches up");
+                        return Ok(());
+                    }
+                    Err(e) => tracing::debug!(%tenant, error = %e, "degrade did not commit yet"),
+                }
+            }
+            if self.clock.mono_now().saturating_sub(started) > GATE_PATIENCE {
+                return Err(ApiError::OutcomeUnknown(format!(
+                    "the write committed in the primary region but no other region has made the writes before it durable within {} ms (the lag gate holds the ack)",
+                    rpo.as_millis()
+                )));
+            }
+            tokio::time::sleep(GATE_POLL).await;
+        }
+    }
+
+    /// Records an ack in the leader's book (for the gate and the meta group's loss accounting);
+    /// the first ack of a promoted epoch is reported at once (it ends the failover's RTO).
+    fn note_ack(&self, g: &Group<TenantState>, rec: &TenantRecord, mark: AckMark) {
+        let now = self.clock.mono_now();
+        let first = {
+            let mut books = self.books();
+            let book = books.entry(g.name.clone()).or_insert_with(|| AckBook::begin(mark.term, mark.index - 1));
+            book.follow_term(mark.term, mark.index - 1);
+            book.acked(mark.index, now, mark);
+            let first = !book.first_ack_reported && rec.base.is_some();
+            book.first_ack_reported = true;
+            first
+        };
+        if first {
+            let directory = Arc::clone(&self.directory);
+            let cmd = MetaCommand::FirstAck {
+                tenant: rec.spec.name.clone(),
+                epoch: rec.epoch,
+                at_ms: self.clock.wall_now_ms(),
+            };
+            tokio::spawn(async move {
+                let _ = directory.propose_meta(cmd).await;
+            });
+        }
+    }
+
+    /// Reports each led group's newest ack to the meta group (sent alongside each liveness renewal).
+    pub(crate) async fn report_acks(&self) {
+        let due: Vec<(String, AckMark)> = {
+            let books = self.books();
+            books
+                .iter()
+                .filter(|(_, b)| b.newest != b.reported)
+                .filter_map(|(g, b)| Some((g.clone(), b.newest?)))
+                .collect()
+        };
+        for (group, mark) in due {
+            let Some((tenant, epoch)) = parse_group(&group) else { continue };
+            let cmd = MetaCommand::ReportAcked { tenant, epoch, mark };
+            if self.directory.propose_meta(cmd).await.is_ok() {
+                if let Some(b) = self.books().get_mut(&group) {
+                    b.reported = Some(mark);
+                }
+            }
+        }
+    }
+
+    /// Drops the ack book of a group this node stopped for good.
+    pub(crate) fn forget(&self, group: &str) {
+        self.books().remove(group);
+    }
+}
+
+/// What the client is told of an acked write, from the tenant group's reply.
+fn outcome_of(reply: crate::raft::Reply, name: &str, epoch: u64) -> Result<PushOutcome, ApiError> {
+    match reply {
+        crate::raft::Reply::Tenant(TenantReply::Stored { already_present, size, blake3, index, term }) => {
+            Ok(PushOutcome { already_present, size, blake3, epoch, term, index })
+        }
+        crate::raft::Reply::Tenant(TenantReply::Conflict { existing, existing_size }) => Err(ApiError::Conflict {
+            name: name.to_string(),
+            existing: crate::storage::chunks::hex(&existing),
+            existing_size,
+        }),
+        crate::raft::Reply::Tenant(TenantReply::Invalid { reason }) => Err(ApiError::BadRequest(reason)),
+        other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+    }
+}
