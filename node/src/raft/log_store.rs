@@ -10,6 +10,20 @@
 //! reports the flush through openraft's callback when the commit is durable. openraft meanwhile
 //! goes on (a follower applies what it learned was committed, and that apply joins the same
 //! store commit).
+//!
+//! **Sideloading** (CockroachDB's "sideloaded proposals"): a tenant `PutSegment` entry's bytes are
+//! written once per replica, as the tenant's chunk files, when the entry is appended (on the
+//! leader and on every follower and learner alike), and the log record keeps only their
+//! references ([`SideloadedPut`]). The chunk files are durable (fdatasync'd, directory fsync'd)
+//! before the record is even queued, and the flush is reported only once the record is durable,
+//! so openraft never counts this replica (`matched`: commit quorum, lag gate, ack marks,
+//! promotion) for an entry whose bytes it lacks. Reads inflate a stripped record from the chunk
+//! files again (verified), so openraft, the state machine and the followers see whole entries.
+//! Truncation and purge drop records only, never chunk files: a chunk may be shared with another
+//! segment, another epoch or a snapshot, and only a reference-counting GC may remove one.
+//!
+//! Replication reads are bounded in bytes ([`RaftLogReader::limited_get_log_entries`]): one
+//! append carries at most `max_append_bytes` of entries (at least one entry).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -18,12 +32,18 @@ use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::OptionalSend;
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
 
-use super::types::{Entry, LogId, TypeConfig, Vote};
-use crate::storage::raft_log::LogOp;
-use crate::storage::store::{Store, StoreError};
+use super::types::{Command, Entry, LogId, TypeConfig, Vote};
+use crate::storage::chunks::{self, ChunkStore, Hash};
+use crate::storage::raft_log::{EntryBytes, LogOp};
+use crate::storage::store::{blocking, Store, StoreError};
 use crate::storage::versioned;
+use crate::tenant::catalog::TenantCommand;
+
+/// The default of `raft.max_append_bytes`: the most entry bytes one append carries.
+pub const DEFAULT_MAX_APPEND_BYTES: u64 = 32 << 20;
 
 /// Entries queued with the store's writer whose commit has not completed, by index.
 type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
@@ -35,6 +55,137 @@ pub struct GroupLog {
     group: Arc<str>,
     /// Appended entries not yet committed by the writer: read from here until they are.
     pending: Pending,
+    /// The tenant's chunk store, where segment bytes are sideloaded; `None` for the meta group.
+    chunks: Option<ChunkStore>,
+    /// The most entry bytes one replication read returns (at least one entry).
+    max_append_bytes: u64,
+}
+
+/// A segment put whose bytes were sideloaded into the tenant's chunk files: what its log record
+/// keeps in place of the bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideloadedPut {
+    pub log_id: LogId,
+    pub name: String,
+    /// The segment's blake3, as the client sent it (append sideloads only a segment that has it).
+    pub blake3: Hash,
+    pub size: u64,
+    /// Each chunk's blake3 and length, in segment order (`chunks::split`).
+    pub chunks: Vec<(Hash, u32)>,
+    pub proposed_at_ms: u64,
+}
+
+/// A log record of [`versioned::LOG_ENTRY_VERSION`] 1, as written.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Whole(&'a Entry),
+    Sideloaded(&'a SideloadedPut),
+}
+
+/// A log record of [`versioned::LOG_ENTRY_VERSION`] 1, as read (same variants as [`RecordRef`]).
+#[derive(Deserialize)]
+enum Record {
+    /// Any entry whose bytes (if any) are in the record itself: blank, membership, meta commands,
+    /// and segment puts that were not sideloaded (empty, or whose bytes do not match their claimed
+    /// blake3, which apply refuses).
+    Whole(Entry),
+    Sideloaded(SideloadedPut),
+}
+
+impl Record {
+    /// About how many bytes the entry carries once inflated (what an append of it sends).
+    fn inflated_bytes(&self, stored: usize) -> u64 {
+        match self {
+            Record::Whole(_) => stored as u64,
+            Record::Sideloaded(s) => (stored as u64).saturating_add(s.size),
+        }
+    }
+}
+
+/// About how many bytes an in-memory entry carries in an append.
+fn entry_bytes(e: &Entry) -> u64 {
+    match &e.payload {
+        EntryPayload::Normal(Command::Tenant(TenantCommand::PutSegment { name, data, .. })) => {
+            (data.len() + name.len() + 128) as u64
+        }
+        // Blank, membership and meta entries are small: encoding one to measure it is cheap.
+        _ => postcard::to_stdvec(e).map_or(1024, |b| b.len() as u64),
+    }
+}
+
+/// Writes the chunks of a segment put durably into `store` and returns the references its log
+/// record keeps; `None` for any other entry, which is stored whole. A chunk already present and
+/// intact is not written again.
+fn sideload(store: &ChunkStore, e: &Entry) -> Result<Option<SideloadedPut>, io::Error> {
+    let EntryPayload::Normal(Command::Tenant(TenantCommand::PutSegment { name, blake3, data, proposed_at_ms })) =
+        &e.payload
+    else {
+        return Ok(None);
+    };
+    if data.is_empty() {
+        return Ok(None);
+    }
+    let mut refs = Vec::with_capacity(data.len().div_ceil(chunks::CHUNK_BYTES));
+    for piece in chunks::split(data) {
+        refs.push((*::blake3::hash(piece).as_bytes(), piece.len() as u32));
+    }
+    // A one-chunk segment's blake3 is its chunk's. A segment whose bytes do not match the claim is
+    // refused by apply; keeping it whole keeps its bytes out of the chunk store.
+    let actual = if refs.len() == 1 { refs[0].0 } else { *::blake3::hash(data).as_bytes() };
+    if &actual != blake3 {
+        return Ok(None);
+    }
+    for (piece, (h, _)) in chunks::split(data).zip(&refs) {
+        store.put_verified(*h, piece).map_err(|err| io::Error::other(format!("sideloading {name}: {err}")))?;
+    }
+    Ok(Some(SideloadedPut {
+        log_id: e.log_id,
+        name: name.clone(),
+        blake3: *blake3,
+        size: data.len() as u64,
+        chunks: refs,
+        proposed_at_ms: *proposed_at_ms,
+    }))
+}
+
+/// The entry of a stripped record, its bytes read back from the chunk files (each verified
+/// against its blake3 by the chunk store).
+fn inflated(s: SideloadedPut, pieces: Vec<Vec<u8>>) -> Result<Entry, StoreError> {
+    let mut data = Vec::with_capacity(s.size as usize);
+    for ((h, len), piece) in s.chunks.iter().zip(pieces) {
+        if piece.len() != *len as usize {
+            return Err(StoreError::Corrupt {
+                what: format!("chunk {} of segment {}", chunks::hex(h), s.name),
+                detail: format!("{} bytes where the log record says {len}", piece.len()),
+            });
+        }
+        data.extend_from_slice(&piece);
+    }
+    if data.len() as u64 != s.size {
+        return Err(StoreError::Corrupt {
+            what: format!("segment {} at log index {}", s.name, s.log_id.index),
+            detail: format!("its chunks hold {} bytes where the log record says {}", data.len(), s.size),
+        });
+    }
+    let cmd = TenantCommand::PutSegment { name: s.name, blake3: s.blake3, data, proposed_at_ms: s.proposed_at_ms };
+    Ok(Entry { log_id: s.log_id, payload: EntryPayload::Normal(Command::Tenant(cmd)) })
+}
+
+/// Decodes one log record, of this build's versioned form or the previous build's bare entry.
+fn decode_record(group: &str, bytes: &EntryBytes) -> Result<Record, StoreError> {
+    let what = format!("log entry of group {group}");
+    if bytes.legacy() {
+        let e = postcard::from_bytes(bytes.bytes()).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })?;
+        return Ok(Record::Whole(e));
+    }
+    versioned::decode_log_entry(&what, bytes.bytes())
+}
+
+fn no_chunk_store(group: &str, s: &SideloadedPut) -> StoreError {
+    StoreError::Corrupt {
+        what: format!("log entry {} of group {group}", s.log_id.index),
+        detail: "a sideloaded segment in a group that has no chunk store".into(),
+    }
 }
 
 fn lock(p: &Pending) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -43,16 +194,46 @@ fn lock(p: &Pending) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
 
 impl GroupLog {
     pub fn new(store: Arc<Store>, group: &str) -> Self {
-        Self { store, group: group.into(), pending: Arc::default() }
+        let chunks = ChunkStore::for_group(store.disk().clone(), store.root(), group);
+        Self { store, group: group.into(), pending: Arc::default(), chunks, max_append_bytes: DEFAULT_MAX_APPEND_BYTES }
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T, io::Error> {
-        postcard::from_bytes(bytes).map_err(|e| {
-            io::Error::from(StoreError::Corrupt {
-                what: format!("{what} of group {}", self.group),
-                detail: e.to_string(),
-            })
-        })
+    /// Bounds replication reads to `bytes` of entries (`raft.max_append_bytes`).
+    pub fn with_max_append_bytes(mut self, bytes: u64) -> Self {
+        assert!(bytes > 0, "an append must be allowed some bytes");
+        self.max_append_bytes = bytes;
+        self
+    }
+
+    /// The entry of a record read back, inflated from the chunk files if it was sideloaded. A
+    /// damaged chunk goes through the chunk store's repair path; without a source to repair
+    /// from, the read fails with an error that names the chunk.
+    async fn inflate(&self, r: Record) -> Result<Entry, io::Error> {
+        match r {
+            Record::Whole(e) => Ok(e),
+            Record::Sideloaded(s) => {
+                let Some(store) = &self.chunks else { return Err(no_chunk_store(&self.group, &s).into()) };
+                let mut pieces = Vec::with_capacity(s.chunks.len());
+                for (h, _) in &s.chunks {
+                    let piece = store.get_or_repair(h).await.map_err(|e| {
+                        io::Error::other(format!(
+                            "reading back segment {} (log index {}) of group {}: {e}",
+                            s.name, s.log_id.index, self.group
+                        ))
+                    })?;
+                    pieces.push(piece);
+                }
+                Ok(inflated(s, pieces)?)
+            }
+        }
+    }
+
+    /// The record at `index` in the committed log, with its stored size.
+    fn committed_record(&self, index: u64) -> Result<Option<(Record, usize)>, io::Error> {
+        match self.store.raft_log().read(&self.group, index, index)?.pop() {
+            None => Ok(None),
+            Some((_, bytes)) => Ok(Some((decode_record(&self.group, &bytes)?, bytes.bytes().len()))),
+        }
     }
 
     /// A value of [`versioned::RAFT_KV_KEYS`], in its versioned encoding.
@@ -73,7 +254,10 @@ impl GroupLog {
         let Some((_, last)) = log.bounds(&self.group) else { return Ok(None) };
         match log.read(&self.group, last, last)?.pop() {
             None => Ok(None),
-            Some((_, bytes)) => Ok(Some(self.decode::<Entry>("log entry", bytes.bytes())?.log_id)),
+            Some((_, bytes)) => Ok(Some(match decode_record(&self.group, &bytes)? {
+                Record::Whole(e) => e.log_id,
+                Record::Sideloaded(s) => s.log_id,
+            })),
         }
     }
 }
@@ -105,11 +289,45 @@ impl RaftLogReader<TypeConfig> for GroupLog {
         if lo <= committed_hi && out.len() as u64 != hi.saturating_sub(lo).saturating_add(1) {
             for (at, bytes) in self.store.raft_log().read(&self.group, lo, committed_hi)? {
                 if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(at) {
-                    slot.insert(self.decode("log entry", bytes.bytes())?);
+                    let record = decode_record(&self.group, &bytes)?;
+                    slot.insert(self.inflate(record).await?);
                 }
             }
         }
         Ok(out.into_values().collect())
+    }
+
+    /// The entries from `start` on, below `end`, up to `max_append_bytes` of them (at least one):
+    /// what openraft sends in one append. Stops early at a gap (purged meanwhile); openraft
+    /// asks again from where this stopped.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let mut out = vec![];
+        let mut bytes = 0u64;
+        for index in start..end {
+            let pending = lock(&self.pending).get(&index).cloned();
+            let (entry, size) = match pending {
+                Some(e) => {
+                    let size = entry_bytes(&e);
+                    if !out.is_empty() && bytes.saturating_add(size) > self.max_append_bytes {
+                        break;
+                    }
+                    (e, size)
+                }
+                None => {
+                    let Some((record, stored)) = self.committed_record(index)? else { break };
+                    // Sized before it is inflated: an entry that does not fit is not read back.
+                    let size = record.inflated_bytes(stored);
+                    if !out.is_empty() && bytes.saturating_add(size) > self.max_append_bytes {
+                        break;
+                    }
+                    (self.inflate(record).await?, size)
+                }
+            };
+            debug_assert_eq!(entry.log_id.index, index);
+            bytes = bytes.saturating_add(size);
+            out.push(entry);
+        }
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -149,7 +367,19 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
         let mut rows = vec![];
         let mut queued = vec![];
         for e in entries {
-            rows.push((e.log_id.index, postcard::to_stdvec(&e).map_err(io::Error::other)?));
+            // Segment bytes go to the tenant's chunk files first, durably; only their references
+            // go to the log. The flush below is reported after the record commits, so after the
+            // chunks are durable too: a crash in between leaves orphan chunk files, never a
+            // record without its bytes.
+            let side = match &self.chunks {
+                Some(store) => blocking(|| sideload(store, &e))?,
+                None => None,
+            };
+            let record = match &side {
+                Some(s) => RecordRef::Sideloaded(s),
+                None => RecordRef::Whole(&e),
+            };
+            rows.push((e.log_id.index, versioned::encode_log_entry(&record).map_err(io::Error::other)?));
             queued.push(e);
         }
         let ids: Vec<LogId> = queued.iter().map(|e| e.log_id).collect();
@@ -189,6 +419,8 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
         Ok(())
     }
 
+    /// Drops log records only: the chunk files of truncated segment puts stay (they may be shared
+    /// with other segments, epochs or snapshots; only a reference-counting GC removes chunks).
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         // Queued appends at or past `from` still commit first (the writer keeps order); the
@@ -198,6 +430,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
         Ok(())
     }
 
+    /// Drops log records only, never chunk files (see `truncate_after`).
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let group = self.group.clone();
         let upto = log_id.index;
@@ -263,11 +496,23 @@ pub struct DurableLog {
 }
 
 /// Reads a group's durable log from the store. The group must not be running (its replica is
-/// sealed), so that what is read is what stays.
+/// sealed), so that what is read is what stays. Sideloaded segments are read back from the chunk
+/// files (verified; a damaged chunk is an error here, this path does not repair).
 pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, StoreError> {
-    let decode = |what: &str, b: &[u8]| -> Result<Entry, StoreError> {
-        postcard::from_bytes(b)
-            .map_err(|e| StoreError::Corrupt { what: format!("{what} of group {group}"), detail: e.to_string() })
+    let chunk_store = ChunkStore::for_group(store.disk().clone(), store.root(), group);
+    let decode = |bytes: &EntryBytes| -> Result<Entry, StoreError> {
+        match decode_record(group, bytes)? {
+            Record::Whole(e) => Ok(e),
+            Record::Sideloaded(s) => {
+                let Some(cs) = &chunk_store else { return Err(no_chunk_store(group, &s)) };
+                let pieces = s
+                    .chunks
+                    .iter()
+                    .map(|(h, _)| cs.get(h).map_err(|e| StoreError::Io(format!("segment {}: {e}", s.name))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                inflated(s, pieces)
+            }
+        }
     };
     let applied: Option<LogId> = match store.kv_get(group, "applied")? {
         Some(b) => versioned::decode_value(&format!("applied log id of {group}"), &b)?,
@@ -285,7 +530,7 @@ pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, S
         last = last.max(Some((a.leader_id.term, a.index)));
     }
     for (_, bytes) in store.raft_log().read(group, from, u64::MAX)? {
-        let e = decode("log entry", bytes.bytes())?;
+        let e = decode(&bytes)?;
         last = Some((e.log_id.leader_id.term, e.log_id.index));
         let command = match e.payload {
             openraft::EntryPayload::Normal(c) => Some(c),
