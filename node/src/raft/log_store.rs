@@ -543,10 +543,260 @@ pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, S
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
     use super::*;
-    use crate::seams::disk::{DiskRef, OsDisk};
+    use crate::seams::disk::{DiskEvent, DiskLog, DiskRef, OsDisk};
+    use crate::storage::store::LOG_DIR;
+
+    const TENANT_GROUP: &str = "t/acme/1";
+
+    fn put(index: u64, data: Vec<u8>) -> Entry {
+        let cmd = TenantCommand::PutSegment {
+            name: format!("{index:024X}"),
+            blake3: *::blake3::hash(&data).as_bytes(),
+            data,
+            proposed_at_ms: 1000 + index,
+        };
+        Entry { log_id: LogId::new(1u64.into(), index), payload: EntryPayload::Normal(Command::Tenant(cmd)) }
+    }
+
+    fn blank(index: u64) -> Entry {
+        Entry { log_id: LogId::new(1u64.into(), index), payload: EntryPayload::Blank }
+    }
+
+    /// Distinct bytes per segment, so that no two share a chunk.
+    fn segment(seed: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    fn chunk_path(root: &Path, tenant: &str, h: &Hash) -> PathBuf {
+        let x = chunks::hex(h);
+        root.join("chunks").join(tenant).join(&x[..2]).join(x)
+    }
+
+    fn chunk_paths(root: &Path, data: &[u8]) -> Vec<PathBuf> {
+        chunks::split(data).map(|c| chunk_path(root, "acme", ::blake3::hash(c).as_bytes())).collect()
+    }
+
+    type Rt = <TypeConfig as openraft::RaftTypeConfig>::AsyncRuntime;
+    type Oneshot = <Rt as openraft_rt::AsyncRuntime>::Oneshot;
+
+    #[allow(clippy::type_complexity)]
+    fn oneshot() -> (
+        <Oneshot as openraft_rt::Oneshot>::Sender<Result<(), io::Error>>,
+        <Oneshot as openraft_rt::Oneshot>::Receiver<Result<(), io::Error>>,
+    ) {
+        <Oneshot as openraft_rt::Oneshot>::channel()
+    }
+
+    /// Appends `entries` and waits for openraft's flush callback; the result it reported.
+    async fn append(log: &mut GroupLog, entries: Vec<Entry>) -> Result<(), io::Error> {
+        let (tx, rx) = oneshot();
+        log.append(entries, IOFlushed::signal(tx)).await?;
+        rx.await.expect("the callback is always called")
+    }
+
+    async fn open(disk: DiskRef, root: &Path) -> Arc<Store> {
+        if !disk.exists(&root.join(LOG_DIR)) {
+            Store::init(disk.clone(), root, "n1", 7).unwrap();
+        }
+        Store::open(disk, root, "n1").unwrap()
+    }
+
+    /// Whether every chunk file in `chunks` was made durable (written to a temporary file that
+    /// was fdatasync'd, renamed to its name, its directory fsync'd) before the first sync of a
+    /// Raft log file, the sync after which the writer reports the append flushed.
+    fn chunks_durable_before_the_log_sync(events: &[DiskEvent], chunks: &[PathBuf]) -> Result<(), String> {
+        let in_log = |p: &Path| p.parent().is_some_and(|d| d.ends_with(LOG_DIR));
+        let log_sync = events
+            .iter()
+            .position(|e| matches!(e, DiskEvent::Fdatasync(p) | DiskEvent::FsyncFile(p) if in_log(p)))
+            .ok_or("the log file was never synced")?;
+        for chunk in chunks {
+            let renamed = events[..log_sync]
+                .iter()
+                .position(|e| matches!(e, DiskEvent::Rename { to, .. } if to == chunk))
+                .ok_or_else(|| format!("{} was not renamed into place before the log sync", chunk.display()))?;
+            let DiskEvent::Rename { from, .. } = &events[renamed] else { unreachable!() };
+            if !events[..renamed].iter().any(|e| matches!(e, DiskEvent::Fdatasync(p) if p == from)) {
+                return Err(format!("{} was not fdatasync'd before its rename", chunk.display()));
+            }
+            let dir = chunk.parent().expect("a chunk has a directory");
+            if !events[renamed..log_sync].iter().any(|e| matches!(e, DiskEvent::FsyncDir(d) if d == dir)) {
+                return Err(format!("the directory of {} was not fsync'd before the log sync", chunk.display()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn append_recorded(dir: &Path) -> (Result<(), String>, Vec<u8>) {
+        let (disk, events): (OsDisk, DiskLog) = OsDisk::recording();
+        let disk: DiskRef = Arc::new(disk);
+        let store = open(disk, dir).await;
+        let mut log = GroupLog::new(store, TENANT_GROUP);
+        let data = segment(3, (2 << 20) + 100);
+        events.take();
+        append(&mut log, vec![put(1, data.clone())]).await.unwrap();
+        (chunks_durable_before_the_log_sync(&events.take(), &chunk_paths(dir, &data)), data)
+    }
+
+    #[tokio::test]
+    async fn the_append_is_reported_flushed_only_after_its_chunk_files_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (order, data) = append_recorded(dir.path()).await;
+        order.unwrap();
+        for p in chunk_paths(dir.path(), &data) {
+            assert!(p.exists(), "{}", p.display());
+        }
+    }
+
+    /// The planted bug `ack-before-chunks` breaks exactly what the test above checks.
+    #[cfg(feature = "planted-bugs")]
+    #[tokio::test]
+    async fn ack_before_chunks_is_caught_by_the_order_of_syncs() {
+        use crate::planted::{plant, Bug};
+        let dir = tempfile::tempdir().unwrap();
+        plant(Some(Bug::AckBeforeChunks)).unwrap();
+        let (order, _) = append_recorded(dir.path()).await;
+        plant(None).unwrap();
+        let err = order.expect_err("chunks written without a sync must be caught");
+        assert!(err.contains("was not renamed into place") || err.contains("fdatasync"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_segment_is_written_once_as_chunks_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let store = open(disk.clone(), dir.path()).await;
+        let mut log = GroupLog::new(store.clone(), TENANT_GROUP);
+        let (a, b) = (segment(1, (1 << 20) + 5), segment(2, 4000));
+        let entries = vec![blank(1), put(2, a.clone()), put(3, b.clone())];
+        append(&mut log, entries.clone()).await.unwrap();
+
+        // The log records hold references, not bytes.
+        let records = store.raft_log().read(TENANT_GROUP, 1, 3).unwrap();
+        assert_eq!(records.len(), 3);
+        for (at, r) in &records {
+            assert!(r.bytes().len() < 400, "record {at} holds {} bytes", r.bytes().len());
+            assert!(!r.legacy());
+        }
+        for p in chunk_paths(dir.path(), &a).into_iter().chain(chunk_paths(dir.path(), &b)) {
+            assert!(p.exists(), "{}", p.display());
+        }
+        assert_eq!(log.try_get_log_entries(1..=3).await.unwrap(), entries);
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(entries[2].log_id));
+        let durable = read_durable_log(&store, TENANT_GROUP).unwrap();
+        assert_eq!(durable.unapplied.len(), 3);
+        let Some(Command::Tenant(TenantCommand::PutSegment { data, .. })) = &durable.unapplied[1].command else {
+            panic!("{durable:?}")
+        };
+        assert_eq!(data, &a, "a sealed replica's durable log is read back whole");
+
+        // Truncation drops the records, never the chunk files.
+        log.truncate_after(Some(entries[0].log_id)).await.unwrap();
+        assert_eq!(log.try_get_log_entries(1..=3).await.unwrap(), vec![entries[0].clone()]);
+        for p in chunk_paths(dir.path(), &a).into_iter().chain(chunk_paths(dir.path(), &b)) {
+            assert!(p.exists(), "truncation removed {}", p.display());
+        }
+        // Nor does a purge; and a re-append of the same bytes finds the chunks present.
+        append(&mut log, vec![put(2, a.clone())]).await.unwrap();
+        log.purge(LogId::new(1u64.into(), 2)).await.unwrap();
+        assert!(chunk_paths(dir.path(), &a).iter().all(|p| p.exists()));
+
+        // The meta group has no chunk store: its entries stay whole.
+        let mut meta = GroupLog::new(store.clone(), "meta");
+        append(&mut meta, vec![blank(1)]).await.unwrap();
+        assert_eq!(meta.try_get_log_entries(1..2).await.unwrap(), vec![blank(1)]);
+    }
+
+    #[tokio::test]
+    async fn a_segment_whose_bytes_do_not_match_its_hash_stays_in_the_log_and_out_of_the_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(Arc::new(OsDisk::new()), dir.path()).await;
+        let mut log = GroupLog::new(store.clone(), TENANT_GROUP);
+        let mut e = put(1, segment(9, 3000));
+        if let EntryPayload::Normal(Command::Tenant(TenantCommand::PutSegment { blake3, .. })) = &mut e.payload {
+            blake3[0] ^= 1;
+        }
+        append(&mut log, vec![e.clone()]).await.unwrap();
+        assert!(!dir.path().join("chunks").join("acme").exists());
+        assert_eq!(log.try_get_log_entries(1..2).await.unwrap(), vec![e]);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_chunk_is_an_error_naming_it_not_wrong_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(Arc::new(OsDisk::new()), dir.path()).await;
+        let mut log = GroupLog::new(store.clone(), TENANT_GROUP);
+        let data = segment(4, 5000);
+        append(&mut log, vec![put(1, data.clone())]).await.unwrap();
+        let path = &chunk_paths(dir.path(), &data)[0];
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[10] ^= 0x40;
+        std::fs::write(path, bytes).unwrap();
+        let err = log.try_get_log_entries(1..2).await.unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains(&chunks::hex(::blake3::hash(&data).as_bytes())), "{err}");
+        std::fs::remove_file(path).unwrap();
+        let err = log.limited_get_log_entries(1, 2).await.unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn appends_are_bounded_in_bytes_and_carry_at_least_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(Arc::new(OsDisk::new()), dir.path()).await;
+        let mut log = GroupLog::new(store.clone(), TENANT_GROUP).with_max_append_bytes(5 << 20);
+        let entries: Vec<Entry> = (1..=8).map(|i| put(i, segment(i as u8, 2 << 20))).collect();
+        append(&mut log, entries.clone()).await.unwrap();
+        // 2 MiB each: two fit in 5 MiB, a third does not.
+        assert_eq!(log.limited_get_log_entries(1, 9).await.unwrap(), entries[..2].to_vec());
+        assert_eq!(log.limited_get_log_entries(7, 9).await.unwrap(), entries[6..].to_vec());
+        let mut tiny = log.clone().with_max_append_bytes(1);
+        assert_eq!(tiny.limited_get_log_entries(3, 9).await.unwrap(), vec![entries[2].clone()], "always one entry");
+        assert!(tiny.limited_get_log_entries(3, 3).await.unwrap().is_empty());
+        // Entries still pending in memory are bounded the same way.
+        let mut fresh = GroupLog::new(store.clone(), "t/acme/2").with_max_append_bytes(5 << 20);
+        let (tx, _rx) = oneshot();
+        fresh.append(entries.clone(), IOFlushed::signal(tx)).await.unwrap();
+        assert_eq!(fresh.limited_get_log_entries(1, 9).await.unwrap(), entries[..2].to_vec());
+        // Small entries are many to an append.
+        let mut meta = GroupLog::new(store, "meta").with_max_append_bytes(1 << 20);
+        let blanks: Vec<Entry> = (1..=100).map(blank).collect();
+        append(&mut meta, blanks.clone()).await.unwrap();
+        assert_eq!(meta.limited_get_log_entries(1, 101).await.unwrap(), blanks);
+    }
+
+    #[tokio::test]
+    async fn a_log_written_by_the_previous_build_with_inline_bytes_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let data = segment(5, (1 << 20) + 77);
+        let old = vec![blank(1), put(2, data.clone())];
+        {
+            let store = open(disk.clone(), dir.path()).await;
+            // As the previous build wrote them: bare postcard entries, bytes inline.
+            let rows: Vec<(u64, Vec<u8>)> =
+                old.iter().map(|e| (e.log_id.index, postcard::to_stdvec(e).unwrap())).collect();
+            store.raft_log().write_legacy_entries(TENANT_GROUP, &rows).unwrap();
+        }
+        tokio::task::yield_now().await;
+        let store = open(disk, dir.path()).await;
+        let mut log = GroupLog::new(store.clone(), TENANT_GROUP);
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(old[1].log_id));
+        assert_eq!(log.try_get_log_entries(1..=2).await.unwrap(), old);
+        assert_eq!(log.limited_get_log_entries(1, 3).await.unwrap(), old);
+        assert_eq!(read_durable_log(&store, TENANT_GROUP).unwrap().unapplied.len(), 2);
+        // New appends beside them are sideloaded; both forms read back in one range.
+        let new = put(3, segment(6, 100));
+        append(&mut log, vec![new.clone()]).await.unwrap();
+        let mut all = old.clone();
+        all.push(new);
+        assert_eq!(log.try_get_log_entries(1..=3).await.unwrap(), all);
+        assert!(store.raft_log().read(TENANT_GROUP, 2, 2).unwrap()[0].1.legacy());
+        assert!(!store.raft_log().read(TENANT_GROUP, 3, 3).unwrap()[0].1.legacy());
+    }
 
     #[tokio::test]
     async fn purge_markers_drop_replayed_entries_of_every_group_when_the_store_opens() {
