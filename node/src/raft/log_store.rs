@@ -194,7 +194,7 @@ fn lock(p: &Pending) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
 
 impl GroupLog {
     pub fn new(store: Arc<Store>, group: &str) -> Self {
-        let chunks = ChunkStore::for_group(store.disk().clone(), store.root(), group);
+        let chunks = ChunkStore::for_store(&store, group);
         Self { store, group: group.into(), pending: Arc::default(), chunks, max_append_bytes: DEFAULT_MAX_APPEND_BYTES }
     }
 
@@ -741,6 +741,43 @@ mod tests {
         std::fs::remove_file(path).unwrap();
         let err = log.limited_get_log_entries(1, 2).await.unwrap_err().to_string();
         assert!(err.contains("missing"), "{err}");
+    }
+
+    /// A peer holding healthy copies of chunks.
+    struct Peer(ChunkStore);
+
+    impl chunks::ChunkSource for Peer {
+        fn fetch(&self, hash: Hash) -> futures::future::BoxFuture<'static, Result<chunks::Fetched, String>> {
+            let got = self.0.get(&hash).map(|data| chunks::Fetched { from: 2, data }).map_err(|e| e.to_string());
+            Box::pin(async move { got })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_chunk_is_repaired_through_the_source_the_groups_state_was_given() {
+        use crate::raft::state_machine::GroupState;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("n1");
+        let store = open(Arc::new(OsDisk::new()), &root).await;
+        let mut log = GroupLog::new(store.clone(), TENANT_GROUP);
+        let data = segment(8, 7000);
+        let e = put(1, data.clone());
+        append(&mut log, vec![e.clone()]).await.unwrap();
+        let path = &chunk_paths(&root, &data)[0];
+        std::fs::write(path, b"rotten").unwrap();
+
+        let peer = ChunkStore::for_tenant(Arc::new(OsDisk::new()), &dir.path().join("n2"), "acme");
+        peer.put(&data).unwrap();
+        // The node gives the group's state its peers (node/repair.rs); the log store shares them.
+        let mut state = crate::tenant::group_state::TenantState::load(&store, TENANT_GROUP).unwrap();
+        state.set_chunk_source(Arc::new(Peer(peer)));
+        assert_eq!(log.try_get_log_entries(1..2).await.unwrap(), vec![e]);
+        assert_eq!(std::fs::read(path).unwrap(), data, "the chunk file is whole again");
+        // Another group of the tenant has its own source slot (a group repairs from its members).
+        std::fs::write(path, b"rotten").unwrap();
+        let other = ChunkStore::for_store(&store, "t/acme/2").unwrap();
+        let h = *::blake3::hash(&data).as_bytes();
+        assert!(matches!(other.get_or_repair(&h).await, Err(chunks::ChunkError::Unrepaired { .. })));
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
 
@@ -86,6 +86,10 @@ pub fn parse_hex(s: &str) -> Option<Hash> {
     Some(out)
 }
 
+/// Where a chunk store finds its repair source; shared by every store built on one slot, so the
+/// source set through one (a group's state) serves the others (the group's log store).
+pub type SourceSlot = Arc<RwLock<Option<Arc<dyn ChunkSource>>>>;
+
 /// The chunk files under `<data dir>/chunks` (or a tenant's `<data dir>/chunks/<tenant>`).
 /// Cheap to clone; clones share the repair source and the repair counter.
 #[derive(Clone)]
@@ -94,7 +98,7 @@ pub struct ChunkStore {
     dir: Arc<PathBuf>,
     /// The global directory of builds before per-tenant namespaces, read when `dir` lacks a chunk.
     legacy: Option<Arc<PathBuf>>,
-    source: Option<Arc<dyn ChunkSource>>,
+    source: SourceSlot,
     repairs: Arc<AtomicU64>,
 }
 
@@ -102,7 +106,7 @@ impl std::fmt::Debug for ChunkStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChunkStore")
             .field("dir", &self.dir)
-            .field("repairable", &self.source.is_some())
+            .field("repairable", &self.current_source().is_some())
             .field("repairs", &self.repairs())
             .finish()
     }
@@ -116,7 +120,7 @@ impl ChunkStore {
             disk,
             dir: Arc::new(root.join("chunks")),
             legacy: None,
-            source: None,
+            source: SourceSlot::default(),
             repairs: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -132,7 +136,7 @@ impl ChunkStore {
             disk,
             dir: Arc::new(global.join(tenant)),
             legacy: Some(Arc::new(global)),
-            source: None,
+            source: SourceSlot::default(),
             repairs: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -149,9 +153,22 @@ impl ChunkStore {
         Self::tenant_of_group(group).map(|t| Self::for_tenant(disk, root, t))
     }
 
-    /// Sets where damaged chunks are repaired from (clones made before this keep none).
+    /// [`ChunkStore::for_group`] on `store`'s disk and data directory, with the group's shared
+    /// repair source slot: a source set on the group's state also repairs what its log store reads.
+    pub fn for_store(store: &crate::storage::store::Store, group: &str) -> Option<Self> {
+        let mut cs = Self::for_group(store.disk().clone(), store.root(), group)?;
+        cs.source = store.chunk_source_slot(group);
+        Some(cs)
+    }
+
+    fn current_source(&self) -> Option<Arc<dyn ChunkSource>> {
+        self.source.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets where damaged chunks are repaired from, for this store, its clones and every store on
+    /// the same [`SourceSlot`].
     pub fn set_source(&mut self, source: Arc<dyn ChunkSource>) {
-        self.source = Some(source);
+        *self.source.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
     }
 
     /// Chunks this store (and its clones) repaired since it was opened.
@@ -252,7 +269,7 @@ impl ChunkStore {
     /// Fetches a healthy copy of `h`, verifies it and writes it durably over the damaged file.
     async fn repair(&self, h: &Hash, damage: ChunkError) -> Result<(Vec<u8>, NodeId), ChunkError> {
         let unrepaired = |why: String| ChunkError::Unrepaired { damage: damage.to_string(), why };
-        let Some(source) = &self.source else {
+        let Some(source) = self.current_source() else {
             return Err(unrepaired("this store has no peers to repair from".into()));
         };
         let Fetched { from, data } = source.fetch(*h).await.map_err(unrepaired)?;
