@@ -242,14 +242,20 @@ mod tests {
 
     #[test]
     fn max_append_bytes_is_read_and_bounded() {
-        let text = format!("{}[raft]
+        let text = format!(
+            "{}[raft]
 max_append_bytes = 1048576
-", sample());
+",
+            sample()
+        );
         assert_eq!(NodeConfig::parse(&text, Path::new("t.toml")).unwrap().raft.max_append_bytes, 1 << 20);
         for bad in ["0", "1073741824"] {
-            let text = format!("{}[raft]
+            let text = format!(
+                "{}[raft]
 max_append_bytes = {bad}
-", sample());
+",
+                sample()
+            );
             let err = NodeConfig::parse(&text, Path::new("t.toml")).unwrap_err().to_string();
             assert!(err.contains("max_append_bytes"), "{bad}: {err}");
         }

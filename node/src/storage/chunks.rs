@@ -292,7 +292,8 @@ impl ChunkStore {
         }
         #[cfg(feature = "planted-bugs")]
         if crate::planted::on(crate::planted::Bug::AckBeforeChunks) {
-            return crate::planted::write_without_sync(&self.disk, &path, data).map_err(|e| ChunkError::Io(e.to_string()));
+            return crate::planted::write_without_sync(&self.disk, &path, data)
+                .map_err(|e| ChunkError::Io(e.to_string()));
         }
         self.disk.write_file_durable(&path, data).map_err(|e| ChunkError::Io(e.to_string()))
     }

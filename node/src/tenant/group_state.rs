@@ -162,14 +162,9 @@ impl GroupState for TenantState {
         let writes = catalog.segments.len() as u64;
         // The tenant's own chunk namespace, shared by all its epochs (and by its groups' log
         // stores, which sideload the bytes); the global directory of earlier builds is a fallback.
-        let chunks = ChunkStore::for_store(store, group)
-            .unwrap_or_else(|| ChunkStore::new(store.disk().clone(), store.root()));
-        Ok(TenantState {
-            catalog,
-            chunks,
-            recent: VecDeque::new(),
-            writes,
-        })
+        let chunks =
+            ChunkStore::for_store(store, group).unwrap_or_else(|| ChunkStore::new(store.disk().clone(), store.root()));
+        Ok(TenantState { catalog, chunks, recent: VecDeque::new(), writes })
     }
 
     fn apply(
