@@ -41,6 +41,10 @@ pub enum Bug {
     /// scrub or a read may repair them later), so `matched` and promotion count a replica that
     /// lacks the bytes.
     InstallBeforeChunks,
+    /// The log store sideloads a segment's chunk files with plain writes (no fdatasync, no
+    /// directory fsync) and reports the append flushed once the stripped log record is durable,
+    /// so a replica is counted for an entry whose bytes a power loss can still take away.
+    AckBeforeChunks,
 }
 
 impl Bug {
@@ -55,6 +59,7 @@ impl Bug {
         Bug::LagGateOneCopy,
         Bug::ExpireOnSilence,
         Bug::InstallBeforeChunks,
+        Bug::AckBeforeChunks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +74,7 @@ impl Bug {
             Bug::LagGateOneCopy => "lag-gate-one-copy",
             Bug::ExpireOnSilence => "expire-on-silence",
             Bug::InstallBeforeChunks => "install-before-chunks",
+            Bug::AckBeforeChunks => "ack-before-chunks",
         }
     }
 
@@ -109,7 +115,7 @@ pub fn plant(bug: Option<Bug>) -> Result<(), String> {
 }
 
 #[cfg(feature = "planted-bugs")]
-pub use imp::{ack_before_commit, reinit_if_wiped, report_before_sync};
+pub use imp::{ack_before_commit, reinit_if_wiped, report_before_sync, write_without_sync};
 
 #[cfg(feature = "planted-bugs")]
 mod imp {
@@ -170,6 +176,15 @@ mod imp {
         }
         callback.io_completed(Ok(()));
         None
+    }
+
+    /// `ack-before-chunks`: writes a chunk file the way a careless developer would, a plain write
+    /// with no `sync_data` (the name exists at once, its bytes reach the disk whenever the page
+    /// cache gets to them), in place of `Disk::write_file_durable`.
+    pub fn write_without_sync(disk: &DiskRef, path: &Path, data: &[u8]) -> std::io::Result<()> {
+        let file = disk.open_backend(path)?;
+        file.set_len(0)?;
+        file.write(0, data)
     }
 
     /// `wiped-node-votes`: where the product refuses to open a missing store

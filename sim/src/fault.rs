@@ -481,13 +481,16 @@ fn nearest_voter(
         .min_by_key(|v| (one_way_ms[region][region_of(*v)], *v))
 }
 
-/// Chunk files of a node, relative to its data directory.
+/// Chunk files of a node, relative to its data directory: `chunks/<tenant>/<2 hex>/<hash>`
+/// (node/src/storage/chunks.rs, one namespace per tenant since issue #12).
 fn chunk_files(disk: &crate::disk::SimDisk, data_dir: &std::path::Path) -> Vec<PathBuf> {
     let root = data_dir.join("chunks");
     let mut out = vec![];
-    for sub in disk.list_dir(&root).unwrap_or_default() {
-        for f in disk.list_dir(&root.join(&sub)).unwrap_or_default() {
-            out.push(PathBuf::from("chunks").join(&sub).join(f));
+    for tenant in disk.list_dir(&root).unwrap_or_default() {
+        for sub in disk.list_dir(&root.join(&tenant)).unwrap_or_default() {
+            for f in disk.list_dir(&root.join(&tenant).join(&sub)).unwrap_or_default() {
+                out.push(PathBuf::from("chunks").join(&tenant).join(&sub).join(f));
+            }
         }
     }
     out

@@ -159,10 +159,10 @@ fn a_node_killed_under_load_catches_up_from_a_streamed_snapshot() {
     }
 
     // The returning node holds the bytes itself. Its chunk store is content-addressed
-    // (node/src/storage/chunks.rs: `data/chunks/<first 2 hex digits>/<blake3 hex>`, a segment of
+    // (node/src/storage/chunks.rs: `data/chunks/<tenant>/<first 2 hex digits>/<blake3 hex>`, a segment of
     // at most 1 MiB being one chunk), so every segment's hash names a file there whose bytes hash
     // to that name. Fetches go to the leader and could not show this.
-    let chunks = cluster.node_dir(&victim).join("data").join("chunks");
+    let chunks = cluster.node_dir(&victim).join("data").join("chunks").join(TENANT);
     let mut absent = Vec::new();
     for want in expected.values() {
         let path = chunks.join(&want.blake3[..2]).join(&want.blake3);

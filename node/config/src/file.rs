@@ -81,6 +81,11 @@ pub struct RaftTuning {
     pub max_in_snapshot_log_to_keep: u64,
     /// Largest number of entries sent in one append.
     pub max_payload_entries: u64,
+    /// Largest number of entry bytes (segment bytes included) sent in one append; an append
+    /// always carries at least one entry. Far below the transport's message cap
+    /// (`MAX_MESSAGE_BYTES`, 1 GiB), so a follower many 16 MiB entries behind still catches up
+    /// (node/src/raft/log_store.rs).
+    pub max_append_bytes: u64,
     /// A Raft log file rolls over to a new one at this size; old files are deleted once their
     /// entries were purged (node/src/storage/raft_log.rs).
     pub log_file_bytes: u64,
@@ -95,6 +100,7 @@ impl Default for RaftTuning {
             snapshot_logs_since_last: 5_000,
             max_in_snapshot_log_to_keep: 1_000,
             max_payload_entries: 64,
+            max_append_bytes: 32 << 20,
             log_file_bytes: 64 << 20,
         }
     }
@@ -187,6 +193,11 @@ impl NodeConfig {
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
             return Err("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into());
         }
+        // One 1 GiB message is the transport's cap (node/src/seams/net.rs `MAX_MESSAGE_BYTES`); an
+        // append of this many bytes plus one more entry's must stay under it.
+        if r.max_append_bytes == 0 || r.max_append_bytes > 256 << 20 {
+            return Err("raft.max_append_bytes must be between 1 and 268435456 (256 MiB)".into());
+        }
         let l = &self.liveness;
         if l.renew_interval_ms == 0 || l.renew_interval_ms * 2 > l.period_ms {
             return Err("liveness.renew_interval_ms must be > 0 and at most half of liveness.period_ms".into());
@@ -226,6 +237,28 @@ mod tests {
         let cfg = NodeConfig::parse(&sample(), Path::new("t.toml")).expect("valid");
         assert_eq!(cfg.me().id, 1);
         assert_eq!(cfg.raft.election_timeout_min_ms, 1_000);
+        assert_eq!(cfg.raft.max_append_bytes, 32 << 20, "a config without the key keeps working");
+    }
+
+    #[test]
+    fn max_append_bytes_is_read_and_bounded() {
+        let text = format!(
+            "{}[raft]
+max_append_bytes = 1048576
+",
+            sample()
+        );
+        assert_eq!(NodeConfig::parse(&text, Path::new("t.toml")).unwrap().raft.max_append_bytes, 1 << 20);
+        for bad in ["0", "1073741824"] {
+            let text = format!(
+                "{}[raft]
+max_append_bytes = {bad}
+",
+                sample()
+            );
+            let err = NodeConfig::parse(&text, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains("max_append_bytes"), "{bad}: {err}");
+        }
     }
 
     #[test]

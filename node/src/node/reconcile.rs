@@ -210,6 +210,12 @@ impl Reconcile {
                         return;
                     }
                 }
+                // The repair source goes in before the group starts: opening the group reads
+                // its log, whose sideloaded records are inflated from chunk files, and a chunk
+                // that rotted while the node was down must be repairable then (sim seed 187,
+                // disk-faults, near-sync).
+                *self.store.chunk_source_slot(&group).write().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Repair::source_for(&self.repair, &group));
                 match Group::<TenantState>::start(
                     &group,
                     self.store.clone(),

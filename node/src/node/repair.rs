@@ -4,7 +4,8 @@
 //! A replica whose copy of a chunk rotted or went missing fetches it from another member of the
 //! chunk's group ([`PeerChunks`], the [`ChunkSource`] each tenant group's chunk store gets when
 //! the group starts here), verifies it and rewrites it durably (`ChunkStore::get_or_repair`).
-//! Three paths repair: the snapshot builder (`GroupState::repair_for_snapshot`), the read path
+//! Four paths repair: a snapshot's build and install (`GroupState::ensure_referenced`), the log
+//! store reading back a sideloaded record (`GroupLog::inflate`), the read path
 //! (`Reads::read_chunk`), and the scrub ([`Scrub`], stepped by the loop in `tasks.rs`), which
 //! checks every chunk that the node's tenant catalogs reference, a bounded number of bytes per
 //! step. The serving side is [`Repair::serve_chunk`]: it answers members of the group only, for
@@ -119,8 +120,12 @@ impl Repair {
 
     /// Lets a tenant group's chunk store repair damaged chunks from the group's other members.
     pub(super) async fn attach(this: &Arc<Self>, g: &Group<TenantState>) {
-        let source = Arc::new(PeerChunks { repair: Arc::downgrade(this), group: g.name.clone() });
-        g.sm.write().await.state.set_chunk_source(source);
+        g.sm.write().await.state.set_chunk_source(Self::source_for(this, &g.name));
+    }
+
+    /// The repair source of `group`'s chunks: its other members.
+    pub(super) fn source_for(this: &Arc<Self>, group: &str) -> Arc<dyn ChunkSource> {
+        Arc::new(PeerChunks { repair: Arc::downgrade(this), group: group.to_string() })
     }
 
     /// Chunks this node repaired from peers since its tenant groups started here.

@@ -94,7 +94,7 @@ impl<S: GroupState> Group<S> {
         let sm = GroupSm::<S>::open(store.clone(), name, peers.clone())?;
         let reader = sm.reader();
         let net = GroupNetwork::new(name, transport, store.incarnation(), Duration::from_secs(120), peers);
-        let log = GroupLog::new(store, name);
+        let log = GroupLog::new(store, name).with_max_append_bytes(tuning.max_append_bytes.max(1));
         let raft = openraft::Raft::new(me, config, net, log, sm).await.map_err(|e| GroupError::Raft(e.to_string()))?;
         Ok(Self { name: name.to_string(), raft, sm: reader, contact: std::sync::Mutex::new(None) })
     }

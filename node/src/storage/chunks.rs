@@ -6,10 +6,16 @@
 //! `node/repair.rs`) repairs a rotten or missing chunk from a healthy copy
 //! ([`ChunkStore::get_or_repair`]): the copy is verified, then written with the same durability
 //! as any chunk write, replacing the damaged file atomically.
+//!
+//! Each tenant has its own namespace, `<data dir>/chunks/<tenant>/` ([`ChunkStore::for_tenant`]),
+//! shared by all of the tenant's epochs (groups `t/<tenant>/<epoch>`), so that one tenant's chunks
+//! can be counted, moved or deleted without looking at another's. Builds before that kept every
+//! tenant's chunks in one global `<data dir>/chunks/`: a tenant's store still finds a chunk there
+//! when its own namespace lacks it, and copies it (verified, durably) into its own namespace.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
 
@@ -80,13 +86,19 @@ pub fn parse_hex(s: &str) -> Option<Hash> {
     Some(out)
 }
 
-/// The chunk files under `<data dir>/chunks`. Cheap to clone; clones share the repair source
-/// and the repair counter.
+/// Where a chunk store finds its repair source; shared by every store built on one slot, so the
+/// source set through one (a group's state) serves the others (the group's log store).
+pub type SourceSlot = Arc<RwLock<Option<Arc<dyn ChunkSource>>>>;
+
+/// The chunk files under `<data dir>/chunks` (or a tenant's `<data dir>/chunks/<tenant>`).
+/// Cheap to clone; clones share the repair source and the repair counter.
 #[derive(Clone)]
 pub struct ChunkStore {
     disk: DiskRef,
     dir: Arc<PathBuf>,
-    source: Option<Arc<dyn ChunkSource>>,
+    /// The global directory of builds before per-tenant namespaces, read when `dir` lacks a chunk.
+    legacy: Option<Arc<PathBuf>>,
+    source: SourceSlot,
     repairs: Arc<AtomicU64>,
 }
 
@@ -94,20 +106,69 @@ impl std::fmt::Debug for ChunkStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChunkStore")
             .field("dir", &self.dir)
-            .field("repairable", &self.source.is_some())
+            .field("repairable", &self.current_source().is_some())
             .field("repairs", &self.repairs())
             .finish()
     }
 }
 
 impl ChunkStore {
+    /// The one global chunk directory `<root>/chunks` (what every build before per-tenant
+    /// namespaces used; tests and tools that want a plain directory of chunks).
     pub fn new(disk: DiskRef, root: &std::path::Path) -> Self {
-        Self { disk, dir: Arc::new(root.join("chunks")), source: None, repairs: Arc::new(AtomicU64::new(0)) }
+        Self {
+            disk,
+            dir: Arc::new(root.join("chunks")),
+            legacy: None,
+            source: SourceSlot::default(),
+            repairs: Arc::new(AtomicU64::new(0)),
+        }
     }
 
-    /// Sets where damaged chunks are repaired from (clones made before this keep none).
+    /// The namespace of `tenant` under the data directory `root`: `<root>/chunks/<tenant>`, with
+    /// the global `<root>/chunks` of earlier builds as a fallback for reads. Tenant names are
+    /// validated (`a-z`, `0-9`, `-`, `_`, never starting with `-`), and a chunk's own directory is
+    /// two hex digits, so a tenant's namespace never collides with a legacy chunk directory.
+    pub fn for_tenant(disk: DiskRef, root: &std::path::Path, tenant: &str) -> Self {
+        debug_assert!(!tenant.is_empty() && !tenant.contains('/') && tenant != "." && tenant != "..", "{tenant:?}");
+        let global = root.join("chunks");
+        Self {
+            disk,
+            dir: Arc::new(global.join(tenant)),
+            legacy: Some(Arc::new(global)),
+            source: SourceSlot::default(),
+            repairs: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The tenant of a tenant group's name (`t/<tenant>/<epoch>`), `None` for other groups.
+    pub fn tenant_of_group(group: &str) -> Option<&str> {
+        let (tenant, epoch) = group.strip_prefix("t/")?.rsplit_once('/')?;
+        (!tenant.is_empty() && !tenant.contains('/') && epoch.parse::<u64>().is_ok()).then_some(tenant)
+    }
+
+    /// The chunk store of a tenant group (`t/<tenant>/<epoch>`) on the node whose data directory is
+    /// `root`; `None` for a group that is not a tenant's.
+    pub fn for_group(disk: DiskRef, root: &std::path::Path, group: &str) -> Option<Self> {
+        Self::tenant_of_group(group).map(|t| Self::for_tenant(disk, root, t))
+    }
+
+    /// [`ChunkStore::for_group`] on `store`'s disk and data directory, with the group's shared
+    /// repair source slot: a source set on the group's state also repairs what its log store reads.
+    pub fn for_store(store: &crate::storage::store::Store, group: &str) -> Option<Self> {
+        let mut cs = Self::for_group(store.disk().clone(), store.root(), group)?;
+        cs.source = store.chunk_source_slot(group);
+        Some(cs)
+    }
+
+    fn current_source(&self) -> Option<Arc<dyn ChunkSource>> {
+        self.source.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets where damaged chunks are repaired from, for this store, its clones and every store on
+    /// the same [`SourceSlot`].
     pub fn set_source(&mut self, source: Arc<dyn ChunkSource>) {
-        self.source = Some(source);
+        *self.source.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
     }
 
     /// Chunks this store (and its clones) repaired since it was opened.
@@ -120,6 +181,17 @@ impl ChunkStore {
         self.dir.join(&x[..2]).join(x)
     }
 
+    fn legacy_path(&self, h: &Hash) -> Option<PathBuf> {
+        let x = hex(h);
+        self.legacy.as_ref().map(|d| d.join(&x[..2]).join(x))
+    }
+
+    /// Whether a file for chunk `h` exists (in this namespace or, for a tenant, the legacy
+    /// global one). Its bytes are not read.
+    pub fn contains(&self, h: &Hash) -> bool {
+        self.disk.exists(&self.path(h)) || self.legacy_path(h).is_some_and(|p| self.disk.exists(&p))
+    }
+
     /// Writes a chunk durably unless it is already present and intact.
     pub fn put(&self, data: &[u8]) -> Result<Hash, ChunkError> {
         self.put_hashed(*blake3::hash(data).as_bytes(), data)
@@ -129,18 +201,14 @@ impl ChunkStore {
     /// very bytes (the apply path checks a segment's hash, which for a one-chunk segment is its
     /// chunk's): saves hashing them again.
     pub fn put_hashed(&self, h: Hash, data: &[u8]) -> Result<Hash, ChunkError> {
-        let path = self.path(&h);
-        if self.disk.exists(&path) && self.get(&h).is_ok() {
-            return Ok(h);
-        }
-        self.write(&h, data)?;
+        self.put_verified(h, data)?;
         Ok(h)
     }
 
-    /// Whether a file for chunk `h` exists here; its bytes are not read (the scrub and readers
-    /// check those).
+    /// Whether a file for chunk `h` exists here (see [`ChunkStore::contains`]); its bytes are not
+    /// read (the scrub and readers check those).
     pub fn present(&self, h: &Hash) -> bool {
-        self.disk.exists(&self.path(h))
+        self.contains(h)
     }
 
     /// Fetches chunk `h`, which this replica never had (a snapshot install references it), from
@@ -148,7 +216,7 @@ impl ChunkStore {
     /// repair counter stays.
     pub async fn fetch_missing(&self, h: &Hash) -> Result<NodeId, ChunkError> {
         let failed = |why: String| ChunkError::Unrepaired { damage: ChunkError::Missing(hex(h)).to_string(), why };
-        let source = self.source.as_ref().ok_or_else(|| failed("this store has no peers to fetch from".into()))?;
+        let source = self.current_source().ok_or_else(|| failed("this store has no peers to fetch from".into()))?;
         let Fetched { from, data } = source.fetch(*h).await.map_err(failed)?;
         if blake3::hash(&data).as_bytes() != h {
             return Err(failed(format!("node {from} sent bytes that do not match the chunk's blake3")));
@@ -157,9 +225,19 @@ impl ChunkStore {
         Ok(from)
     }
 
-    /// Reads a chunk and checks its hash.
-    pub fn get(&self, h: &Hash) -> Result<Vec<u8>, ChunkError> {
-        let data = match self.disk.read_file(&self.path(h)) {
+    /// [`ChunkStore::put_hashed`] that says whether it wrote (`true`) or found the chunk present
+    /// and intact in this namespace (`false`).
+    pub fn put_verified(&self, h: Hash, data: &[u8]) -> Result<bool, ChunkError> {
+        let path = self.path(&h);
+        if self.disk.exists(&path) && self.read_verified(&path, &h).is_ok() {
+            return Ok(false);
+        }
+        self.write(&h, data)?;
+        Ok(true)
+    }
+
+    fn read_verified(&self, path: &std::path::Path, h: &Hash) -> Result<Vec<u8>, ChunkError> {
+        let data = match self.disk.read_file(path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ChunkError::Missing(hex(h))),
             Err(e) => return Err(ChunkError::Io(e.to_string())),
@@ -168,6 +246,22 @@ impl ChunkStore {
             return Err(ChunkError::Corrupt(hex(h)));
         }
         Ok(data)
+    }
+
+    /// Reads a chunk and checks its hash. A tenant's store that lacks the chunk in its own
+    /// namespace reads the legacy global directory and, when the copy there is intact, writes it
+    /// into its own namespace (durably) before answering, so the old place is needed only once.
+    pub fn get(&self, h: &Hash) -> Result<Vec<u8>, ChunkError> {
+        match self.read_verified(&self.path(h), h) {
+            Err(ChunkError::Missing(m)) => {
+                let Some(old) = self.legacy_path(h) else { return Err(ChunkError::Missing(m)) };
+                let data = self.read_verified(&old, h)?;
+                self.write(h, &data)?;
+                tracing::debug!(chunk = %hex(h), "chunk moved from the global directory into its tenant's");
+                Ok(data)
+            }
+            other => other,
+        }
     }
 
     /// Reads a chunk; a damaged copy (corrupt or missing) is first repaired from the source.
@@ -195,7 +289,7 @@ impl ChunkStore {
     /// Fetches a healthy copy of `h`, verifies it and writes it durably over the damaged file.
     async fn repair(&self, h: &Hash, damage: ChunkError) -> Result<(Vec<u8>, NodeId), ChunkError> {
         let unrepaired = |why: String| ChunkError::Unrepaired { damage: damage.to_string(), why };
-        let Some(source) = &self.source else {
+        let Some(source) = self.current_source() else {
             return Err(unrepaired("this store has no peers to repair from".into()));
         };
         let Fetched { from, data } = source.fetch(*h).await.map_err(unrepaired)?;
@@ -215,6 +309,11 @@ impl ChunkStore {
         let path = self.path(h);
         if let Some(parent) = path.parent() {
             self.disk.create_dir_all(parent).map_err(|e| ChunkError::Io(e.to_string()))?;
+        }
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::on(crate::planted::Bug::AckBeforeChunks) {
+            return crate::planted::write_without_sync(&self.disk, &path, data)
+                .map_err(|e| ChunkError::Io(e.to_string()));
         }
         self.disk.write_file_durable(&path, data).map_err(|e| ChunkError::Io(e.to_string()))
     }
@@ -299,6 +398,43 @@ mod tests {
         assert_eq!(mine.repairs(), 1);
         assert_eq!(mine.check_or_repair(&h).await, Ok(Checked::Intact));
         assert_eq!(mine.repairs(), 1, "an intact chunk is not rewritten");
+    }
+
+    #[test]
+    fn tenant_groups_name_their_tenant() {
+        assert_eq!(ChunkStore::tenant_of_group("t/acme/3"), Some("acme"));
+        assert_eq!(ChunkStore::tenant_of_group("t/a_b-c/0"), Some("a_b-c"));
+        for other in ["meta", "t/acme", "t//3", "t/acme/x", "t/a/b/3", "x/acme/3"] {
+            assert_eq!(ChunkStore::tenant_of_group(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_finds_a_chunk_of_the_old_global_directory_and_moves_it_into_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        // As the previous build wrote it: one directory for every tenant.
+        let global = ChunkStore::new(disk.clone(), dir.path());
+        let old = global.put(b"an old segment").unwrap();
+        let acme = ChunkStore::for_tenant(disk.clone(), dir.path(), "acme");
+        assert!(acme.contains(&old), "the legacy copy counts as present");
+        assert!(!disk.exists(&acme.path(&old)));
+        assert_eq!(acme.get(&old).unwrap(), b"an old segment");
+        assert!(disk.exists(&acme.path(&old)), "the read copied it into the tenant's namespace");
+        assert!(acme.path(&old).starts_with(dir.path().join("chunks").join("acme")));
+        // A new write goes to the tenant's namespace only.
+        let new = acme.put(b"a new segment").unwrap();
+        assert!(disk.exists(&acme.path(&new)));
+        assert_eq!(global.get(&new), Err(ChunkError::Missing(hex(&new))));
+        // Another tenant has its own namespace (the legacy one is shared, as it was).
+        let other = ChunkStore::for_tenant(disk.clone(), dir.path(), "other");
+        assert!(!other.contains(&new));
+        assert_eq!(other.get(&new), Err(ChunkError::Missing(hex(&new))));
+        // A rotten legacy copy is reported as corrupt, never served or copied.
+        let rotten = global.put(b"rots in the old place").unwrap();
+        rot_one_bit(&global, &rotten);
+        assert_eq!(acme.get(&rotten), Err(ChunkError::Corrupt(hex(&rotten))));
+        assert!(!disk.exists(&acme.path(&rotten)));
     }
 
     #[tokio::test]

@@ -2,7 +2,11 @@
 //! ([`LogFiles`]), with an in-memory index from (group, index) to where the entry lies.
 //!
 //! Two kinds of records:
-//! - an **entry**: (group, index, the encoded entry). It replaces any entry at that index;
+//! - an **entry**: (group, index, the encoded entry). It replaces any entry at that index. This
+//!   build writes entries as [`KIND_ENTRY_VERSIONED`] records, whose bytes start with a version
+//!   (`storage/versioned.rs`); [`KIND_ENTRY`] records, written by builds before that (a bare
+//!   postcard entry, segment bytes inline), are still read, and [`EntryBytes::legacy`] says which
+//!   form an entry is in;
 //! - a **truncation**: (group, from): drops the group's entries from `from` on.
 //!
 //! Replaying the records in file order rebuilds the index. Purges are not records: a group's
@@ -26,8 +30,15 @@ use crate::seams::disk::DiskRef;
 /// Files kept before a sparse oldest file is compacted away.
 pub const KEEP_FILES: usize = 4;
 
+/// An entry as builds before versioned log records wrote it (read, never written).
 const KIND_ENTRY: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
+/// An entry whose bytes start with their version (`versioned::LOG_ENTRY_VERSION`).
+const KIND_ENTRY_VERSIONED: u8 = 3;
+
+fn is_entry(kind: u8) -> bool {
+    kind == KIND_ENTRY || kind == KIND_ENTRY_VERSIONED
+}
 
 /// One change to a group's log, as the store's writer applies it.
 #[derive(Debug)]
@@ -47,6 +58,11 @@ pub struct EntryBytes {
 impl EntryBytes {
     pub fn bytes(&self) -> &[u8] {
         &self.payload[self.start..]
+    }
+
+    /// Whether the entry was written by a build before log records were versioned.
+    pub fn legacy(&self) -> bool {
+        self.payload.first() == Some(&KIND_ENTRY)
     }
 }
 
@@ -74,7 +90,7 @@ fn decode(p: &[u8]) -> Result<(u8, &str, u64, usize), StoreError> {
     let at = 1 + 2 + glen;
     let index = p.get(at..at + 8).ok_or_else(|| bad("short index"))?;
     let index = u64::from_le_bytes(index.try_into().expect("8 bytes"));
-    if kind != KIND_ENTRY && kind != KIND_TRUNCATE {
+    if !is_entry(kind) && kind != KIND_TRUNCATE {
         return Err(bad(&format!("unknown record kind {kind}")));
     }
     Ok((kind, group, index, at + 8))
@@ -101,7 +117,7 @@ fn lock(m: &Mutex<Index>) -> MutexGuard<'_, Index> {
 
 /// Applies one record to the index; returns the locations it stopped pointing at.
 fn apply(index: &mut Index, kind: u8, group: &str, at: u64, loc: RecLoc) -> Vec<RecLoc> {
-    if kind == KIND_ENTRY {
+    if is_entry(kind) {
         let g = match index.get_mut(group) {
             Some(g) => g,
             None => index.entry(Arc::from(group)).or_default(),
@@ -139,9 +155,9 @@ impl RaftLog {
             match op {
                 LogOp::Entries { group, entries } => {
                     for (at, bytes) in entries {
-                        payloads.push(encode(KIND_ENTRY, &group, at, &bytes)?);
+                        payloads.push(encode(KIND_ENTRY_VERSIONED, &group, at, &bytes)?);
                         live.push(true);
-                        what.push((KIND_ENTRY, group.clone(), at));
+                        what.push((KIND_ENTRY_VERSIONED, group.clone(), at));
                     }
                 }
                 LogOp::TruncateFrom { group, from } => {
@@ -189,7 +205,7 @@ impl RaftLog {
         loop {
             if let Some(payload) = self.files.read(loc)? {
                 let (kind, g, i, start) = decode(&payload)?;
-                if kind != KIND_ENTRY || g != group || i != at {
+                if !is_entry(kind) || g != group || i != at {
                     return Err(StoreError::Corrupt {
                         what: "raft log index".into(),
                         detail: format!("{group}[{at}] points at a record of {g}[{i}] (kind {kind})"),
@@ -289,6 +305,21 @@ impl RaftLog {
     pub fn groups(&self) -> Vec<Arc<str>> {
         lock(&self.index).keys().cloned().collect()
     }
+
+    /// Writes entries as a build before versioned log records did ([`KIND_ENTRY`] records, synced):
+    /// for tests that open a log of the previous format.
+    #[cfg(test)]
+    pub fn write_legacy_entries(&self, group: &str, entries: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+        let payloads =
+            entries.iter().map(|(at, b)| encode(KIND_ENTRY, group, *at, b)).collect::<Result<Vec<_>, _>>()?;
+        let live = vec![true; payloads.len()];
+        let locs = self.files.append(&payloads, &live, true)?;
+        let mut index = lock(&self.index);
+        for ((at, _), loc) in entries.iter().zip(locs) {
+            apply(&mut index, KIND_ENTRY, group, *at, loc);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -378,5 +409,19 @@ mod tests {
         let p = encode(KIND_ENTRY, "grp", 7, b"xyz").unwrap();
         let (kind, g, i, start) = decode(&p).unwrap();
         assert_eq!((kind, g, i, &p[start..]), (KIND_ENTRY, "grp", 7, &b"xyz"[..]));
+    }
+
+    #[test]
+    fn legacy_entries_replay_beside_versioned_ones_and_say_which_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let log = RaftLog::open(disk.clone(), dir.path(), 1 << 20).unwrap();
+        log.write_legacy_entries("a", &[(1, b"old".to_vec()), (2, b"old2".to_vec())]).unwrap();
+        log.write(vec![LogOp::Entries { group: "a".into(), entries: vec![(2, b"new".to_vec())] }], true).unwrap();
+        drop(log);
+        let log = RaftLog::open(disk, dir.path(), 1 << 20).unwrap();
+        let got: Vec<(u64, Vec<u8>, bool)> =
+            log.read("a", 0, 9).unwrap().into_iter().map(|(i, e)| (i, e.bytes().to_vec(), e.legacy())).collect();
+        assert_eq!(got, vec![(1, b"old".to_vec(), true), (2, b"new".to_vec(), false)]);
     }
 }

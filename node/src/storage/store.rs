@@ -140,6 +140,9 @@ pub struct Store {
     root: PathBuf,
     node_name: String,
     incarnation: u64,
+    /// Each group's chunk repair source, shared by the chunk stores its state and its log store
+    /// build (`ChunkStore::for_store`; set by `node/repair.rs`).
+    chunk_sources: std::sync::Mutex<std::collections::BTreeMap<String, super::chunks::SourceSlot>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -248,7 +251,14 @@ impl Store {
             root: root.to_path_buf(),
             node_name: node_name.to_string(),
             incarnation,
+            chunk_sources: Default::default(),
         }))
+    }
+
+    /// The chunk repair source slot of `group` (one per group, created empty on first use).
+    pub fn chunk_source_slot(&self, group: &str) -> super::chunks::SourceSlot {
+        let mut slots = self.chunk_sources.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(group.to_string()).or_default().clone()
     }
 
     pub fn incarnation(&self) -> u64 {

@@ -15,6 +15,11 @@
 //! Snapshot files are too large to rewrite on open. A snapshot file from before the version byte
 //! starts with its metadata's `Option<LogId>`, whose postcard tag is 0 or 1; a versioned one
 //! starts with [`SNAPSHOT_MAGIC`] (`T` is 0x54), so [`decode_snapshot_file`] reads both forms.
+//!
+//! Raft log records are told apart by their record kind instead (`storage/raft_log.rs`): a
+//! record of the kind written before log entries were versioned holds a bare postcard entry
+//! (with a segment's bytes inline); a versioned record starts with [`LOG_ENTRY_VERSION`]
+//! ([`encode_log_entry`], [`decode_log_entry`]).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -67,6 +72,24 @@ pub fn decode_snapshot_file<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result
         Some((&SNAPSHOT_VERSION, body)) => postcard::from_bytes(body).map_err(|e| corrupt(what, e)),
         Some((&found, _)) => Err(StoreError::UnknownVersion { what: what.into(), found, known: SNAPSHOT_VERSION }),
         None => Err(StoreError::Corrupt { what: what.into(), detail: "no version after the magic".into() }),
+    }
+}
+
+/// The version byte in front of each versioned Raft log record: 1 since segment bytes are
+/// sideloaded into chunk files and the record keeps only their references (`raft/log_store.rs`).
+pub const LOG_ENTRY_VERSION: u8 = 1;
+
+/// A versioned Raft log record: [`LOG_ENTRY_VERSION`], then its postcard bytes.
+pub fn encode_log_entry<T: Serialize>(v: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(v, vec![LOG_ENTRY_VERSION])
+}
+
+/// Decodes a record written by [`encode_log_entry`]; `what` names it in errors.
+pub fn decode_log_entry<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StoreError> {
+    match b.split_first() {
+        Some((&LOG_ENTRY_VERSION, body)) => postcard::from_bytes(body).map_err(|e| corrupt(what, e)),
+        Some((&found, _)) => Err(StoreError::UnknownVersion { what: what.into(), found, known: LOG_ENTRY_VERSION }),
+        None => Err(StoreError::Corrupt { what: what.into(), detail: "empty log record: no version byte".into() }),
     }
 }
 
@@ -137,5 +160,16 @@ mod tests {
             Err(StoreError::UnknownVersion { found: 9, known: 1, .. })
         ));
         assert!(decode_snapshot_file::<File>("snapshot", b"TSNP").is_err());
+    }
+
+    #[test]
+    fn log_records_carry_their_version_and_an_unknown_one_is_refused() {
+        let m = Mark { term: 2, index: 11 };
+        let mut b = encode_log_entry(&m).unwrap();
+        assert_eq!(b[0], LOG_ENTRY_VERSION);
+        assert_eq!(decode_log_entry::<Mark>("entry", &b).unwrap(), m);
+        b[0] = 7;
+        assert!(matches!(decode_log_entry::<Mark>("entry", &b), Err(StoreError::UnknownVersion { found: 7, .. })));
+        assert!(matches!(decode_log_entry::<Mark>("entry", &[]), Err(StoreError::Corrupt { .. })));
     }
 }

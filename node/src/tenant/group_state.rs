@@ -284,12 +284,11 @@ impl GroupState for TenantState {
             catalog.insert(rec);
         }
         let writes = catalog.segments.len() as u64;
-        Ok(TenantState {
-            catalog,
-            chunks: ChunkStore::new(store.disk().clone(), store.root()),
-            recent: VecDeque::new(),
-            writes,
-        })
+        // The tenant's own chunk namespace, shared by all its epochs (and by its groups' log
+        // stores, which sideload the bytes); the global directory of earlier builds is a fallback.
+        let chunks =
+            ChunkStore::for_store(store, group).unwrap_or_else(|| ChunkStore::new(store.disk().clone(), store.root()));
+        Ok(TenantState { catalog, chunks, recent: VecDeque::new(), writes })
     }
 
     fn apply(
@@ -310,7 +309,17 @@ impl GroupState for TenantState {
                 // `rec.chunks` holds the blake3 of each piece, just computed by `decide_put`.
                 debug_assert_eq!(crate::storage::chunks::split(data).count(), rec.chunks.len());
                 for (piece, h) in crate::storage::chunks::split(data).zip(&rec.chunks) {
-                    self.chunks.put_hashed(*h, piece).map_err(chunk_err)?;
+                    // The log store wrote this chunk when it appended the entry (on this replica,
+                    // before reporting the append flushed) and verified its bytes then, so its
+                    // presence is enough: chunk files are written to a temporary name, fdatasync'd
+                    // and renamed, so a chunk's name never exists without its whole bytes, and rot
+                    // since then is the scrub's to find (every read verifies). Writing the bytes
+                    // again would double the disk traffic sideloading exists to save. A chunk that
+                    // is absent comes from an entry that was not sideloaded (appended by an
+                    // earlier build, bytes inline): it is written here, as before.
+                    if !self.chunks.contains(h) {
+                        self.chunks.put_hashed(*h, piece).map_err(chunk_err)?;
+                    }
                 }
                 let row = postcard::to_stdvec(&rec).expect("segment record encodes");
                 let (g, n) = (group.to_string(), rec.name.clone());
@@ -574,7 +583,7 @@ mod tests {
             replica(&dir.path().join("node"), &[("000000010000000000000001", b"a WAL segment ".repeat(700))]).await;
         let h = st.catalog.segments["000000010000000000000001"].chunks[0];
         let x = hex(&h);
-        let path = dir.path().join("node").join("chunks").join(&x[..2]).join(&x);
+        let path = dir.path().join("node").join("chunks").join("x").join(&x[..2]).join(&x);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
