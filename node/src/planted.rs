@@ -48,7 +48,7 @@ pub enum Bug {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeCommit,
         Bug::AckBeforeFsync,
         Bug::WipedNodeVotes,
