@@ -301,7 +301,7 @@ async fn check_chunks_held(c: &SimCluster, tenant: &TenantInfo, leader: &Node, f
                     continue;
                 }
                 let x = tetrad_node::storage::chunks::hex(h);
-                let path = n.cfg.data_dir.join("chunks").join(&x[..2]).join(&x);
+                let path = tetrad_node::storage::chunks::tenant_chunk_path(&n.cfg.data_dir, &tenant.name, h);
                 if n.disk.is_rotted(&path) {
                     continue;
                 }

@@ -92,6 +92,18 @@ pub type SourceSlot = Arc<RwLock<Option<Arc<dyn ChunkSource>>>>;
 
 /// The chunk files under `<data dir>/chunks` (or a tenant's `<data dir>/chunks/<tenant>`).
 /// Cheap to clone; clones share the repair source and the repair counter.
+/// The file of chunk `h` in the chunk directory `dir`: `<dir>/<first two hex digits>/<hex>`.
+fn chunk_file(dir: &std::path::Path, h: &Hash) -> PathBuf {
+    let x = hex(h);
+    dir.join(&x[..2]).join(x)
+}
+
+/// Where tenant `tenant`'s chunk `h` lives under the data directory `root` (its namespace,
+/// [`ChunkStore::for_tenant`]): what the simulator's oracles read on a node's disk.
+pub fn tenant_chunk_path(root: &std::path::Path, tenant: &str, h: &Hash) -> PathBuf {
+    chunk_file(&root.join("chunks").join(tenant), h)
+}
+
 #[derive(Clone)]
 pub struct ChunkStore {
     disk: DiskRef,
@@ -177,13 +189,11 @@ impl ChunkStore {
     }
 
     fn path(&self, h: &Hash) -> PathBuf {
-        let x = hex(h);
-        self.dir.join(&x[..2]).join(x)
+        chunk_file(&self.dir, h)
     }
 
     fn legacy_path(&self, h: &Hash) -> Option<PathBuf> {
-        let x = hex(h);
-        self.legacy.as_ref().map(|d| d.join(&x[..2]).join(x))
+        self.legacy.as_ref().map(|d| chunk_file(d, h))
     }
 
     /// Whether a file for chunk `h` exists (in this namespace or, for a tenant, the legacy
