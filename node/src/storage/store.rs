@@ -416,16 +416,19 @@ async fn run_writer(db: Arc<redb::Database>, log: Arc<RaftLog>, mut rx: mpsc::Re
 }
 
 /// Brings a store written before its values were versioned to [`STORE_FORMAT`]: in one durable
-/// transaction, every value of [`RAFT_KV_KEYS`] gets its version byte and the store its format,
+/// transaction, every value of [`RAFT_KV_KEYS`] (a store without a format) and every catalog row
+/// (without a format, or format 1) gets its version byte and the store its format,
 /// so a crash leaves either the old store or the upgraded one. Refuses a format this build does
 /// not know (a newer tetrad's store) rather than misread it.
 fn upgrade_format(db: &redb::Database) -> Result<(), StoreError> {
     let mut legacy: Vec<(String, String, Vec<u8>)> = vec![];
+    let mut rows: Vec<(String, String, Vec<u8>)> = vec![];
     {
         let txn = db.begin_read().map_err(StoreError::db)?;
         let kv = txn.open_table(KV).map_err(StoreError::db)?;
-        match kv.get((NODE_GROUP, FORMAT_KEY)).map_err(StoreError::db)? {
+        let found = match kv.get((NODE_GROUP, FORMAT_KEY)).map_err(StoreError::db)? {
             Some(v) if v.value() == [STORE_FORMAT] => return Ok(()),
+            Some(v) if v.value() == [1] => Some(1),
             Some(v) => {
                 return Err(StoreError::UnknownVersion {
                     what: "the store's format".into(),
@@ -433,14 +436,28 @@ fn upgrade_format(db: &redb::Database) -> Result<(), StoreError> {
                     known: STORE_FORMAT,
                 })
             }
-            None => {}
-        }
-        for item in kv.iter().map_err(StoreError::db)? {
-            let (k, v) = item.map_err(StoreError::db)?;
-            let (group, key) = k.value();
-            if group != NODE_GROUP && RAFT_KV_KEYS.contains(&key) {
-                legacy.push((group.to_string(), key.to_string(), versioned::upgrade_value(v.value())));
+            None => None,
+        };
+        if found.is_none() {
+            for item in kv.iter().map_err(StoreError::db)? {
+                let (k, v) = item.map_err(StoreError::db)?;
+                let (group, key) = k.value();
+                if group != NODE_GROUP && RAFT_KV_KEYS.contains(&key) {
+                    legacy.push((group.to_string(), key.to_string(), versioned::upgrade_value(v.value())));
+                }
             }
+        }
+        // Format 1 and before: catalog rows are bare postcard.
+        match txn.open_table(SEGMENTS) {
+            Ok(segments) => {
+                for item in segments.iter().map_err(StoreError::db)? {
+                    let (k, v) = item.map_err(StoreError::db)?;
+                    let (group, name) = k.value();
+                    rows.push((group.to_string(), name.to_string(), versioned::upgrade_value(v.value())));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(StoreError::db(e)),
         }
     }
     let mut txn = db.begin_write().map_err(StoreError::db)?;
@@ -451,9 +468,18 @@ fn upgrade_format(db: &redb::Database) -> Result<(), StoreError> {
             kv.insert((group.as_str(), key.as_str()), value.as_slice()).map_err(StoreError::db)?;
         }
         kv.insert((NODE_GROUP, FORMAT_KEY), [STORE_FORMAT].as_slice()).map_err(StoreError::db)?;
+        let mut segments = txn.open_table(SEGMENTS).map_err(StoreError::db)?;
+        for (group, name, row) in &rows {
+            segments.insert((group.as_str(), name.as_str()), row.as_slice()).map_err(StoreError::db)?;
+        }
     }
     txn.commit().map_err(StoreError::db)?;
-    tracing::info!(values = legacy.len(), format = STORE_FORMAT, "upgraded the store's values to versioned encodings");
+    tracing::info!(
+        values = legacy.len(),
+        rows = rows.len(),
+        format = STORE_FORMAT,
+        "upgraded the store's values and catalog rows to versioned encodings"
+    );
     Ok(())
 }
 
@@ -527,6 +553,23 @@ impl Store {
             kv.remove((NODE_GROUP, FORMAT_KEY)).unwrap();
             for (group, key, value) in rows {
                 kv.insert((*group, *key), value.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    /// Test support: makes the closed store at `root` look as a format-1 build wrote it (values
+    /// versioned, catalog rows bare), with `rows` ((group, segment name, bytes)) in its catalog.
+    #[cfg(test)]
+    pub(crate) fn write_format1_catalog_rows(disk: &DiskRef, root: &Path, rows: &[(&str, &str, Vec<u8>)]) {
+        let db = Self::open_db(disk, &root.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut kv = txn.open_table(KV).unwrap();
+            kv.insert((NODE_GROUP, FORMAT_KEY), [1u8].as_slice()).unwrap();
+            let mut segments = txn.open_table(SEGMENTS).unwrap();
+            for (group, name, value) in rows {
+                segments.insert((*group, *name), value.as_slice()).unwrap();
             }
         }
         txn.commit().unwrap();
@@ -700,9 +743,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk: DiskRef = Arc::new(OsDisk::new());
         Store::init(disk.clone(), dir.path(), "n1", 7).unwrap();
-        Store::write_legacy_rows(&disk, dir.path(), &[("t/a/1", "vote", vec![9]), (NODE_GROUP, FORMAT_KEY, vec![2])]);
+        Store::write_legacy_rows(
+            &disk,
+            dir.path(),
+            &[("t/a/1", "vote", vec![9]), (NODE_GROUP, FORMAT_KEY, vec![STORE_FORMAT + 1])],
+        );
         let err = Store::open(disk.clone(), dir.path(), "n1").unwrap_err();
-        assert!(matches!(err, StoreError::UnknownVersion { found: 2, known: STORE_FORMAT, .. }), "{err:?}");
+        let newer = STORE_FORMAT + 1;
+        assert!(
+            matches!(err, StoreError::UnknownVersion { found, known: STORE_FORMAT, .. } if found == newer),
+            "{err:?}"
+        );
         let db = Store::open_db(&disk, &dir.path().join(DB_FILE)).unwrap();
         let txn = db.begin_read().unwrap();
         let kv = txn.open_table(KV).unwrap();

@@ -1,5 +1,6 @@
 //! Versioned encodings of what the Raft layer stores: the values it keeps in redb's `kv` table
-//! (a group's vote, purge marker, applied log id and membership) and its snapshot files.
+//! (a group's vote, purge marker, applied log id and membership), the tenant catalog's rows (the
+//! `segments` table, `tenant/group_state.rs` `encode_row`) and its snapshot files.
 //!
 //! Every such value starts with a version byte ([`KV_VERSION`]) and then the postcard bytes of
 //! that version's type, so that a later change of format is read side by side with this one
@@ -9,8 +10,9 @@
 //! Stores written before the version byte existed hold the bare postcard bytes, which can start
 //! with any byte, so the two forms cannot be told apart by looking at a value. The store says
 //! which form it holds instead: `Store::init` writes the store's format ([`STORE_FORMAT`]) and
-//! `Store::open` upgrades a store without one, in one durable transaction, by putting the version
-//! byte in front of every value named in [`RAFT_KV_KEYS`] before anything reads them.
+//! `Store::open` upgrades an older store, in one durable transaction, by putting the version
+//! byte in front of every value named in [`RAFT_KV_KEYS`] (format absent) and of every catalog
+//! row (format absent or 1) before anything reads them.
 //!
 //! Snapshot files are too large to rewrite on open. A snapshot file from before the version byte
 //! starts with its metadata's `Option<LogId>`, whose postcard tag is 0 or 1; a versioned one
@@ -30,8 +32,9 @@ use super::store::StoreError;
 pub const KV_VERSION: u8 = 1;
 
 /// The store's format, kept as (node, `format`) in the `kv` table: 1 since values carry
-/// [`KV_VERSION`]; absent in stores written before.
-pub const STORE_FORMAT: u8 = 1;
+/// [`KV_VERSION`]; 2 since the tenant catalog's rows (the `segments` table) do too; absent in
+/// stores written before either.
+pub const STORE_FORMAT: u8 = 2;
 
 /// The keys of the `kv` table whose values the Raft layer encodes with [`encode_value`]
 /// (`raft/log_store.rs`: vote, purged; `raft/state_machine.rs`: applied, membership).

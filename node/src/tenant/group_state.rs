@@ -19,6 +19,7 @@ use crate::raft::state_machine::{ApplyInfo, Check, Ensured, GroupState};
 use crate::raft::{Command, Reply};
 use crate::storage::chunks::{hex, ChunkError, ChunkSource, ChunkStore, Hash, CHUNK_BYTES};
 use crate::storage::store::{Store, StoreError, TxnFn, SEGMENTS};
+use crate::storage::versioned;
 
 /// How many recent entries are remembered for lag accounting.
 const RECENT_ENTRIES: usize = 100_000;
@@ -251,6 +252,19 @@ impl TenantState {
     }
 }
 
+/// A catalog row as stored in the `segments` table: versioned ([`versioned::encode_value`]: a
+/// version byte, then postcard), so a later change of `SegmentRecord` is read side by side with
+/// this one. Stores written before rows were versioned are upgraded when they open
+/// (`storage/store.rs`, store format 2).
+pub fn encode_row(rec: &SegmentRecord) -> Vec<u8> {
+    versioned::encode_value(rec)
+}
+
+/// Decodes a row written by [`encode_row`]; an unknown version or a damaged row is an error.
+pub fn decode_row(bytes: &[u8]) -> Result<SegmentRecord, StoreError> {
+    versioned::decode_value("segment record", bytes)
+}
+
 /// Whether a segment row of any group whose name starts with `prefix` references chunk `h`. With
 /// the prefix `t/<tenant>/` that is every epoch of one tenant this node holds rows of, sealed ones
 /// included. It decodes every row of those groups: for the rare repair path only.
@@ -262,7 +276,7 @@ pub fn rows_reference_chunk(store: &Store, prefix: &str, h: &Hash) -> Result<boo
         if !k.value().0.starts_with(prefix) {
             break;
         }
-        let rec: SegmentRecord = postcard::from_bytes(v.value()).map_err(|e| corrupt("segment record", e))?;
+        let rec: SegmentRecord = decode_row(v.value())?;
         if rec.chunks.contains(h) {
             return Ok(true);
         }
@@ -280,8 +294,7 @@ impl GroupState for TenantState {
             if k.value().0 != group {
                 break;
             }
-            let rec: SegmentRecord = postcard::from_bytes(v.value()).map_err(|e| corrupt("segment record", e))?;
-            catalog.insert(rec);
+            catalog.insert(decode_row(v.value())?);
         }
         let writes = catalog.segments.len() as u64;
         // The tenant's own chunk namespace, shared by all its epochs (and by its groups' log
@@ -321,7 +334,7 @@ impl GroupState for TenantState {
                         self.chunks.put_hashed(*h, piece).map_err(chunk_err)?;
                     }
                 }
-                let row = postcard::to_stdvec(&rec).expect("segment record encodes");
+                let row = encode_row(&rec);
                 let (g, n) = (group.to_string(), rec.name.clone());
                 work.push(Box::new(move |txn| {
                     let mut t = txn.open_table(SEGMENTS).map_err(StoreError::db)?;
@@ -373,7 +386,7 @@ impl GroupState for TenantState {
         let mut catalog = Catalog::default();
         let mut rows = vec![];
         for rec in segments {
-            rows.push((rec.name.clone(), postcard::to_stdvec(&rec).expect("segment record encodes")));
+            rows.push((rec.name.clone(), encode_row(&rec)));
             catalog.insert(rec);
         }
         let g = group.to_string();
@@ -434,6 +447,39 @@ mod tests {
             let got = self.0.get(&hash).map(|data| Fetched { from: 2, data }).map_err(|e| e.to_string());
             Box::pin(async move { got })
         }
+    }
+
+    #[tokio::test]
+    async fn catalog_rows_are_versioned_and_a_format_1_store_is_upgraded_when_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let root = dir.path().join("node");
+        Store::init(disk.clone(), &root, "n1", 7).unwrap();
+        let old = record("000000010000000000000001", 5, &[[7; 32]]);
+        // As a format-1 build wrote it: the row's bare postcard bytes.
+        Store::write_format1_catalog_rows(&disk, &root, &[(GROUP, &old.name, postcard::to_stdvec(&old).unwrap())]);
+        let store = Store::open(disk.clone(), &root, "n1").unwrap();
+        let st = TenantState::load(&store, GROUP).unwrap();
+        assert_eq!(st.catalog.segments.get(&old.name), Some(&old), "the old row reads after the upgrade");
+        let raw = {
+            let txn = store.db().begin_read().unwrap();
+            let t = txn.open_table(SEGMENTS).unwrap();
+            let v = t.get((GROUP, old.name.as_str())).unwrap().unwrap().value().to_vec();
+            v
+        };
+        assert_eq!(raw, encode_row(&old), "the row was rewritten with its version byte");
+        assert_eq!(raw[0], versioned::KV_VERSION);
+        // A row of an unknown version is an error that names it, never a misread.
+        let mut newer = raw.clone();
+        newer[0] = 9;
+        let e = decode_row(&newer).unwrap_err();
+        assert!(matches!(&e, StoreError::UnknownVersion { found: 9, .. }), "{e:?}");
+        assert!(rows_reference_chunk(&store, "t/x/", &[7; 32]).unwrap());
+        drop((st, store));
+        tokio::task::yield_now().await;
+        // Opening again changes nothing.
+        let store = Store::open(disk, &root, "n1").unwrap();
+        assert_eq!(TenantState::load(&store, GROUP).unwrap().catalog.segments.get(&old.name), Some(&old));
     }
 
     fn record(name: &str, size: u64, chunks: &[Hash]) -> SegmentRecord {
