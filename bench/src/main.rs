@@ -345,3 +345,14 @@ fn main() -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_parse_with_and_without_a_suffix() {
+        assert_eq!(super::parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(super::parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(super::parse_size("1000"), Ok(1000));
+        assert!(super::parse_size("16MB").is_err());
+    }
+}

@@ -206,3 +206,28 @@ async fn run(a: &LimitArgs, root: &Path) -> Result<LoadResult> {
     client.wait_idle().await;
     Ok(LoadResult { clients: a.in_flight, writes: latency_us.len(), elapsed, latency_us })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_push_reaches_every_replica_and_the_files_are_removed_after() {
+        let base = std::env::temp_dir().join(format!("tetrad-bench-limit-test-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let a = LimitArgs {
+            replicas: 3,
+            size: 256 << 10,
+            in_flight: 2,
+            duration: Duration::from_millis(300),
+            dir: base.clone(),
+        };
+        let r = limit(a).await.unwrap();
+        assert_eq!(r.clients, 2);
+        assert!(r.writes >= 2, "each of the two in flight completes at least one timed push: {}", r.writes);
+        assert_eq!(r.latency_us.len(), r.writes);
+        let left: Vec<_> = std::fs::read_dir(&base).unwrap().collect();
+        assert!(left.is_empty(), "the replicas' files are removed after the run: {left:?}");
+        std::fs::remove_dir(&base).unwrap();
+    }
+}
