@@ -10,12 +10,19 @@
 //!   each run on a fresh local cluster (`rto.rs`).
 //! - `log-append --count N --size BYTES --dir DIR`: durable Raft log appends, the node's log files
 //!   against one redb commit per append (`log_append.rs`).
+//! - `wal-push --size 16MiB --in-flight K --mode M --duration S [--cluster DIR] [--json]`: segments
+//!   pushed into one tenant of mode M, K at a time, in MiB/s (`wal_push.rs`); with `--limit
+//!   --replicas R`, the irreducible work of the same pushes on this machine instead: R copies
+//!   each over QUIC+TLS on loopback, blake3'd, written and fdatasync'd (`wal_push_limit.rs`).
+//!   `bench/wal-push-table.sh` runs both per mode and writes a section of `bench/RESULTS.md`.
 
 mod etcd;
 mod load;
 mod log_append;
 mod rto;
 mod tetrad_push;
+mod wal_push;
+mod wal_push_limit;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -104,6 +111,49 @@ enum Cmd {
         #[arg(long, default_value = "/var/tmp")]
         dir: PathBuf,
     },
+    /// WAL segments pushed into one tenant of `mode` (default placement), `in-flight` at a time,
+    /// for `duration` seconds: MiB/s of segment data and per-push latency. With `--limit`, the
+    /// irreducible work of those pushes on this machine instead (no cluster): `replicas` copies
+    /// of each, each over its own QUIC stream with mutual TLS on loopback, blake3'd once, written
+    /// to a new file under `--dir` and fdatasync'd (and its directory fsync'd).
+    WalPush {
+        /// Segment size: bytes, or with a KiB/MiB suffix.
+        #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+        #[arg(long, value_enum, default_value = "sync")]
+        mode: rto::Mode,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// A running cluster; without it the bench starts a local one under `--dir` and purges it.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// Where a started cluster's data (or `--limit`'s files) go: a real disk, not a tmpfs.
+        #[arg(long, default_value = "/var/tmp")]
+        dir: PathBuf,
+        /// Measure the irreducible work instead of tetrad (`--replicas` copies per push).
+        #[arg(long)]
+        limit: bool,
+        /// Copies per push for `--limit` (a tenant's voters + learners; `wal-push` reports it).
+        #[arg(long, default_value_t = 5)]
+        replicas: usize,
+        /// One JSON object (`mib_per_s`, `p50_ms`, `p99_ms`, `replicas`, ...) instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `16MiB`, `64KiB`, `1048576`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1 << 20)
+    } else if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1 << 10)
+    } else {
+        (s, 1)
+    };
+    num.trim().parse::<usize>().map(|n| n * mult).map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
 fn bin(name: &str) -> Result<PathBuf> {
@@ -247,9 +297,62 @@ fn main() -> Result<()> {
             tokio::runtime::Runtime::new()?.block_on(push(args))
         }
         Cmd::LogAppend { count, size, dir } => log_append::log_append(&dir, count, size),
+        Cmd::WalPush { size, in_flight, mode, duration, cluster, dir, limit, replicas, json } => {
+            let duration = Duration::from_secs_f64(duration);
+            let rt = tokio::runtime::Runtime::new()?;
+            let (what, result, replicas, mode, tenant) = if limit {
+                let a = wal_push_limit::LimitArgs { replicas, size, in_flight, duration, dir };
+                ("limit", rt.block_on(wal_push_limit::limit(a))?, replicas, None, None)
+            } else {
+                let a = wal_push::WalPushArgs {
+                    ctl: bin("tetradctl")?,
+                    cluster,
+                    data_dir: dir,
+                    mode,
+                    size,
+                    in_flight,
+                    duration,
+                };
+                let r = rt.block_on(wal_push::wal_push(a))?;
+                ("tetrad", r.load, r.replicas, Some(mode.name()), Some(r.tenant))
+            };
+            let mib = wal_push::mib_per_s(&result, size);
+            let (p50, p99) = (wal_push::quantile_ms(&result, 0.5), wal_push::quantile_ms(&result, 0.99));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "what": what, "mode": mode, "tenant": tenant, "size": size, "in_flight": in_flight,
+                        "replicas": replicas, "pushes": result.writes,
+                        "elapsed_s": result.elapsed.as_secs_f64(), "mib_per_s": mib,
+                        "p50_ms": p50, "p99_ms": p99,
+                    })
+                );
+            } else {
+                println!(
+                    "wal-push {what} mode={} size={size} in_flight={in_flight} replicas={replicas}: \
+                     {} pushes in {:.1}s = {mib:.1} MiB/s, p50={p50:.1}ms p99={p99:.1}ms",
+                    mode.unwrap_or("-"),
+                    result.writes,
+                    result.elapsed.as_secs_f64()
+                );
+            }
+            Ok(())
+        }
         Cmd::Rto { modes, runs, segment_bytes, tuning, keep_logs } => {
             let args = rto::RtoArgs { ctl: bin("tetradctl")?, modes, runs, segment_bytes, tuning, keep_logs };
             tokio::runtime::Runtime::new()?.block_on(rto::rto(args))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_parse_with_and_without_a_suffix() {
+        assert_eq!(super::parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(super::parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(super::parse_size("1000"), Ok(1000));
+        assert!(super::parse_size("16MB").is_err());
     }
 }

@@ -73,7 +73,7 @@ impl Mode {
     }
 
     /// `tenant create` options beyond the name.
-    fn create_args(self) -> Vec<&'static str> {
+    pub(crate) fn create_args(self) -> Vec<&'static str> {
         let mut args = vec!["--mode", self.name(), "--primary", PRIMARY];
         if self == Mode::NearSync {
             args.extend(["--rpo-target", "1s"]);
@@ -111,7 +111,7 @@ pub fn first_recovered(mode: Mode, acks: &[Ack], killed_at: Instant, old: (u64, 
 
 /// A local cluster in its own directory, torn down (`cluster down --purge`) when dropped, so an
 /// error or a panic anywhere in a run leaves no processes behind.
-struct Cluster {
+pub(crate) struct Cluster {
     ctl: PathBuf,
     dir: PathBuf,
     /// Where the nodes' logs are copied before the teardown, if anywhere.
@@ -119,7 +119,12 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn up(ctl: &Path, dir: PathBuf, tuning: Option<&Path>, keep_logs: Option<PathBuf>) -> Result<Self> {
+    pub(crate) async fn up(
+        ctl: &Path,
+        dir: PathBuf,
+        tuning: Option<&Path>,
+        keep_logs: Option<PathBuf>,
+    ) -> Result<Self> {
         // The guard exists before `up` runs: a half-started cluster is torn down too.
         let cluster = Cluster { ctl: ctl.to_owned(), dir, keep_logs };
         let tuning = tuning.map(|t| t.to_string_lossy().into_owned());
@@ -132,7 +137,7 @@ impl Cluster {
     }
 
     /// Runs `tetradctl --cluster DIR ARGS` and returns its stdout, or an error with its output.
-    async fn ctl(&self, args: &[&str]) -> Result<String> {
+    pub(crate) async fn ctl(&self, args: &[&str]) -> Result<String> {
         let out = tokio::process::Command::new(&self.ctl)
             .arg("--cluster")
             .arg(&self.dir)
