@@ -23,8 +23,11 @@ use crate::storage::raft_log::{self, EntryBytes};
 use crate::storage::versioned;
 use crate::tenant::catalog::SegmentRecord;
 
+/// A fuzz target: runs one decoder on any bytes.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory (`tests/fuzz/corpus/<name>/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("wire_request", wire_request),
     ("wire_reply", wire_reply),
     ("log_file", log_file),
