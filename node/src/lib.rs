@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod meta;
 pub mod net;
 pub mod node;

@@ -87,7 +87,7 @@ enum RecordRef<'a> {
 // inflation into an `Entry` of the same size, so boxing would add an allocation and save nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]
-enum Record {
+pub(crate) enum Record {
     /// Any entry whose bytes (if any) are in the record itself: blank, membership, meta commands,
     /// and segment puts that were not sideloaded (empty, or whose bytes do not match their claimed
     /// blake3, which apply refuses).
@@ -175,7 +175,7 @@ fn inflated(s: SideloadedPut, pieces: Vec<Vec<u8>>) -> Result<Entry, StoreError>
 }
 
 /// Decodes one log record, of this build's versioned form or the previous build's bare entry.
-fn decode_record(group: &str, bytes: &EntryBytes) -> Result<Record, StoreError> {
+pub(crate) fn decode_record(group: &str, bytes: &EntryBytes) -> Result<Record, StoreError> {
     let what = format!("log entry of group {group}");
     if bytes.legacy() {
         let e = postcard::from_bytes(bytes.bytes()).map_err(|e| StoreError::Corrupt { what, detail: e.to_string() })?;

@@ -129,10 +129,10 @@ pub struct SmInner<S> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
+pub(crate) struct SnapshotFile {
+    pub(crate) meta: SnapshotMeta,
     #[serde(with = "crate::storage::byte_buf")]
-    data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
 }
 
 pub struct GroupSm<S: GroupState> {
@@ -404,7 +404,7 @@ pub async fn prepare_install<S: GroupState>(sm: &RwLock<SmInner<S>>, data: &[u8]
 }
 
 /// A snapshot file of [`SNAPSHOT_FILE_VERSION`].
-fn encode_snapshot_file(file: &SnapshotFile) -> Vec<u8> {
+pub(crate) fn encode_snapshot_file(file: &SnapshotFile) -> Vec<u8> {
     let mut head = versioned::SNAPSHOT_MAGIC.to_vec();
     head.push(SNAPSHOT_FILE_VERSION);
     postcard::to_extend(file, head).expect("in-memory values always encode")
@@ -413,7 +413,7 @@ fn encode_snapshot_file(file: &SnapshotFile) -> Vec<u8> {
 /// Reads a snapshot file of [`SNAPSHOT_FILE_VERSION`], of version 1 or from before versions
 /// (`versioned::decode_snapshot_file`); the data of the older ones is self-describing
 /// (a tenant snapshot with bytes), so it installs and is served as it is.
-fn decode_snapshot_file(what: &str, b: &[u8]) -> Result<SnapshotFile, StoreError> {
+pub(crate) fn decode_snapshot_file(what: &str, b: &[u8]) -> Result<SnapshotFile, StoreError> {
     match b.strip_prefix(versioned::SNAPSHOT_MAGIC.as_slice()) {
         Some([SNAPSHOT_FILE_VERSION, body @ ..]) => {
             postcard::from_bytes(body).map_err(|e| StoreError::Corrupt { what: what.into(), detail: e.to_string() })

@@ -31,12 +31,12 @@ use crate::seams::disk::DiskRef;
 pub const KEEP_FILES: usize = 4;
 
 /// An entry as builds before versioned log records wrote it (read, never written).
-const KIND_ENTRY: u8 = 1;
-const KIND_TRUNCATE: u8 = 2;
+pub(crate) const KIND_ENTRY: u8 = 1;
+pub(crate) const KIND_TRUNCATE: u8 = 2;
 /// An entry whose bytes start with their version (`versioned::LOG_ENTRY_VERSION`).
-const KIND_ENTRY_VERSIONED: u8 = 3;
+pub(crate) const KIND_ENTRY_VERSIONED: u8 = 3;
 
-fn is_entry(kind: u8) -> bool {
+pub(crate) fn is_entry(kind: u8) -> bool {
     kind == KIND_ENTRY || kind == KIND_ENTRY_VERSIONED
 }
 
@@ -51,8 +51,8 @@ pub enum LogOp {
 
 /// An entry's bytes as read back: the record payload and where the entry starts in it.
 pub struct EntryBytes {
-    payload: Vec<u8>,
-    start: usize,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) start: usize,
 }
 
 impl EntryBytes {
@@ -66,7 +66,7 @@ impl EntryBytes {
     }
 }
 
-fn encode(kind: u8, group: &str, index: u64, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode(kind: u8, group: &str, index: u64, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
     let glen = u16::try_from(group.len()).map_err(|_| StoreError::Io(format!("group name too long: {group}")))?;
     let mut out = Vec::with_capacity(1 + 2 + group.len() + 8 + bytes.len());
     out.push(kind);
@@ -78,7 +78,7 @@ fn encode(kind: u8, group: &str, index: u64, bytes: &[u8]) -> Result<Vec<u8>, St
 }
 
 /// (kind, group, index, offset of the rest) of a record payload.
-fn decode(p: &[u8]) -> Result<(u8, &str, u64, usize), StoreError> {
+pub(crate) fn decode(p: &[u8]) -> Result<(u8, &str, u64, usize), StoreError> {
     let bad = |d: &str| StoreError::Corrupt { what: "raft log record".into(), detail: d.into() };
     let (&kind, rest) = p.split_first().ok_or_else(|| bad("empty"))?;
     if rest.len() < 2 {

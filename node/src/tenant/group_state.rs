@@ -80,7 +80,7 @@ pub struct TenantSnapshot {
 /// A tenant snapshot as builds before snapshots by reference wrote it: every chunk's bytes.
 /// Still installed (a snapshot file kept from that build, or a leader still running it).
 #[derive(Serialize, Deserialize)]
-struct LegacySnapshot {
+pub(crate) struct LegacySnapshot {
     segments: Vec<SegmentRecord>,
     #[serde(with = "crate::storage::byte_buf::pairs")]
     chunks: Vec<(Hash, Vec<u8>)>,
@@ -94,7 +94,7 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"\0TSR";
 /// The by-reference format's version (the legacy form with bytes is version 1).
 pub const SNAPSHOT_FORMAT: u8 = 2;
 
-enum Decoded {
+pub(crate) enum Decoded {
     ByRef(TenantSnapshot),
     Legacy(LegacySnapshot),
 }
@@ -140,7 +140,7 @@ impl TenantSnapshot {
     }
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<Decoded, StoreError> {
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Decoded, StoreError> {
     match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
         Some([SNAPSHOT_FORMAT, body @ ..]) => Ok(Decoded::ByRef(TenantSnapshot::decode(body)?)),
         Some([found, ..]) => {
