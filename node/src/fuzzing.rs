@@ -132,8 +132,10 @@ pub fn tenant_snapshot(data: &[u8]) {
     round_trip(data, by_ref, |s| s.encode());
 }
 
-/// A catalog row as stored in redb (postcard `SegmentRecord`).
+/// A catalog row as stored in redb (`group_state::encode_row`: a version byte, then postcard).
 pub fn catalog_row(data: &[u8]) {
+    round_trip(data, |b| crate::tenant::group_state::decode_row(b).ok(), crate::tenant::group_state::encode_row);
+    // A row of a format-1 store before its upgrade: bare postcard.
     round_trip(
         data,
         |b| postcard::from_bytes::<SegmentRecord>(b).ok(),
@@ -448,7 +450,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ("raft_kv_value", kv),
         ("sm_snapshot_file", sm_files),
         ("tenant_snapshot", tenant_snaps),
-        ("catalog_row", vec![postcard::to_stdvec(&segment).expect("encodes")]),
+        (
+            "catalog_row",
+            vec![crate::tenant::group_state::encode_row(&segment), postcard::to_stdvec(&segment).expect("encodes")],
+        ),
         ("meta_state", vec![postcard::to_stdvec(&MetaState::default()).expect("encodes")]),
         ("node_config", vec![config.as_bytes().to_vec()]),
         ("grpc_message", grpc),
