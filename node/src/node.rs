@@ -30,6 +30,7 @@ use self::directory::Directory;
 use self::hosted::HostedGroups;
 use self::operator::Operator;
 use self::reads::Reads;
+pub use self::reads::{page_limit, SegmentPage, LIST_PAGE_MAX};
 use self::reconcile::{Reconcile, ReconcileDeps};
 use self::repair::Repair;
 use self::status::Status;
@@ -322,6 +323,17 @@ impl Node {
     /// Lists a tenant's segments (linearizable).
     pub async fn list(&self, tenant: &str, prefix: &str) -> Result<Vec<SegmentRecord>, ApiError> {
         self.inner.reads.list(tenant, prefix).await
+    }
+
+    /// One page of a tenant's segments after `after` (linearizable), at most `limit`.
+    pub async fn list_page(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<SegmentPage, ApiError> {
+        self.inner.reads.list_page(tenant, prefix, after, limit).await
     }
 
     /// What this node knows of a group it hosts (with lag per region if it leads).

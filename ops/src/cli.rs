@@ -479,12 +479,12 @@ async fn run_wal(cmd: WalCmd, layout: &Layout, timeout: Duration) -> CmdResult<(
         }
         WalCmd::List { tenant, prefix, json } => {
             let mut s = session(layout, timeout, Op::Other)?;
-            let segments = wal::list(&mut s, &tenant.tenant, &prefix).await?;
-            if json {
-                println!("{}", wal::render_list_json(&segments));
-            } else {
-                print!("{}", wal::render_list(&segments));
-            }
+            let mut printer = wal::ListPrinter::new(std::io::stdout().lock(), json);
+            wal::list_pages(&mut s, &tenant.tenant, &prefix, wal::LIST_PAGE_SIZE, |page| {
+                printer.page(&page).or_exit(NO_ANSWER)
+            })
+            .await?;
+            drop(printer.finish().or_exit(NO_ANSWER)?);
         }
     }
     Ok(())

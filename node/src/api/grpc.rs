@@ -306,7 +306,18 @@ impl Tetrad for Api {
 
     async fn list_wal(&self, req: Request<ListWalRequest>) -> Result<Response<ListWalReply>, Status> {
         let r = req.into_inner();
-        let segs = self.node.list(&r.tenant, &r.prefix).await.map_err(|e| self.status(e))?;
+        // No page size: an old client, which cannot follow a token, gets the whole list as before.
+        let (segs, next_after) = match r.page_size {
+            None => (self.node.list(&r.tenant, &r.prefix).await.map_err(|e| self.status(e))?, None),
+            Some(n) => {
+                let page = self
+                    .node
+                    .list_page(&r.tenant, &r.prefix, &r.after, crate::node::page_limit(n))
+                    .await
+                    .map_err(|e| self.status(e))?;
+                (page.segments, page.next_after)
+            }
+        };
         Ok(Response::new(ListWalReply {
             segments: segs
                 .into_iter()
@@ -317,6 +328,7 @@ impl Tetrad for Api {
                     proposed_at_ms: s.proposed_at_ms,
                 })
                 .collect(),
+            next_after: next_after.unwrap_or_default(),
         }))
     }
 

@@ -299,7 +299,7 @@ impl Tetrad for FakeNode {
             })
             .collect();
         segments.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(ListWalReply { segments }))
+        Ok(Response::new(ListWalReply { segments, ..Default::default() }))
     }
 
     async fn switchover_tenant(
