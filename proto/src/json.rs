@@ -19,6 +19,7 @@
 //! | `tenant history --json` | a list of [`Event`]s, oldest first |
 //! | `tenant switchover|failover --json` | one [`Event`] |
 //! | `wal list --json` | [`SegmentList`] |
+//! | `verify --json` | [`Verify`] |
 
 use serde::{Deserialize, Serialize};
 
@@ -163,6 +164,32 @@ pub struct Segment {
     /// Hex.
     pub blake3: String,
     pub proposed_at_ms: u64,
+}
+
+/// `tetradctl verify --tenant T --json`: what each member of the tenant's current epoch holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verify {
+    pub tenant: String,
+    /// True only when every member was reached and holds every chunk whole (after repairs):
+    /// the command then exits 0.
+    pub ok: bool,
+    pub members: Vec<VerifyMember>,
+}
+
+/// One member in [`Verify`]. `missing + damaged = repaired + unrepaired`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyMember {
+    pub member: String,
+    pub reachable: bool,
+    /// Why the member is unreachable; null when it was reached.
+    pub error: Option<String>,
+    pub checked: u64,
+    /// Bytes of the chunks found intact.
+    pub bytes: u64,
+    pub missing: u64,
+    pub damaged: u64,
+    pub repaired: u64,
+    pub unrepaired: u64,
 }
 
 impl Status {
