@@ -18,9 +18,9 @@ use crate::exit::{gave_up, CmdError, CmdResult, Op, NO_ANSWER, VERIFY_FAILED};
 use crate::failure::Failure;
 use crate::table::{bytes, Table};
 
-/// A member's batch may take up to a minute (and one retry) on the node; the wait for the next
+/// A member's batch may take up to 30 s (and one retry) on the node; the wait for the next
 /// message is at least this long whatever `--timeout` says.
-const MIN_MESSAGE_WAIT: Duration = Duration::from_secs(150);
+const MIN_MESSAGE_WAIT: Duration = Duration::from_secs(90);
 
 /// Runs the verification; answers one summary per member, in the order the node sent them.
 pub async fn verify(session: &mut Session, tenant: &str, wait: Duration) -> CmdResult<Vec<VerifyMemberSummary>> {

@@ -42,8 +42,8 @@ pub(super) const SCRUB_STEP_EVERY: Duration = Duration::from_secs(1);
 /// [`VERIFY_BATCH_TIMEOUT`] even when every chunk of the batch needs a repair across a WAN.
 pub(crate) const VERIFY_BATCH_MIN_BYTES: u64 = 1 << 20;
 pub(crate) const VERIFY_BATCH_MAX_BYTES: u64 = 64 << 20;
-/// How long a member may take to answer one verification batch.
-pub(crate) const VERIFY_BATCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a member may take to answer one verification batch (16 MiB of segments by default).
+pub(crate) const VERIFY_BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between the end of one scrub pass and the start of the next.
 pub(super) const SCRUB_PASS_EVERY: Duration = Duration::from_secs(30);
 
