@@ -72,7 +72,9 @@ pub enum Command {
     #[command(subcommand)]
     Wal(WalCmd),
     /// Check every chunk of a tenant on every member of its current epoch, repairing from a healthy copy.
-    #[command(long_about = "Check every chunk of a tenant on every member of its current epoch.\n\n        Each member checks every chunk its catalog references against its blake3, batch by batch, and         repairs a missing or damaged one from another member's healthy copy. A progress line shows on a         terminal; then a table per member, or with --json {\"tenant\", \"ok\", \"members\":[{\"member\",         \"reachable\", \"error\", \"checked\", \"bytes\", \"missing\", \"damaged\", \"repaired\",         \"unrepaired\"}]} (fields may be added, never renamed).\n\n        --timeout bounds reaching the cluster and the wait for each progress message, not the whole         run: a tenant of many GiB takes as long as its batches.\n\n        Exit codes: 0 every member reached and whole (repairs included); 4 a member unreachable, or a         chunk missing or damaged and unrepaired; 2 unknown tenant or bad usage; 3 the cluster could not         be reached or stopped answering.")]
+    #[command(
+        long_about = "Check every chunk of a tenant on every member of its current epoch.\n\nEach member checks every chunk its catalog references against its blake3, batch by batch, and repairs a missing or damaged one from another member's healthy copy. A progress line shows on a terminal; then a table per member, or with --json {\"tenant\", \"ok\", \"members\":[{\"member\", \"reachable\", \"error\", \"checked\", \"bytes\", \"missing\", \"damaged\", \"repaired\", \"unrepaired\"}]} (fields may be added, never renamed).\n\n--timeout bounds reaching the cluster and the wait for each progress message, not the whole run: a tenant of many GiB takes as long as its batches.\n\nExit codes: 0 every member reached and whole (repairs included); 4 a member unreachable, or a chunk missing or damaged and unrepaired; 2 unknown tenant or bad usage; 3 the cluster could not be reached or stopped answering."
+    )]
     Verify {
         #[command(flatten)]
         tenant: TenantArg,

@@ -328,6 +328,34 @@ mod tests {
     }
 
     #[test]
+    fn verify_prints_the_documented_fields_in_order_with_nulls() {
+        let m = |member: &str, reachable: bool, error: Option<&str>| VerifyMember {
+            member: member.into(),
+            reachable,
+            error: error.map(Into::into),
+            checked: 9,
+            bytes: 4096,
+            missing: 1,
+            damaged: 2,
+            repaired: 2,
+            unrepaired: 1,
+        };
+        let v = Verify {
+            tenant: "acme".into(),
+            ok: false,
+            members: vec![m("eu-west-1", true, None), m("us-east-1", false, Some("timed out"))],
+        };
+        round_trip(
+            &v,
+            concat!(
+                r#"{"tenant":"acme","ok":false,"members":[{"member":"eu-west-1","reachable":true,"error":null,"checked":9,"#,
+                r#""bytes":4096,"missing":1,"damaged":2,"repaired":2,"unrepaired":1},{"member":"us-east-1","reachable":false,"#,
+                r#""error":"timed out","checked":9,"bytes":4096,"missing":1,"damaged":2,"repaired":2,"unrepaired":1}]}"#,
+            ),
+        );
+    }
+
+    #[test]
     fn status_prints_the_documented_fields_in_order() {
         round_trip(
             &status(),

@@ -352,7 +352,11 @@ impl Tetrad for Api {
                                 so_far: Some(counts_msg(&total)),
                                 expected_bytes,
                             };
-                            if tx.send(Ok(VerifyTenantReply { msg: Some(verify_tenant_reply::Msg::Progress(progress)) })).await.is_err() {
+                            if tx
+                                .send(Ok(VerifyTenantReply { msg: Some(verify_tenant_reply::Msg::Progress(progress)) }))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                             match next {
@@ -369,7 +373,11 @@ impl Tetrad for Api {
                     error: error.unwrap_or_default(),
                     counts: Some(counts_msg(&total)),
                 };
-                if tx.send(Ok(VerifyTenantReply { msg: Some(verify_tenant_reply::Msg::Member(summary)) })).await.is_err() {
+                if tx
+                    .send(Ok(VerifyTenantReply { msg: Some(verify_tenant_reply::Msg::Member(summary)) }))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

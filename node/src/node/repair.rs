@@ -368,7 +368,13 @@ impl Repair {
         Err(last)
     }
 
-    async fn call_verify(&self, to: NodeId, group: &str, after: Option<String>, max_bytes: u64) -> Result<Reply, String> {
+    async fn call_verify(
+        &self,
+        to: NodeId,
+        group: &str,
+        after: Option<String>,
+        max_bytes: u64,
+    ) -> Result<Reply, String> {
         let env = Envelope {
             from_incarnation: self.store.incarnation(),
             body: Request::VerifyChunks { group: group.to_string(), after, max_bytes },
@@ -456,7 +462,14 @@ mod tests {
 
         // A second pass finds only the chunk no one could repair.
         let c = verify_chunks(&mine, "t/a/1", &hashes).await;
-        let want = VerifyCounts { checked: 5, bytes: 1000 + 1001 + 1002 + 1003, missing: 0, damaged: 1, repaired: 0, unrepaired: 1 };
+        let want = VerifyCounts {
+            checked: 5,
+            bytes: 1000 + 1001 + 1002 + 1003,
+            missing: 0,
+            damaged: 1,
+            repaired: 0,
+            unrepaired: 1,
+        };
         assert_eq!(c, want);
         assert_eq!(c.missing + c.damaged, c.repaired + c.unrepaired);
     }

@@ -161,7 +161,10 @@ pub enum Reply {
     },
     /// The answer to [`Request::VerifyChunks`]: what the batch found, and the last segment it
     /// covered (the `after` of the next batch; `None`: this replica's catalog is done).
-    Verified { counts: VerifyCounts, next: Option<String> },
+    Verified {
+        counts: VerifyCounts,
+        next: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

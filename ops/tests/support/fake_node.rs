@@ -259,7 +259,10 @@ impl Tetrad for FakeNode {
     type FetchWalStream = FetchStream;
     type VerifyTenantStream = futures::stream::BoxStream<'static, Result<VerifyTenantReply, Status>>;
 
-    async fn verify_tenant(&self, _: Request<VerifyTenantRequest>) -> Result<Response<Self::VerifyTenantStream>, Status> {
+    async fn verify_tenant(
+        &self,
+        _: Request<VerifyTenantRequest>,
+    ) -> Result<Response<Self::VerifyTenantStream>, Status> {
         Err(Status::unimplemented("the fake node does not verify"))
     }
 
