@@ -361,6 +361,18 @@ impl Node {
     }
 
     /// Chunks this node repaired from peers since its tenant groups started here.
+    /// One batch of `tetradctl verify` on `member`: its counts and the next batch's cursor
+    /// (`None`: the member is done). An error: the member did not answer (after a retry).
+    pub async fn verify_batch(
+        &self,
+        member: crate::seams::net::NodeId,
+        group: &str,
+        after: Option<String>,
+        max_bytes: u64,
+    ) -> Result<(crate::raft::wire::VerifyCounts, Option<String>), String> {
+        self.inner.repair.verify_batch_on(member, group, after, max_bytes).await
+    }
+
     pub async fn chunk_repairs(&self) -> u64 {
         self.inner.repair.chunk_repairs().await
     }

@@ -27,6 +27,8 @@ Exit codes:
        failover without --accept-data-loss)
   3    no answer: the cluster could not be reached, or the outcome is unknown (a push; a
        switchover or failover, which is then not resent: check `tenant history`)
+  4    verify only: a member was unreachable, or holds a missing or damaged chunk that no
+       healthy copy could repair
   128  wal fetch only: any other failure (PostgreSQL aborts recovery on a status above 125)";
 
 /// tetradctl: operate a tetrad cluster and archive WAL into it.
@@ -69,6 +71,16 @@ pub enum Command {
     /// Archive and restore WAL segments (PostgreSQL archive_command / restore_command).
     #[command(subcommand)]
     Wal(WalCmd),
+    /// Check every chunk of a tenant on every member of its current epoch, repairing from a healthy copy.
+    #[command(
+        long_about = "Check every chunk of a tenant on every member of its current epoch.\n\nEach member checks every chunk its catalog references against its blake3, batch by batch, and repairs a missing or damaged one from another member's healthy copy. A progress line shows on a terminal; then a table per member, or with --json {\"tenant\", \"ok\", \"members\":[{\"member\", \"reachable\", \"error\", \"checked\", \"bytes\", \"missing\", \"damaged\", \"repaired\", \"unrepaired\"}]} (fields may be added, never renamed).\n\n--timeout bounds reaching the cluster and the wait for each progress message, not the whole run: a tenant of many GiB takes as long as its batches.\n\nExit codes: 0 every member reached and whole (repairs included); 4 a member unreachable, or a chunk missing or damaged and unrepaired; 2 unknown tenant or bad usage; 3 the cluster could not be reached or stopped answering."
+    )]
+    Verify {
+        #[command(flatten)]
+        tenant: TenantArg,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,6 +365,17 @@ pub async fn run(cli: Cli) -> CmdResult<()> {
         }
         Command::Tenant(cmd) => run_tenant(cmd, &layout, timeout).await,
         Command::Wal(cmd) => run_wal(cmd, &layout, timeout).await,
+        Command::Verify { tenant, json } => {
+            let mut s = session(&layout, timeout, op)?;
+            let members = crate::verify::verify(&mut s, &tenant.tenant, timeout).await?;
+            let report = crate::verify::to_json(&tenant.tenant, &members);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("verify JSON always serializes"));
+            } else {
+                print!("{}", crate::verify::render(&report));
+            }
+            crate::verify::outcome(&report)
+        }
     }
 }
 

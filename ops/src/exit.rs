@@ -10,6 +10,7 @@
 //! | 1 | `wal fetch` only: the segment certainly does not exist |
 //! | 2 | bad usage or input, unknown tenant, refused request (e.g. a segment conflict) |
 //! | 3 | no answer: the cluster could not be reached, or a push's outcome is unknown |
+//! | 4 | `verify` only: a member is unreachable, or holds a missing or damaged chunk no healthy copy could repair |
 //! | 128 | `wal fetch` only: anything else (so that PostgreSQL aborts recovery rather than ending it) |
 
 use std::fmt;
@@ -24,6 +25,9 @@ pub const FETCH_NOT_FOUND: u8 = 1;
 pub const USAGE: u8 = 2;
 /// No answer: the cluster could not be reached, or a write's outcome is unknown.
 pub const NO_ANSWER: u8 = 3;
+/// `verify` only: the verification ran, and a member was unreachable or holds a missing or
+/// damaged chunk that could not be repaired.
+pub const VERIFY_FAILED: u8 = 4;
 /// `wal fetch` only: any failure other than "does not exist" and bad usage. PostgreSQL's
 /// `restore_command` aborts recovery on a status above 125 instead of taking it as "not found"
 /// and ending recovery early.

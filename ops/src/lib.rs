@@ -28,4 +28,5 @@ pub mod status;
 pub mod table;
 pub mod tenant;
 pub mod tuning;
+pub mod verify;
 pub mod wal;

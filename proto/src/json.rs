@@ -19,6 +19,7 @@
 //! | `tenant history --json` | a list of [`Event`]s, oldest first |
 //! | `tenant switchover|failover --json` | one [`Event`] |
 //! | `wal list --json` | [`SegmentList`] |
+//! | `verify --json` | [`Verify`] |
 
 use serde::{Deserialize, Serialize};
 
@@ -165,6 +166,32 @@ pub struct Segment {
     pub proposed_at_ms: u64,
 }
 
+/// `tetradctl verify --tenant T --json`: what each member of the tenant's current epoch holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verify {
+    pub tenant: String,
+    /// True only when every member was reached and holds every chunk whole (after repairs):
+    /// the command then exits 0.
+    pub ok: bool,
+    pub members: Vec<VerifyMember>,
+}
+
+/// One member in [`Verify`]. `missing + damaged = repaired + unrepaired`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyMember {
+    pub member: String,
+    pub reachable: bool,
+    /// Why the member is unreachable; null when it was reached.
+    pub error: Option<String>,
+    pub checked: u64,
+    /// Bytes of the chunks found intact.
+    pub bytes: u64,
+    pub missing: u64,
+    pub damaged: u64,
+    pub repaired: u64,
+    pub unrepaired: u64,
+}
+
 impl Status {
     /// The node named `name`.
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -298,6 +325,34 @@ mod tests {
         assert_eq!(printed(value), want);
         let back: T = serde_json::from_str(want).expect("reads back");
         assert_eq!(&back, value);
+    }
+
+    #[test]
+    fn verify_prints_the_documented_fields_in_order_with_nulls() {
+        let m = |member: &str, reachable: bool, error: Option<&str>| VerifyMember {
+            member: member.into(),
+            reachable,
+            error: error.map(Into::into),
+            checked: 9,
+            bytes: 4096,
+            missing: 1,
+            damaged: 2,
+            repaired: 2,
+            unrepaired: 1,
+        };
+        let v = Verify {
+            tenant: "acme".into(),
+            ok: false,
+            members: vec![m("eu-west-1", true, None), m("us-east-1", false, Some("timed out"))],
+        };
+        round_trip(
+            &v,
+            concat!(
+                r#"{"tenant":"acme","ok":false,"members":[{"member":"eu-west-1","reachable":true,"error":null,"checked":9,"#,
+                r#""bytes":4096,"missing":1,"damaged":2,"repaired":2,"unrepaired":1},{"member":"us-east-1","reachable":false,"#,
+                r#""error":"timed out","checked":9,"bytes":4096,"missing":1,"damaged":2,"repaired":2,"unrepaired":1}]}"#,
+            ),
+        );
     }
 
     #[test]

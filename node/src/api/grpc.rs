@@ -15,6 +15,20 @@ use crate::node::{ApiError, Node};
 use crate::storage::chunks::{hex, parse_hex, CHUNK_BYTES};
 use crate::tenant::catalog::MAX_SEGMENT_BYTES;
 
+/// Segment bytes one verification batch covers on a member.
+const VERIFY_BATCH_BYTES: u64 = 16 << 20;
+
+fn counts_msg(c: &crate::raft::wire::VerifyCounts) -> VerifyCounts {
+    VerifyCounts {
+        checked: c.checked,
+        bytes: c.bytes,
+        missing: c.missing,
+        damaged: c.damaged,
+        repaired: c.repaired,
+        unrepaired: c.unrepaired,
+    }
+}
+
 /// Largest gRPC message accepted or sent (pushes and fetches stream in 1 MiB pieces).
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 << 20;
 
@@ -302,6 +316,73 @@ impl Tetrad for Api {
         });
         let stream = futures::stream::once(async move { Ok(header) }).chain(body);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type VerifyTenantStream = BoxStream<VerifyTenantReply>;
+
+    async fn verify_tenant(
+        &self,
+        req: Request<VerifyTenantRequest>,
+    ) -> Result<Response<Self::VerifyTenantStream>, Status> {
+        let r = req.into_inner();
+        let rec = self.node.tenant_record(&r.tenant).await.map_err(|e| self.status(e))?;
+        // The progress bar's total: the tenant's segment bytes (0 when the list fails; the
+        // verification itself does not need it).
+        let expected_bytes = match self.node.list(&r.tenant, "").await {
+            Ok(segs) => segs.iter().map(|s| s.size).sum(),
+            Err(_) => 0,
+        };
+        let group = rec.group();
+        let members: Vec<(u64, String)> = rec.members().map(|m| (m, self.node_label(m))).collect();
+        let node = self.node.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        // Members one after the other, batch by batch: each batch has its own deadline (in
+        // `verify_batch`), so a large tenant takes as long as its batches, and a client that
+        // went away stops the run at its next message.
+        tokio::spawn(async move {
+            for (id, label) in members {
+                let mut total = crate::raft::wire::VerifyCounts::default();
+                let mut after = None;
+                let error = loop {
+                    match node.verify_batch(id, &group, after.clone(), VERIFY_BATCH_BYTES).await {
+                        Ok((c, next)) => {
+                            total.add(&c);
+                            let progress = VerifyProgress {
+                                member: label.clone(),
+                                so_far: Some(counts_msg(&total)),
+                                expected_bytes,
+                            };
+                            if tx
+                                .send(Ok(VerifyTenantReply { msg: Some(verify_tenant_reply::Msg::Progress(progress)) }))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            match next {
+                                Some(n) => after = Some(n),
+                                None => break None,
+                            }
+                        }
+                        Err(e) => break Some(e),
+                    }
+                };
+                let summary = VerifyMemberSummary {
+                    member: label,
+                    reachable: error.is_none(),
+                    error: error.unwrap_or_default(),
+                    counts: Some(counts_msg(&total)),
+                };
+                if tx
+                    .send(Ok(VerifyTenantReply { msg: Some(verify_tenant_reply::Msg::Member(summary)) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn list_wal(&self, req: Request<ListWalRequest>) -> Result<Response<ListWalReply>, Status> {

@@ -61,6 +61,9 @@ async fn route(node: &Node, from: NodeId, env: Envelope) -> Reply {
             Err(e) => write_err(e),
         },
         Request::FetchChunk { group, hash } => node.inner.repair.serve_chunk(from, &group, &hash).await,
+        Request::VerifyChunks { group, after, max_bytes } => {
+            node.inner.repair.serve_verify(from, &group, after, max_bytes).await
+        }
         Request::Seal { group } => node.inner.reconcile.serve_seal(&group).await,
         Request::CatalogNames { group } => node.inner.reconcile.serve_catalog_names(&group).await,
         Request::JoinMeta { node: joining } => {

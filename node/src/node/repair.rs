@@ -23,9 +23,9 @@ use super::hosted::HostedGroups;
 use crate::config::NodeConfig;
 use crate::raft::group::Group;
 use crate::raft::peers::PeerBook;
-use crate::raft::wire::{self, Envelope, Reply, ReplyEnvelope, Request, WireError};
+use crate::raft::wire::{self, Envelope, Reply, ReplyEnvelope, Request, VerifyCounts, WireError};
 use crate::seams::net::{NodeId, TransportRef};
-use crate::storage::chunks::{hex, Checked, ChunkSource, Fetched, Hash};
+use crate::storage::chunks::{hex, Checked, ChunkError, ChunkSource, ChunkStore, Fetched, Hash};
 use crate::storage::store::{blocking, Store};
 use crate::tenant::group_state::{rows_reference_chunk, TenantState};
 
@@ -37,6 +37,13 @@ const MAX_PEERS_ASKED: usize = 8;
 pub(super) const SCRUB_STEP_BYTES: u64 = 8 << 20;
 /// Pause between two scrub steps of one pass: with the step size, at most 8 MiB/s of reads.
 pub(super) const SCRUB_STEP_EVERY: Duration = Duration::from_secs(1);
+/// Bounds of the segment bytes one verification batch covers (the asker's `max_bytes` is
+/// clamped to them): big enough to make progress, small enough to answer within
+/// [`VERIFY_BATCH_TIMEOUT`] even when every chunk of the batch needs a repair across a WAN.
+pub(crate) const VERIFY_BATCH_MIN_BYTES: u64 = 1 << 20;
+pub(crate) const VERIFY_BATCH_MAX_BYTES: u64 = 64 << 20;
+/// How long a member may take to answer one verification batch (16 MiB of segments by default).
+pub(crate) const VERIFY_BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between the end of one scrub pass and the start of the next.
 pub(super) const SCRUB_PASS_EVERY: Duration = Duration::from_secs(30);
 
@@ -281,9 +288,112 @@ impl Repair {
     }
 }
 
+/// Checks each chunk of `hashes` in `chunks`, repairing a missing or damaged one from the
+/// store's repair source (the group's other members), and counts what it found: the batch of
+/// one [`Request::VerifyChunks`]. A chunk that no member could supply is counted `unrepaired`,
+/// never `repaired`.
+pub(crate) async fn verify_chunks(chunks: &ChunkStore, group: &str, hashes: &[Hash]) -> VerifyCounts {
+    let mut c = VerifyCounts::default();
+    for h in hashes {
+        c.checked += 1;
+        match blocking(|| chunks.get(h)) {
+            Ok(data) => {
+                c.bytes += data.len() as u64;
+                continue;
+            }
+            Err(ChunkError::Missing(_)) => c.missing += 1,
+            Err(_) => c.damaged += 1,
+        }
+        match chunks.check_or_repair(h).await {
+            // `Intact` here: a concurrent repair (the scrub, a read) rewrote it meanwhile.
+            Ok(Checked::Repaired { .. } | Checked::Intact) => c.repaired += 1,
+            Err(e) => {
+                c.unrepaired += 1;
+                tracing::error!(%group, chunk = %hex(h), error = %e, "verify found a damaged chunk it cannot repair");
+            }
+        }
+    }
+    c
+}
+
+impl Repair {
+    /// Answers a [`Request::VerifyChunks`]: verifies the next batch of the chunks this
+    /// replica's applied catalog of `group` references. Only a node registered in the cluster
+    /// may ask (the answer holds counts, never bytes).
+    pub(super) async fn serve_verify(&self, from: NodeId, group: &str, after: Option<String>, max_bytes: u64) -> Reply {
+        if from != self.me && !self.directory.meta().sm.read().await.state.nodes.contains_key(&from) {
+            return Reply::Error(WireError::Refused(format!("node {from} is not a node of this cluster")));
+        }
+        let Some(g) = self.hosted.get(group) else {
+            return Reply::Error(WireError::UnknownGroup(group.to_string()));
+        };
+        let max_bytes = max_bytes.clamp(VERIFY_BATCH_MIN_BYTES, VERIFY_BATCH_MAX_BYTES);
+        let (batch, chunks) = {
+            let sm = g.sm.read().await;
+            (sm.state.scrub_batch(after.as_deref(), max_bytes), sm.state.chunks.clone())
+        };
+        let counts = verify_chunks(&chunks, group, &batch.chunks).await;
+        Reply::Verified { counts, next: batch.next }
+    }
+
+    /// One verification batch of `group` on `member` (this node answers its own directly):
+    /// the counts and the cursor of the next batch. One retry after a failed call; an error
+    /// after that means the member is unreachable (or does not host the group).
+    pub(crate) async fn verify_batch_on(
+        &self,
+        member: NodeId,
+        group: &str,
+        after: Option<String>,
+        max_bytes: u64,
+    ) -> Result<(VerifyCounts, Option<String>), String> {
+        let mut last = String::new();
+        for _attempt in 0..2 {
+            let reply = if member == self.me {
+                self.serve_verify(member, group, after.clone(), max_bytes).await
+            } else {
+                match self.call_verify(member, group, after.clone(), max_bytes).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                }
+            };
+            match reply {
+                Reply::Verified { counts, next } => return Ok((counts, next)),
+                Reply::Error(e) => last = e.to_string(),
+                _ => last = "an unexpected kind of reply".into(),
+            }
+        }
+        Err(last)
+    }
+
+    async fn call_verify(
+        &self,
+        to: NodeId,
+        group: &str,
+        after: Option<String>,
+        max_bytes: u64,
+    ) -> Result<Reply, String> {
+        let env = Envelope {
+            from_incarnation: self.store.incarnation(),
+            body: Request::VerifyChunks { group: group.to_string(), after, max_bytes },
+        };
+        let reply = self
+            .transport
+            .call(to, Bytes::from(wire::encode(&env)), VERIFY_BATCH_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = wire::decode::<ReplyEnvelope>(&reply).map_err(|e| e.to_string())?;
+        self.peers.check(to, reply.from_incarnation)?;
+        Ok(reply.body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seams::disk::OsDisk;
 
     fn groups(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
@@ -300,5 +410,67 @@ mod tests {
         assert_eq!(next_in_pass(&gs, &gone), Some(("t/b/1".into(), None)));
         assert_eq!(next_in_pass(&gs, &ScrubPosition::After { group: "t/c/2".into() }), None);
         assert_eq!(next_in_pass(&[], &ScrubPosition::Start), None);
+    }
+
+    /// A peer that holds its own copies.
+    struct Peer(ChunkStore);
+
+    impl ChunkSource for Peer {
+        fn fetch(&self, hash: Hash) -> BoxFuture<'static, Result<Fetched, String>> {
+            let got = self.0.get(&hash).map(|data| Fetched { from: 2, data }).map_err(|e| e.to_string());
+            Box::pin(async move { got })
+        }
+    }
+
+    fn chunk_path(root: &std::path::Path, h: &Hash) -> std::path::PathBuf {
+        let x = hex(h);
+        root.join("chunks").join(&x[..2]).join(&x)
+    }
+
+    #[tokio::test]
+    async fn a_batch_counts_intact_missing_damaged_repaired_and_unrepaired_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mine_root, peer_root) = (dir.path().join("mine"), dir.path().join("peer"));
+        let mut mine = ChunkStore::new(Arc::new(OsDisk::new()), &mine_root);
+        let peer = ChunkStore::new(Arc::new(OsDisk::new()), &peer_root);
+        let data: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + i as usize]).collect();
+        let hashes: Vec<Hash> = data.iter().map(|d| mine.put(d).unwrap()).collect();
+        for d in &data[..4] {
+            peer.put(d).unwrap();
+        }
+        let path = |h: &Hash| chunk_path(&mine_root, h);
+        assert!(path(&hashes[0]).exists(), "the test knows where chunks live");
+        // 0 and 1 intact; 2 deleted; 3 flipped; 4 flipped and the peer lacks it.
+        std::fs::remove_file(path(&hashes[2])).unwrap();
+        for h in [&hashes[3], &hashes[4]] {
+            let mut b = std::fs::read(path(h)).unwrap();
+            b[10] ^= 1;
+            std::fs::write(path(h), b).unwrap();
+        }
+
+        // Without a repair source nothing is repaired, and it says so.
+        let c = verify_chunks(&mine, "t/a/1", &hashes).await;
+        let want = VerifyCounts { checked: 5, bytes: 1000 + 1001, missing: 1, damaged: 2, repaired: 0, unrepaired: 3 };
+        assert_eq!(c, want);
+
+        mine.set_source(Arc::new(Peer(peer)));
+        let c = verify_chunks(&mine, "t/a/1", &hashes).await;
+        let want = VerifyCounts { checked: 5, bytes: 1000 + 1001, missing: 1, damaged: 2, repaired: 2, unrepaired: 1 };
+        assert_eq!(c, want);
+        assert_eq!(mine.get(&hashes[2]).unwrap(), data[2], "the deleted chunk is back");
+        assert_eq!(mine.get(&hashes[3]).unwrap(), data[3], "the flipped chunk is whole again");
+
+        // A second pass finds only the chunk no one could repair.
+        let c = verify_chunks(&mine, "t/a/1", &hashes).await;
+        let want = VerifyCounts {
+            checked: 5,
+            bytes: 1000 + 1001 + 1002 + 1003,
+            missing: 0,
+            damaged: 1,
+            repaired: 0,
+            unrepaired: 1,
+        };
+        assert_eq!(c, want);
+        assert_eq!(c.missing + c.damaged, c.repaired + c.unrepaired);
     }
 }

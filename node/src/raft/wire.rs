@@ -77,6 +77,41 @@ pub enum Request {
     /// The segments (name and blake3) of the tenant group `group`, read on its leader after a
     /// read barrier. Answered with [`Reply::Names`].
     CatalogNames { group: String },
+    /// From the node driving `tetradctl verify`: check (and repair from the group's other
+    /// members) the chunks of about `max_bytes` of the segments this replica's applied catalog
+    /// of `group` holds after segment `after` (from the first when `None`). Answered with
+    /// [`Reply::Verified`].
+    VerifyChunks { group: String, after: Option<String>, max_bytes: u64 },
+}
+
+/// What one verification batch on one replica found. `missing + damaged = repaired +
+/// unrepaired`: every chunk found missing or damaged was either rewritten from a healthy copy
+/// or is still bad.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyCounts {
+    /// Chunks looked at.
+    pub checked: u64,
+    /// Bytes of the chunks found intact (the progress a client shows).
+    pub bytes: u64,
+    /// Chunks whose file was absent.
+    pub missing: u64,
+    /// Chunks whose bytes did not match their blake3, or could not be read.
+    pub damaged: u64,
+    /// Missing or damaged chunks rewritten from another member's verified copy.
+    pub repaired: u64,
+    /// Missing or damaged chunks that no member could supply a healthy copy of.
+    pub unrepaired: u64,
+}
+
+impl VerifyCounts {
+    pub fn add(&mut self, o: &VerifyCounts) {
+        self.checked += o.checked;
+        self.bytes += o.bytes;
+        self.missing += o.missing;
+        self.damaged += o.damaged;
+        self.repaired += o.repaired;
+        self.unrepaired += o.unrepaired;
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +158,12 @@ pub enum Reply {
     MetaAt {
         reply: MetaReply,
         index: u64,
+    },
+    /// The answer to [`Request::VerifyChunks`]: what the batch found, and the last segment it
+    /// covered (the `after` of the next batch; `None`: this replica's catalog is done).
+    Verified {
+        counts: VerifyCounts,
+        next: Option<String>,
     },
 }
 

@@ -257,6 +257,14 @@ impl Tetrad for FakeNode {
     }
 
     type FetchWalStream = FetchStream;
+    type VerifyTenantStream = futures::stream::BoxStream<'static, Result<VerifyTenantReply, Status>>;
+
+    async fn verify_tenant(
+        &self,
+        _: Request<VerifyTenantRequest>,
+    ) -> Result<Response<Self::VerifyTenantStream>, Status> {
+        Err(Status::unimplemented("the fake node does not verify"))
+    }
 
     async fn fetch_wal(&self, req: Request<FetchWalRequest>) -> Result<Response<FetchStream>, Status> {
         let act = self.next_act("fetch_wal");
