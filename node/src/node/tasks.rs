@@ -38,31 +38,33 @@ async fn liveness_loop(node: Node) {
         // The ack marks ride in the same meta batch as the renewal (`report_batch.rs`), so that
         // a tenant leader's round takes as long as everyone else's and the rounds stay aligned.
         // Both are bounded alike, so that an unreachable meta group delays the next renewal
-        // attempt no more than before (an unfinished report is sent again next round).
-        let (renewal, _) = tokio::join!(
-            tokio::time::timeout(every * 2, node.inner.directory.propose_meta_at(cmd)),
-            tokio::time::timeout(every * 2, node.inner.writes.report_acks())
-        );
-        match renewal {
-            Ok(Ok((MetaReply::HeartbeatAccepted, index))) => {
-                // The lease counts only once this node's copy of the directory holds everything
-                // committed up to the renewal: a region that was cut off while the meta group
-                // sealed or replaced a tenant's epoch sees that before it may ack again.
-                if node.inner.directory.wait_meta_applied(index, every).await {
-                    liveness.renewed(sent_at);
+        // attempt no more than before (an unfinished report is sent again next round). The
+        // renewal takes effect as soon as it is applied, never after the reports: a slow report
+        // must not let the lease lapse (issue #13).
+        let renew = async {
+            match tokio::time::timeout(every * 2, node.inner.directory.propose_meta_at(cmd)).await {
+                Ok(Ok((MetaReply::HeartbeatAccepted, index))) => {
+                    // The lease counts only once this node's copy of the directory holds
+                    // everything committed up to the renewal: a region that was cut off while
+                    // the meta group sealed or replaced a tenant's epoch sees that before it may
+                    // ack again.
+                    if node.inner.directory.wait_meta_applied(index, every).await {
+                        liveness.renewed(sent_at);
+                    }
                 }
-            }
-            Ok(Ok((MetaReply::HeartbeatRefused { reason }, _))) | Ok(Ok((MetaReply::Refused { reason }, _))) => {
-                liveness.revoke();
-                if refused.is_none() {
-                    tracing::error!(node = %node.name(), %reason, "the meta group refuses this node; it will not ack any write");
+                Ok(Ok((MetaReply::HeartbeatRefused { reason }, _))) | Ok(Ok((MetaReply::Refused { reason }, _))) => {
+                    liveness.revoke();
+                    if refused.is_none() {
+                        tracing::error!(node = %node.name(), %reason, "the meta group refuses this node; it will not ack any write");
+                    }
+                    refused = Some(reason);
                 }
-                refused = Some(reason);
+                Ok(Ok((other, _))) => tracing::warn!(?other, "unexpected heartbeat reply"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "liveness renewal failed"),
+                Err(_) => tracing::debug!("liveness renewal timed out"),
             }
-            Ok(Ok((other, _))) => tracing::warn!(?other, "unexpected heartbeat reply"),
-            Ok(Err(e)) => tracing::debug!(error = %e, "liveness renewal failed"),
-            Err(_) => tracing::debug!("liveness renewal timed out"),
-        }
+        };
+        let _ = tokio::join!(renew, tokio::time::timeout(every * 2, node.inner.writes.report_acks()));
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,

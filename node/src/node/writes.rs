@@ -286,7 +286,10 @@ impl Writes {
         }
     }
 
-    /// Reports each led group's newest ack to the meta group (sent alongside each liveness renewal).
+    /// Reports each led group's newest ack to the meta group (sent alongside each liveness
+    /// renewal). The reports go out together, so they ride in one meta batch: one after another,
+    /// each waited for a batch window of its own, and a node leading many tenants spent several
+    /// seconds per round (issue #13: at 64 clients the round outlasted the lease).
     pub(crate) async fn report_acks(&self) {
         let due: Vec<(String, AckMark)> = {
             let books = self.books();
@@ -296,10 +299,13 @@ impl Writes {
                 .filter_map(|(g, b)| Some((g.clone(), b.newest?)))
                 .collect()
         };
-        for (group, mark) in due {
-            let Some((tenant, epoch)) = parse_group(&group) else { continue };
+        let reports = due.into_iter().filter_map(|(group, mark)| {
+            let (tenant, epoch) = parse_group(&group)?;
             let cmd = MetaCommand::ReportAcked { tenant, epoch, mark };
-            if self.directory.propose_meta(cmd).await.is_ok() {
+            Some(async move { (group, mark, self.directory.propose_meta(cmd).await.is_ok()) })
+        });
+        for (group, mark, ok) in futures::future::join_all(reports).await {
+            if ok {
                 if let Some(b) = self.books().get_mut(&group) {
                     b.reported = Some(mark);
                 }
