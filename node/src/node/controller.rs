@@ -82,13 +82,11 @@ impl Controller {
                 return;
             }
         }
-        let (counts, tenants) = {
+        let tenants = {
             let meta = self.directory.meta().sm.read().await;
-            let counts: Vec<(NodeId, u64)> = meta.state.nodes.values().map(|r| (r.id, r.heartbeats)).collect();
-            (counts, meta.state.tenants.values().cloned().collect::<Vec<_>>())
+            self.note_renewals(&meta.state);
+            meta.state.tenants.values().cloned().collect::<Vec<_>>()
         };
-        let now = self.clock.mono_now();
-        self.observations.lock().expect("controller lock").observe(counts, now, self.me);
         for rec in tenants {
             match control_plan::step(&rec, |v| self.is_expired(v)) {
                 Step::Promote { to_region, kind } => {
@@ -128,6 +126,32 @@ impl Controller {
             Ok((crate::raft::Reply::Meta(MetaReply::Refused { reason }), _, _)) => Err(ApiError::Unavailable(reason)),
             Ok((other, _, _)) => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Notes every node's renewal count as the applied meta state has it, now.
+    fn note_renewals(&self, state: &crate::meta::state::MetaState) {
+        let counts: Vec<(NodeId, u64)> = state.nodes.values().map(|r| (r.id, r.heartbeats)).collect();
+        let now = self.clock.mono_now();
+        self.observations.lock().expect("controller lock").observe(counts, now, self.me);
+    }
+
+    /// Runs `work` while still looking at the renewals every [`CONTROL_EVERY`], as the loop
+    /// would: a seal that waits on frozen peers' timeouts must not leave a gap in the view. A
+    /// gap longer than `MAX_LOOK_GAP` makes the view start over, and a view restarted on every
+    /// attempt never sees the silent voters' leases expire, so the promotion would wait forever.
+    async fn looking<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(CONTROL_EVERY) => {
+                    if self.directory.meta().term_leader().1 == Some(self.me) {
+                        let meta = self.directory.meta().sm.read().await;
+                        self.note_renewals(&meta.state);
+                    }
+                }
+            }
         }
     }
 
@@ -184,13 +208,13 @@ impl Controller {
                     }
                 }
             });
-            answers.extend(futures::future::join_all(asks).await.into_iter().flatten());
+            answers.extend(self.looking(futures::future::join_all(asks)).await.into_iter().flatten());
             let waiting: Vec<NodeId> =
                 members.iter().copied().filter(|m| !answers.contains_key(m) && !self.is_expired(*m)).collect();
             if waiting.is_empty() || self.clock.mono_now().saturating_sub(started) > SEAL_WAIT {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.looking(tokio::time::sleep(Duration::from_millis(100))).await;
         }
         // Fencing: no old voter may still ack. Each one is sealed (it answered) or its lease has
         // expired, judged as above (a period plus the drift bound with no renewal seen).
