@@ -35,6 +35,9 @@ const ELECTION_WAIT: Duration = Duration::from_millis(1_000);
 /// (it is committed in the primary region; a retry is idempotent).
 const GATE_PATIENCE: Duration = Duration::from_secs(30);
 const GATE_POLL: Duration = Duration::from_millis(10);
+/// How long an already-present ack waits for replication outside the primary region before the
+/// push proposes instead (`Writes::ack_if_present`).
+const REACK_PATIENCE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushOutcome {
@@ -121,6 +124,9 @@ impl Writes {
         if ::blake3::hash(&data).as_bytes() != &blake3 {
             return Err(ApiError::BadRequest("the segment's bytes do not match the blake3 in its header".into()));
         }
+        if let Some(out) = self.ack_if_present(&g, &rec, name, &blake3, ignore_lease).await? {
+            return Ok(out);
+        }
         let proposed_at_ms = self.clock.wall_now_ms();
         let cmd = TenantCommand::PutSegment { name: name.to_string(), blake3, data, proposed_at_ms };
         self.commit_and_ack(&g, &rec, name, cmd, proposed_at_ms, ignore_lease).await
@@ -182,6 +188,95 @@ impl Writes {
         let writes = g.sm.read().await.state.mark_at(index).map(|m| m.writes).unwrap_or(0);
         self.note_ack(g, rec, AckMark { term, index, writes, proposed_at_ms });
         outcome_of(reply, name, rec.epoch)
+    }
+
+    /// A re-push of a segment the tenant already holds, acked without a proposal, so that its
+    /// bytes never enter the log again (issue #12: before, every re-push carried its whole
+    /// segment into every replica's log, across the WAN, only to be found present at apply).
+    /// None: the segment is not held (or not yet safely), and the push proposes as any other.
+    ///
+    /// "Already present" is an ack like any other, in the order of [`Writes::commit_and_ack`]:
+    /// 1. **Held, linearizably**: after a ReadIndex barrier the applied catalog holds the name
+    ///    with this blake3, so a committed entry stored it (a file on this disk alone never counts).
+    /// 2. **Lag gate** (near-sync): every entry this replica has applied is durable on the gate's
+    ///    two members outside the primary region. The row's own position may be another
+    ///    epoch's log (a promotion carries the catalog over), so the applied index of this
+    ///    group stands for it; if replication does not reach it within [`REACK_PATIENCE`] the
+    ///    push proposes, and the gate holds that ack as it holds any.
+    /// 3. **Lease**, then 4. **epoch current**, as for a new write. Nothing was written, so a
+    ///    failure here is `unavailable`, not `outcome-unknown`.
+    ///
+    /// The ack book is not touched: the write was acked, or its entry committed, before; the
+    /// reported newest ack (a lower bound for loss accounting) stays one that was noted then.
+    /// A name held with other bytes answers the conflict at once, from the same read.
+    async fn ack_if_present(
+        &self,
+        g: &TenantGroup,
+        rec: &TenantRecord,
+        name: &str,
+        blake3: &Hash,
+        ignore_lease: bool,
+    ) -> Result<Option<PushOutcome>, ApiError> {
+        let tenant = rec.spec.name.as_str();
+        // Most pushes are new: only a name the applied catalog holds is worth a barrier.
+        if !g.sm.read().await.state.catalog.segments.contains_key(name) {
+            return Ok(None);
+        }
+        // 1. Held, linearizably.
+        g.read_barrier().await?;
+        let (existing, applied) = {
+            let sm = g.sm.read().await;
+            (sm.state.catalog.segments.get(name).cloned(), sm.applied.map_or(0, |a| a.index))
+        };
+        let Some(existing) = existing else { return Ok(None) };
+        if &existing.blake3 != blake3 {
+            return Err(ApiError::Conflict {
+                name: name.to_string(),
+                existing: crate::storage::chunks::hex(&existing.blake3),
+                existing_size: existing.size,
+            });
+        }
+        // 2. The lag gate, for everything this replica holds.
+        let Some(now_rec) = self.directory.local_record(tenant).await else {
+            return Err(ApiError::UnknownTenant(tenant.to_string()));
+        };
+        if lag_gate::gate_applies(&now_rec) {
+            let started = self.clock.mono_now();
+            let region = self.directory.region_of(self.me).unwrap_or_default().to_string();
+            loop {
+                let st = g.status();
+                if !st.is_leader {
+                    return Ok(None);
+                }
+                if self.replicated_outside(&st, &region) >= applied {
+                    break;
+                }
+                if self.clock.mono_now().saturating_sub(started) > REACK_PATIENCE {
+                    return Ok(None);
+                }
+                tokio::time::sleep(GATE_POLL).await;
+            }
+        }
+        // 3. The lease; 4. the epoch, on the directory the lease vouches for.
+        if !self.liveness.is_valid() && !ignore_lease {
+            return Err(ApiError::Unavailable(
+                "this node's liveness lease is not valid; it acks nothing until it renews".into(),
+            ));
+        }
+        if !self.directory.epoch_current(tenant, rec.epoch).await && !ignore_lease {
+            return Err(ApiError::Unavailable(format!(
+                "tenant {tenant}'s epoch {} was sealed or replaced; retry shortly",
+                rec.epoch
+            )));
+        }
+        Ok(Some(PushOutcome {
+            already_present: true,
+            size: existing.size,
+            blake3: existing.blake3,
+            epoch: rec.epoch,
+            term: existing.term,
+            index: existing.index,
+        }))
     }
 
     /// The highest log index that the gate counts as durable outside `region`: on two members
