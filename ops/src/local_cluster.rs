@@ -68,7 +68,11 @@ pub async fn up(layout: &Layout, args: &UpArgs, timeout: Duration) -> CmdResult<
     let certs = plan
         .configs
         .iter()
-        .map(|c| ca.issue(&c.name).with_context(|| format!("cannot issue a certificate for {}", c.name)))
+        .map(|c| {
+            let me = c.me();
+            ca.issue_node(&c.name, me.id, &me.region)
+                .with_context(|| format!("cannot issue a certificate for {}", c.name))
+        })
         .collect::<anyhow::Result<Vec<NodeCert>>>()
         .or_exit(NO_ANSWER)?;
     cluster_dir::write_local(layout, &plan, &ca, &certs).or_exit(NO_ANSWER)?;
