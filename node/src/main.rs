@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tetrad_node::api::Api;
 use tetrad_node::config::NodeConfig;
 use tetrad_node::net::quic::{PeerAddr, QuicConfig, QuicTransport};
@@ -17,6 +16,7 @@ use tetrad_node::seams::disk::OsDisk;
 use tetrad_node::seams::net::TransportRef;
 use tetrad_node::seams::rng::SeededRng;
 use tetrad_node::storage::store::Store;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 #[derive(Parser)]
 #[command(name = "tetrad", about = "tetrad node: keeps tenants' WAL segments safe against the loss of a region")]

@@ -41,7 +41,8 @@ fn load_ca(source: &CaSource<'_>) -> anyhow::Result<CaBundle> {
         CaSource::Dir(dir) => (dir.join("ca.crt"), dir.join("ca.key")),
         CaSource::Cluster(layout) => (layout.ca_cert(), layout.ca_key()),
     };
-    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("cannot read the CA file {}", p.display()));
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("cannot read the CA file {}", p.display()));
     Ok(CaBundle { cert_pem: read(&cert)?, key_pem: read(&key)? })
 }
 

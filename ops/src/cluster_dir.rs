@@ -374,7 +374,8 @@ mod tests {
         let layout = Layout::new(tmp.path().join("c"));
         let plan = plan_local(&layout, 1, &Tuning::default(), &fake_ports(4)).expect("valid");
         let ca = CaBundle::generate("test").expect("ca");
-        let certs: Vec<NodeCert> = plan.configs.iter().map(|c| ca.issue_node(&c.name, c.me().id, &c.me().region).expect("cert")).collect();
+        let certs: Vec<NodeCert> =
+            plan.configs.iter().map(|c| ca.issue_node(&c.name, c.me().id, &c.me().region).expect("cert")).collect();
         write_local(&layout, &plan, &ca, &certs).expect("written");
         assert_eq!(ClusterFile::load(&layout.root).expect("loads"), plan.cluster);
         assert!(looks_like_cluster_dir(&layout.root).expect("readable"));

@@ -14,12 +14,12 @@ use tetrad_proto::v1::InitClusterRequest;
 use tokio::time::{sleep, Instant};
 
 use crate::client::{client, connect, probe_status, Identity};
-use tetrad_config::role::Role;
 use crate::cluster_dir::{self, ClusterFile, Layout, LocalPlan};
 use crate::exit::{CmdError, CmdResult, OrExit, NO_ANSWER, USAGE};
 use crate::ports::pick_free_ports;
 use crate::process::{self, Stopped};
 use crate::tuning::Tuning;
+use tetrad_config::role::Role;
 
 /// How often a starting cluster is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -112,7 +112,9 @@ pub async fn up(layout: &Layout, args: &UpArgs, timeout: Duration) -> CmdResult<
     let first_voter = &plan.cluster.meta_voters[0];
     let voter_addr = plan.cluster.node(first_voter).expect("meta voters are nodes (validated)").api_addr.to_string();
     eprintln!("initializing the meta group through {first_voter}");
-    init_cluster(&voter_addr, deadline, &identity).await.map_err(|e| CmdError::new(NO_ANSWER, e.context(still_running)))?;
+    init_cluster(&voter_addr, deadline, &identity)
+        .await
+        .map_err(|e| CmdError::new(NO_ANSWER, e.context(still_running)))?;
 
     eprintln!("waiting for a meta leader and every node up");
     let meta_leader = wait_cluster_up(&plan.cluster, deadline, &identity)

@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tetrad_ops::client::{endpoint, Identity};
 use tetrad_proto::v1::push_wal_request::Msg;
 use tetrad_proto::v1::tetrad_client::TetradClient;
 use tetrad_proto::v1::{PushHeader, PushWalReply, PushWalRequest};
 use tetrad_proto::{ERROR_KIND_KEY, LEADER_API_KEY};
 use tokio::time::{sleep, timeout_at, Instant};
-use tetrad_ops::client::{endpoint, Identity};
 use tonic::transport::Channel;
 
 /// Bytes per data message, as tetradctl sends them.

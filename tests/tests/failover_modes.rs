@@ -16,11 +16,11 @@
 //! ack by the loopback delivery: comparisons allow [`DELIVERY`] for it. RTO figures are printed as
 //! `metric` lines, never asserted.
 
-use tetrad_ops::client::Identity;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tetrad_ops::client::Identity;
 
 use tetrad_proto::json::Event;
 use tetrad_tests::grpc::Pusher;

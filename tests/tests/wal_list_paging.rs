@@ -85,8 +85,11 @@ fn a_paged_listing_follows_the_tokens_and_an_old_request_still_gets_everything()
     assert!(old.next_after.is_empty());
 
     // page_size 0 is the default page (10,000): everything here, no token.
-    let default = rt
-        .block_on(list_wal(&addrs, &identity, ListWalRequest { tenant: TENANT.into(), page_size: Some(0), ..Default::default() }));
+    let default = rt.block_on(list_wal(
+        &addrs,
+        &identity,
+        ListWalRequest { tenant: TENANT.into(), page_size: Some(0), ..Default::default() },
+    ));
     assert_eq!(default.segments, old.segments);
     assert!(default.next_after.is_empty());
 

@@ -41,9 +41,16 @@ const TENANT_NAME_MAX_BYTES: usize = 63;
 pub enum Role {
     Admin,
     /// One tenant's reads and, unless `read_only`, its writes.
-    Tenant { tenant: String, read_only: bool },
+    Tenant {
+        tenant: String,
+        read_only: bool,
+    },
     /// A node of the cluster, bound to its id, name and region.
-    Node { id: u64, name: String, region: String },
+    Node {
+        id: u64,
+        name: String,
+        region: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,9 +100,7 @@ impl Role {
         };
         match &role {
             Role::Tenant { tenant, .. } if !is_plain_name(tenant) => return Err(unknown()),
-            Role::Node { name, region, .. } if !is_plain_name(name) || !is_plain_name(region) => {
-                return Err(unknown())
-            }
+            Role::Node { name, region, .. } if !is_plain_name(name) || !is_plain_name(region) => return Err(unknown()),
             _ => {}
         }
         Ok(role)

@@ -9,8 +9,8 @@
 //! failovers, mode changes and cluster initialization need `admin`. A node's certificate is for
 //! the node-to-node port only and may do nothing here.
 
-use tetrad_config::role::{role_from_cert_der, Role};
 use rustls::pki_types::CertificateDer;
+use tetrad_config::role::{role_from_cert_der, Role};
 
 /// One thing a client asks for, with the tenant it concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,9 @@ impl Subject {
             Ok(None) => Err(AuthError::Unauthenticated(format!(
                 "the certificate of {name:?} carries no tetrad role; issue one with `tetradctl certs issue`"
             ))),
-            Err(e) => Err(AuthError::Unauthenticated(format!("the certificate of {name:?} has an unreadable role: {e}"))),
+            Err(e) => {
+                Err(AuthError::Unauthenticated(format!("the certificate of {name:?} has an unreadable role: {e}")))
+            }
         }
     }
 
@@ -197,7 +199,10 @@ mod tests {
             allowed("tenant:a", "a"),
             ["Status/ListTenants", "GetTenant", "TenantHistory", "FetchWal", "ListWal", "PushWal", "VerifyTenant"]
         );
-        assert_eq!(allowed("tenant:a:read", "a"), ["Status/ListTenants", "GetTenant", "TenantHistory", "FetchWal", "ListWal"]);
+        assert_eq!(
+            allowed("tenant:a:read", "a"),
+            ["Status/ListTenants", "GetTenant", "TenantHistory", "FetchWal", "ListWal"]
+        );
         assert_eq!(allowed("tenant:a", "b"), ["Status/ListTenants"]);
         assert_eq!(allowed("tenant:a:read", "b"), ["Status/ListTenants"]);
         assert!(allowed("node:1:n:r", "a").is_empty());

@@ -54,7 +54,8 @@ struct Inner {
 }
 
 /// One CA for every fake of a test binary, the fakes' certificate and an admin client's, made once.
-fn tls_material() -> &'static (tetrad_config::certs::CaBundle, tetrad_config::certs::NodeCert, tetrad_config::certs::NodeCert) {
+fn tls_material(
+) -> &'static (tetrad_config::certs::CaBundle, tetrad_config::certs::NodeCert, tetrad_config::certs::NodeCert) {
     static MATERIAL: std::sync::OnceLock<(
         tetrad_config::certs::CaBundle,
         tetrad_config::certs::NodeCert,
