@@ -90,7 +90,14 @@ impl Pusher {
             return Ok(c.clone());
         }
         let endpoint = endpoint(addr, &self.identity)?;
-        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await.map_err(|e| format!("{addr}: {e}"))?;
+        // The bound covers the TLS handshake too, which `connect_timeout` does not: a frozen node's
+        // kernel still accepts the TCP connection, and the handshake then waits for ever.
+        let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT);
+        let connecting = endpoint.connect();
+        let channel = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("{addr}: no TLS handshake within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
         self.channels.lock().expect("channels lock").insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }
