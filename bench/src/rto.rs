@@ -21,6 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
+use tetrad_ops::client::Identity;
 use tetrad_proto::json;
 use tetrad_proto::v1::tetrad_client::TetradClient;
 use tetrad_proto::v1::StatusRequest;
@@ -208,12 +209,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(addrs: Vec<String>, tenant: String, segment_bytes: usize) -> Self {
+    fn start(addrs: Vec<String>, identity: Identity, tenant: String, segment_bytes: usize) -> Self {
         let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
         let failed: Arc<Mutex<Vec<String>>> = Arc::default();
         let (log, errors) = (acks.clone(), failed.clone());
         let task = tokio::spawn(async move {
-            let pusher = Pusher::new(addrs).with_max_backoff(MAX_BACKOFF);
+            let pusher = Pusher::new(addrs, identity).with_max_backoff(MAX_BACKOFF);
             for n in 1u64.. {
                 let name = segment_name(n);
                 let bytes = segment_data(&tenant, n, segment_bytes);
@@ -280,10 +281,11 @@ fn segment_data(tenant: &str, n: u64, size: usize) -> Vec<u8> {
 }
 
 /// The tenant's leader and the region it is in, from any node's `Status`.
-async fn leader_region(addrs: &[String], tenant: &str) -> Result<(String, String)> {
+async fn leader_region(addrs: &[String], identity: &Identity, tenant: &str) -> Result<(String, String)> {
     let mut last = String::from("no node asked");
     for addr in addrs {
-        let status = match TetradClient::connect(format!("http://{addr}")).await {
+        let endpoint = tetrad_ops::client::endpoint(addr, identity).map_err(anyhow::Error::msg)?;
+        let status = match endpoint.connect().await.map(TetradClient::new) {
             Ok(mut c) => c.status(StatusRequest {}).await,
             Err(e) => {
                 last = format!("{addr}: {e}");
@@ -364,11 +366,13 @@ async fn one_run(args: &RtoArgs, mode: Mode, run: u32) -> Result<RunResult> {
     create.extend(mode.create_args());
     cluster.ctl(&create).await?;
     let addrs = cluster.api_addrs()?;
-    let writer = Writer::start(addrs.clone(), tenant.clone(), args.segment_bytes);
+    // The cluster directory's admin identity, which `cluster up` made.
+    let identity = Identity::load(&Identity::default_path(&cluster.dir))?;
+    let writer = Writer::start(addrs.clone(), identity.clone(), tenant.clone(), args.segment_bytes);
     writer
         .wait(&format!("{ACKS_BEFORE_KILL} acks"), WARM_UP_BOUND, |a| (a.len() >= ACKS_BEFORE_KILL).then_some(()))
         .await?;
-    let (leader, region) = leader_region(&addrs, &tenant).await?;
+    let (leader, region) = leader_region(&addrs, &identity, &tenant).await?;
     // The newest (epoch, term) acked so far; an ack that arrives after the kill with a later
     // one can only come from a new leader.
     let old = writer.acks().iter().map(|a| (a.epoch, a.term)).max().context("acks were counted")?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rand::{RngExt, SeedableRng};
+use tetrad_ops::client::Identity;
 use tetrad_tests::grpc::Pusher;
 
 use crate::load::Writer;
@@ -41,6 +42,7 @@ pub struct TetradWriter {
     /// `Some(leader's API address)`: every push on a new connection, as one `tetradctl wal push`
     /// process per segment (PostgreSQL's `archive_command`) makes it.
     connect_per_push: Option<String>,
+    identity: Identity,
     /// Failed attempts before an ack, by the reason's kind, shared by all clients of a run.
     pub retries: Retries,
 }
@@ -64,7 +66,10 @@ impl TetradWriter {
         let run_id = rng.random::<u64>() ^ now.as_nanos() as u64;
         let addrs = file.api_addrs();
         let connect_per_push = connect_per_push.then(|| addrs[0].clone());
-        Ok(TetradWriter { pusher: Pusher::new(addrs), tenant, run_id, size, rng, connect_per_push, retries })
+        // The cluster directory's admin identity, as tetradctl uses it by default.
+        let identity = Identity::load(&Identity::default_path(cluster))?;
+        let pusher = Pusher::new(addrs, identity.clone());
+        Ok(TetradWriter { pusher, tenant, run_id, size, rng, connect_per_push, retries, identity })
     }
 }
 
@@ -74,7 +79,7 @@ impl Writer for TetradWriter {
         self.rng.fill(&mut data[..]);
         let name = format!("{:016x}{seq:08X}", self.run_id);
         if let Some(leader) = &mut self.connect_per_push {
-            return push_on_new_connection(leader, &self.tenant, &name, data).await;
+            return push_on_new_connection(leader, &self.identity, &self.tenant, &name, data).await;
         }
         let pushed = self
             .pusher
@@ -99,7 +104,13 @@ impl Writer for TetradWriter {
 
 /// One push on a connection of its own, following `not-leader` redirects (remembered in
 /// `leader`); other refusals are retried after 100 ms until [`PUSH_BOUND`].
-async fn push_on_new_connection(leader: &mut String, tenant: &str, name: &str, data: Vec<u8>) -> Result<()> {
+async fn push_on_new_connection(
+    leader: &mut String,
+    identity: &Identity,
+    tenant: &str,
+    name: &str,
+    data: Vec<u8>,
+) -> Result<()> {
     use tetrad_proto::v1::push_wal_request::Msg;
     use tetrad_proto::v1::tetrad_client::TetradClient;
     use tetrad_proto::v1::{PushHeader, PushWalRequest};
@@ -108,7 +119,8 @@ async fn push_on_new_connection(leader: &mut String, tenant: &str, name: &str, d
     let blake3 = blake3::hash(&data).to_hex().to_string();
     let header = PushHeader { tenant: tenant.to_owned(), name: name.to_owned(), size: data.len() as u64, blake3 };
     loop {
-        let mut client = TetradClient::connect(format!("http://{leader}")).await?;
+        let endpoint = tetrad_ops::client::endpoint(leader, identity).map_err(anyhow::Error::msg)?;
+        let mut client = TetradClient::new(endpoint.connect().await?);
         let mut msgs = vec![PushWalRequest { msg: Some(Msg::Header(header.clone())) }];
         // In messages of at most 1 MiB, as tetradctl sends them.
         msgs.extend(data.chunks(1 << 20).map(|c| PushWalRequest { msg: Some(Msg::Data(c.to_vec())) }));

@@ -125,7 +125,8 @@ pub async fn limit(a: LimitArgs) -> Result<LoadResult> {
 
 async fn run(a: &LimitArgs, root: &Path) -> Result<LoadResult> {
     let ca = tetrad_node::tls::CaBundle::generate("bench-limit")?;
-    let sender = ca.issue("sender")?;
+    // Node certificates, with the node role, as the node-to-node port requires of its peers.
+    let sender = ca.issue_node("sender", 1, "bench")?;
     let client_tls = tetrad_node::tls::client_config(&ca.cert_pem, &sender.cert_pem, &sender.key_pem)?;
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
     client_cfg.transport_config(transport());
@@ -136,7 +137,7 @@ async fn run(a: &LimitArgs, root: &Path) -> Result<LoadResult> {
     let mut servers = Vec::with_capacity(a.replicas);
     for r in 0..a.replicas {
         let name = format!("replica-{r}");
-        let cert = ca.issue(&name)?;
+        let cert = ca.issue_node(&name, r as u64 + 2, "bench")?;
         let server_tls = tetrad_node::tls::server_config(&ca.cert_pem, &cert.cert_pem, &cert.key_pem)?;
         let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
         server_cfg.transport_config(transport());

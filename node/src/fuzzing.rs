@@ -39,7 +39,17 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("meta_state", meta_state),
     ("node_config", node_config),
     ("grpc_message", grpc_message),
+    ("cert_role", cert_role),
 ];
+
+/// The role in a client or node certificate (`tetrad_config::role`), read after rustls has
+/// verified the certificate but before anything trusts its contents; and the same bytes as a
+/// bare role value, whose decoding round-trips.
+pub fn cert_role(data: &[u8]) {
+    use tetrad_config::role::{role_from_cert_der, Role};
+    let _ = role_from_cert_der(data);
+    round_trip(data, |b| Role::decode_value(b).ok(), Role::encode_value);
+}
 
 /// `decode` then, if it decoded, `encode(decode(encode(v))) == encode(v)`.
 fn round_trip<T>(data: &[u8], decode: impl Fn(&[u8]) -> Option<T>, encode: impl Fn(&T) -> Vec<u8>) {
@@ -457,5 +467,22 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         ("meta_state", vec![postcard::to_stdvec(&MetaState::default()).expect("encodes")]),
         ("node_config", vec![config.as_bytes().to_vec()]),
         ("grpc_message", grpc),
+        ("cert_role", cert_role_seeds()),
+    ]
+}
+
+/// Certificates with each kind of role, one without, and a bare role value.
+fn cert_role_seeds() -> Vec<Vec<u8>> {
+    use tetrad_config::certs::{single_cert, CaBundle};
+    use tetrad_config::role::Role;
+    let ca = CaBundle::generate("fuzz").expect("a CA");
+    let der = |pem: &str| single_cert(pem, "seed").expect("one certificate").to_vec();
+    let tenant = Role::Tenant { tenant: "acme".into(), read_only: true };
+    vec![
+        der(&ca.issue_client("ops", &Role::Admin).expect("cert").cert_pem),
+        der(&ca.issue_client("acme-reader", &tenant).expect("cert").cert_pem),
+        der(&ca.issue_node("eu-west-1", 201, "eu-west").expect("cert").cert_pem),
+        der(&ca.issue("plain").expect("cert").cert_pem),
+        tenant.encode_value(),
     ]
 }

@@ -16,6 +16,7 @@ use tetrad_node::seams::disk::OsDisk;
 use tetrad_node::seams::net::TransportRef;
 use tetrad_node::seams::rng::SeededRng;
 use tetrad_node::storage::store::Store;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 #[derive(Parser)]
 #[command(name = "tetrad", about = "tetrad node: keeps tenants' WAL segments safe against the loss of a region")]
@@ -126,6 +127,9 @@ async fn run(cfg: NodeConfig) -> ExitCode {
         .filter(|p| p.id != me.id)
         .map(|p| (p.id, PeerAddr { name: p.name.clone(), addr: p.raft_addr }))
         .collect();
+    // The API presents the node's certificate too and requires a client certificate from the
+    // cluster CA; each call is then authorized by the role in it (`tetrad_node::api`).
+    let (api_ca, api_cert, api_key) = (ca.clone(), cert.clone(), key.clone());
     let qcfg = QuicConfig { node_id: me.id, listen: me.raft_addr, peers, ca_pem: ca, cert_pem: cert, key_pem: key };
     let deps = NodeDeps { clock: Arc::new(SystemClock::new()), disk: Arc::new(OsDisk::new()) };
     let node = match Node::start(cfg.clone(), deps, move |handler| {
@@ -160,7 +164,17 @@ async fn run(cfg: NodeConfig) -> ExitCode {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    let served = tonic::transport::Server::builder()
+    let api_tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&api_cert, &api_key))
+        .client_ca_root(Certificate::from_pem(&api_ca));
+    let mut builder = match tonic::transport::Server::builder().tls_config(api_tls) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("tetrad: cannot set up TLS for the API: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let served = builder
         .add_service(Api::new(node.clone()).into_server())
         .serve_with_incoming_shutdown(api_incoming(listener), shutdown)
         .await;
@@ -175,7 +189,8 @@ async fn run(cfg: NodeConfig) -> ExitCode {
     }
 }
 
-/// The API's accepted connections, with Nagle's algorithm off. tonic sets TCP_NODELAY only on
+/// The API's accepted connections, with Nagle's algorithm off; tonic runs the TLS handshake on
+/// them (`Server::tls_config`), so TCP_NODELAY set here still holds under TLS. tonic sets TCP_NODELAY only on
 /// listeners it binds itself (`Server::tcp_nodelay` is ignored by `serve_with_incoming`). With
 /// Nagle on, a reply written in more than one piece (HTTP/2 headers, data, trailers) waits for
 /// the client's ACK of the first piece, and Linux delays that ACK by up to 40 ms: a small write

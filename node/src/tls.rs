@@ -18,6 +18,7 @@ use tetrad_config::certs::{certs_from_pem, key_from_pem};
 pub use tetrad_config::certs::{
     cert_common_name, cert_dns_names, validate_node_name, CaBundle, NodeCert, TlsError, RESERVED_NAME,
 };
+pub use tetrad_config::role::{role_from_cert_der as cert_role, Role, RoleError};
 
 /// ALPN protocol id of tetrad's node-to-node protocol. A caller that reuses these configurations
 /// for another protocol (gRPC wants `h2`) replaces `alpn_protocols`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::Session;
+use crate::client::{Identity, Session};
 use crate::cluster_dir::{ClusterFile, Layout};
 use crate::exit::{CmdResult, Op, OrExit, FETCH_ABORT, NO_ANSWER, USAGE};
 use crate::local_cluster::{self, NodeAction, Target, UpArgs};
@@ -44,6 +44,11 @@ pub struct Cli {
     #[arg(long, global = true, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
+    /// The client identity to present: DIR/NAME names DIR/NAME.crt, DIR/NAME.key and DIR/ca.crt
+    /// [default: the cluster directory's admin identity, DIR/identities/admin].
+    #[arg(long, global = true, env = "TETRAD_IDENTITY", value_name = "DIR/NAME")]
+    pub identity: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,6 +58,9 @@ pub enum Command {
     /// Run a whole cluster on this machine and drill failures.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Make a cluster CA and issue client identities with a role.
+    #[command(subcommand)]
+    Certs(CertsCmd),
     /// Show nodes, the meta leader and every tenant with its per-region lag.
     #[command(long_about = "Show nodes, the meta leader and every tenant with its per-region lag.\n\n\
         --json prints {\"nodes\":[{\"id\",\"region\",\"up\",\"api_addr\",\"last_heartbeat_ago_ms\"}], \
@@ -81,6 +89,37 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Make a new cluster CA: DIR/ca.crt and DIR/ca.key (0600). Refuses to replace one.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The cluster's name, in the CA's common name.
+        #[arg(long, default_value = "tetrad")]
+        name: String,
+    },
+    /// Issue a client identity: DIR/NAME.crt, DIR/NAME.key (0600) and DIR/ca.crt.
+    #[command(long_about = "Issue a client identity: DIR/NAME.crt, DIR/NAME.key (0600) and DIR/ca.crt, \
+        signed by the CA in --ca DIR (ca.crt, ca.key) or else the cluster directory's. Roles: admin \
+        (everything), tenant:T (tenant T's reads and writes), tenant:T:read (T's reads only). A NAME that \
+        is one of the cluster's node names is refused. Use it with --identity DIR/NAME.")]
+    Issue {
+        name: String,
+        #[arg(long, value_parser = role_arg, value_name = "admin|tenant:T[:read]")]
+        role: tetrad_config::role::Role,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A CA made by `certs init` [default: the cluster directory's].
+        #[arg(long, value_name = "DIR")]
+        ca: Option<PathBuf>,
+    },
+}
+
+fn role_arg(s: &str) -> Result<tetrad_config::role::Role, String> {
+    tetrad_config::role::Role::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -330,10 +369,19 @@ impl Cli {
 
 /// A session with the cluster in `layout`. A fetch that cannot find its cluster exits 128, not
 /// 2: PostgreSQL would take 2 as "no such segment" and could end recovery early.
-fn session(layout: &Layout, timeout: Duration, op: Op) -> CmdResult<Session> {
+fn session(ctx: &Ctx, op: Op) -> CmdResult<Session> {
     let code = if op == Op::Fetch { FETCH_ABORT } else { USAGE };
-    let cluster = ClusterFile::load(&layout.root).or_exit(code)?;
-    Ok(Session::new(cluster.api_addrs(), timeout))
+    let cluster = ClusterFile::load(&ctx.layout.root).or_exit(code)?;
+    let path = ctx.identity.clone().unwrap_or_else(|| Identity::default_path(&ctx.layout.root));
+    let identity = Identity::load(&path).or_exit(code)?;
+    Ok(Session::new(cluster.api_addrs(), ctx.timeout, identity))
+}
+
+/// What every command gets from the global flags.
+struct Ctx {
+    layout: Layout,
+    timeout: Duration,
+    identity: Option<PathBuf>,
 }
 
 fn cluster_file(layout: &Layout) -> CmdResult<ClusterFile> {
@@ -352,10 +400,12 @@ pub async fn run(cli: Cli) -> CmdResult<()> {
     let absolute_code = if op == Op::Fetch { FETCH_ABORT } else { USAGE };
     let root = std::path::absolute(&cli.cluster).or_exit(absolute_code)?;
     let layout = Layout::new(root);
+    let ctx = Ctx { layout: layout.clone(), timeout, identity: cli.identity };
     match cli.command {
+        Command::Certs(cmd) => run_certs(cmd, &layout),
         Command::Cluster(cmd) => run_cluster(cmd, &layout, timeout).await,
         Command::Status { json } => {
-            let reply = status::fetch_status(&mut session(&layout, timeout, op)?).await?;
+            let reply = status::fetch_status(&mut session(&ctx, op)?).await?;
             if json {
                 println!("{}", status::render_json(&reply));
             } else {
@@ -363,10 +413,10 @@ pub async fn run(cli: Cli) -> CmdResult<()> {
             }
             Ok(())
         }
-        Command::Tenant(cmd) => run_tenant(cmd, &layout, timeout).await,
-        Command::Wal(cmd) => run_wal(cmd, &layout, timeout).await,
+        Command::Tenant(cmd) => run_tenant(cmd, &ctx).await,
+        Command::Wal(cmd) => run_wal(cmd, &ctx).await,
         Command::Verify { tenant, json } => {
-            let mut s = session(&layout, timeout, op)?;
+            let mut s = session(&ctx, op)?;
             let members = crate::verify::verify(&mut s, &tenant.tenant, timeout).await?;
             let report = crate::verify::to_json(&tenant.tenant, &members);
             if json {
@@ -377,6 +427,25 @@ pub async fn run(cli: Cli) -> CmdResult<()> {
             crate::verify::outcome(&report)
         }
     }
+}
+
+fn run_certs(cmd: CertsCmd, layout: &Layout) -> CmdResult<()> {
+    match cmd {
+        CertsCmd::Init { out, name } => {
+            let cert = crate::certs::init(&out, &name).or_exit(USAGE)?;
+            println!("made a new CA: {}", cert.display());
+        }
+        CertsCmd::Issue { name, role, out, ca } => {
+            let source = match &ca {
+                Some(dir) => crate::certs::CaSource::Dir(dir),
+                None => crate::certs::CaSource::Cluster(layout),
+            };
+            let nodes = crate::certs::node_names(layout);
+            let path = crate::certs::issue(&source, &name, &role, &out, &nodes).or_exit(USAGE)?;
+            println!("issued {name} (role {role}): use --identity {}", path.display());
+        }
+    }
+    Ok(())
 }
 
 async fn run_cluster(cmd: ClusterCmd, layout: &Layout, timeout: Duration) -> CmdResult<()> {
@@ -418,12 +487,12 @@ async fn run_cluster(cmd: ClusterCmd, layout: &Layout, timeout: Duration) -> Cmd
     }
 }
 
-async fn run_tenant(cmd: TenantCmd, layout: &Layout, timeout: Duration) -> CmdResult<()> {
+async fn run_tenant(cmd: TenantCmd, ctx: &Ctx) -> CmdResult<()> {
     // Refused before the cluster directory is even read: the answer does not depend on it.
     if let TenantCmd::Failover { name, to, accept_data_loss, .. } = &cmd {
         failover::require_accepted_loss(name, to, *accept_data_loss)?;
     }
-    let mut s = session(layout, timeout, Op::Other)?;
+    let mut s = session(ctx, Op::Other)?;
     match cmd {
         TenantCmd::Create { name, mode, primary, rpo_target, on_lag, regions, json } => {
             let info = tenant::create(&mut s, &CreateArgs { name, mode, primary, rpo_target, on_lag, regions }).await?;
@@ -485,23 +554,23 @@ fn print_event(tenant: &str, event: &tetrad_proto::v1::TenantEventInfo, json: bo
     }
 }
 
-async fn run_wal(cmd: WalCmd, layout: &Layout, timeout: Duration) -> CmdResult<()> {
+async fn run_wal(cmd: WalCmd, ctx: &Ctx) -> CmdResult<()> {
     match cmd {
         WalCmd::Push { tenant, file } => {
             // Read before contacting the cluster: bad input sends nothing.
             let seg = wal::push::read_segment(&file)?;
-            let mut s = session(layout, timeout, Op::Push)?;
+            let mut s = session(ctx, Op::Push)?;
             let reply = wal::push::push(&mut s, &tenant.tenant, &seg).await?;
             println!("{}", wal::push::confirmation(&tenant.tenant, &reply));
         }
         WalCmd::Fetch { tenant, name, dest } => {
-            let mut s = session(layout, timeout, Op::Fetch)?;
+            let mut s = session(ctx, Op::Fetch)?;
             let fetched = wal::fetch::fetch(&mut s, &tenant.tenant, &name, &dest).await?;
             // stdout stays quiet on success for restore_command; the log gets one line on stderr.
             eprintln!("{name}: restored to {} ({} bytes, blake3 {})", dest.display(), fetched.size, fetched.blake3);
         }
         WalCmd::List { tenant, prefix, json } => {
-            let mut s = session(layout, timeout, Op::Other)?;
+            let mut s = session(ctx, Op::Other)?;
             let mut printer = wal::ListPrinter::new(std::io::stdout().lock(), json);
             wal::list_pages(&mut s, &tenant.tenant, &prefix, wal::LIST_PAGE_SIZE, |page| {
                 printer.page(&page).or_exit(NO_ANSWER)

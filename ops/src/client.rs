@@ -1,14 +1,19 @@
 //! The async shell around [`Route`]: connects to the cluster's nodes, runs attempts, follows
 //! leader redirects and backs off, all under one deadline per command.
 //!
-//! gRPC is plaintext HTTP/2 on loopback for now (`http://ADDR`).
+//! gRPC runs over TLS (`https://ADDR`): the client presents an [`Identity`] (a certificate from
+//! the cluster CA with a role, see `tetrad_config::role`) and trusts only the cluster CA. Every
+//! client of the API (tetradctl, the tests' pusher, the benches) connects through [`endpoint`].
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use anyhow::Context;
 
 use tetrad_proto::v1::tetrad_client::TetradClient;
 use tokio::time::{sleep_until, timeout_at, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::failure::Failure;
 use crate::route::{Decision, Route};
@@ -23,6 +28,81 @@ pub const UNARY_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 
 pub type Client = TetradClient<Channel>;
+
+/// Where `cluster up --local` puts the admin identity, under the cluster directory; tetradctl
+/// uses it unless `--identity` names another.
+pub const DEFAULT_IDENTITY: &str = "identities/admin";
+
+/// A client identity: `DIR/NAME.crt`, `DIR/NAME.key` and the CA to trust, `DIR/ca.crt`, as
+/// `tetradctl certs issue` writes them.
+#[derive(Clone)]
+pub struct Identity {
+    /// `DIR/NAME`, for messages.
+    pub path: PathBuf,
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+// The key must never reach a log line through `{:?}`.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Reads the identity `DIR/NAME` (the three files above).
+    pub fn load(path: &Path) -> anyhow::Result<Identity> {
+        let file = |ext: &str| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(ext);
+            PathBuf::from(p)
+        };
+        let ca = path.parent().unwrap_or(Path::new(".")).join("ca.crt");
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).with_context(|| {
+                format!(
+                    "cannot read {} of identity {} (make one with `tetradctl certs issue`, or pass --identity DIR/NAME)",
+                    p.display(),
+                    path.display()
+                )
+            })
+        };
+        Ok(Identity {
+            path: path.to_owned(),
+            ca_pem: read(&ca)?,
+            cert_pem: read(&file(".crt"))?,
+            key_pem: read(&file(".key"))?,
+        })
+    }
+
+    /// The identity of the cluster directory's admin (`DIR/identities/admin`).
+    pub fn default_path(cluster_dir: &Path) -> PathBuf {
+        cluster_dir.join(DEFAULT_IDENTITY)
+    }
+
+    /// An identity from PEM text, for tests and tools that hold certificates in memory.
+    pub fn from_pem(path: PathBuf, ca_pem: String, cert_pem: String, key_pem: String) -> Identity {
+        Identity { path, ca_pem, cert_pem, key_pem }
+    }
+
+    fn tls(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+}
+
+/// The endpoint of one node's API at `addr` (`host:port`), presenting `identity`. The node's
+/// certificate is checked against the address dialled (node certificates name loopback
+/// addresses; client certificates do not, so a client can never pose as a node).
+pub fn endpoint(addr: &str, identity: &Identity) -> Result<Endpoint, String> {
+    Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| format!("not a valid address: {e}"))?
+        .tls_config(identity.tls())
+        .map_err(|e| format!("identity {}: {}", identity.path.display(), error_chain(&e)))
+}
 
 /// Why a command stopped talking to the cluster.
 #[derive(Debug, Clone)]
@@ -57,12 +137,13 @@ pub struct Session {
     last: Option<Failure>,
     /// The connection to the node that last answered, reused while it keeps answering.
     channel: Option<(String, Channel)>,
+    identity: Identity,
 }
 
 impl Session {
     /// `nodes`: api addresses (`host:port`) in the order to try them.
-    pub fn new(nodes: Vec<String>, timeout: Duration) -> Self {
-        Self { route: Route::new(nodes), deadline: Instant::now() + timeout, last: None, channel: None }
+    pub fn new(nodes: Vec<String>, timeout: Duration, identity: Identity) -> Self {
+        Self { route: Route::new(nodes), deadline: Instant::now() + timeout, last: None, channel: None, identity }
     }
 
     pub fn deadline(&self) -> Instant {
@@ -82,7 +163,7 @@ impl Session {
                     return Ok((next.addr, client(channel.clone())));
                 }
             }
-            match connect(&next.addr, self.deadline).await {
+            match connect(&next.addr, self.deadline, &self.identity).await {
                 Ok(channel) => {
                     self.channel = Some((next.addr.clone(), channel.clone()));
                     return Ok((next.addr, client(channel)));
@@ -177,10 +258,10 @@ impl Session {
 }
 
 /// Opens a connection to one node, giving up after [`CONNECT_TIMEOUT`] or at `deadline`.
-pub async fn connect(addr: &str, deadline: Instant) -> Result<Channel, Failure> {
+pub async fn connect(addr: &str, deadline: Instant, identity: &Identity) -> Result<Channel, Failure> {
     let fail = |reason: String| Failure::Connect { addr: addr.to_owned(), reason };
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| fail(format!("not a valid address: {e}")))?
+    let endpoint = endpoint(addr, identity)
+        .map_err(fail)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // Notices a node that vanished mid-stream (a killed region) without waiting for the
@@ -200,9 +281,13 @@ pub fn client(channel: Channel) -> Client {
 }
 
 /// Asks one node for its status, without retries: used to probe whether a node answers at all.
-pub async fn probe_status(addr: &str, timeout: Duration) -> Result<tetrad_proto::v1::StatusReply, Failure> {
+pub async fn probe_status(
+    addr: &str,
+    timeout: Duration,
+    identity: &Identity,
+) -> Result<tetrad_proto::v1::StatusReply, Failure> {
     let deadline = Instant::now() + timeout;
-    let mut c = client(connect(addr, deadline).await?);
+    let mut c = client(connect(addr, deadline, identity).await?);
     match timeout_at(deadline, c.status(tetrad_proto::v1::StatusRequest {})).await {
         Ok(Ok(reply)) => Ok(reply.into_inner()),
         Ok(Err(status)) => Err(Failure::from_status(addr, &status)),
@@ -211,7 +296,7 @@ pub async fn probe_status(addr: &str, timeout: Duration) -> Result<tetrad_proto:
 }
 
 /// tonic's transport errors hide the useful part (e.g. "Connection refused") in their sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

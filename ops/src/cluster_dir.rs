@@ -10,6 +10,7 @@
 //! DIR/nodes/<name>/data/           the node's data_dir
 //! DIR/nodes/<name>/node.log        stdout and stderr of the node process
 //! DIR/nodes/<name>/pid
+//! DIR/identities/admin.crt, admin.key (0600), ca.crt   the admin identity tetradctl uses by default
 //! ```
 
 use std::collections::BTreeSet;
@@ -99,6 +100,10 @@ impl Layout {
     pub fn ca_key(&self) -> PathBuf {
         self.root.join("ca.key")
     }
+    /// Client identities made by `cluster up` (the admin's) or `certs issue --out` here.
+    pub fn identities_dir(&self) -> PathBuf {
+        self.root.join("identities")
+    }
     pub fn node_dir(&self, name: &str) -> PathBuf {
         self.root.join("nodes").join(name)
     }
@@ -125,7 +130,7 @@ impl Layout {
 /// Whether every entry of `dir` is one that `cluster up` creates, so that wiping it can only
 /// destroy a tetrad cluster (a mistyped `--cluster $HOME --force` must not empty a home directory).
 pub fn looks_like_cluster_dir(dir: &Path) -> std::io::Result<bool> {
-    const OURS: [&str; 4] = [CLUSTER_FILE, "ca.pem", "ca.key", "nodes"];
+    const OURS: [&str; 5] = [CLUSTER_FILE, "ca.pem", "ca.key", "nodes", "identities"];
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         if !OURS.iter().any(|o| name == *o) {
@@ -254,7 +259,7 @@ pub fn write_local(layout: &Layout, plan: &LocalPlan, ca: &CaBundle, certs: &[No
     Ok(())
 }
 
-fn write_file(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     if private {
@@ -369,7 +374,8 @@ mod tests {
         let layout = Layout::new(tmp.path().join("c"));
         let plan = plan_local(&layout, 1, &Tuning::default(), &fake_ports(4)).expect("valid");
         let ca = CaBundle::generate("test").expect("ca");
-        let certs: Vec<NodeCert> = plan.configs.iter().map(|c| ca.issue(&c.name).expect("cert")).collect();
+        let certs: Vec<NodeCert> =
+            plan.configs.iter().map(|c| ca.issue_node(&c.name, c.me().id, &c.me().region).expect("cert")).collect();
         write_local(&layout, &plan, &ca, &certs).expect("written");
         assert_eq!(ClusterFile::load(&layout.root).expect("loads"), plan.cluster);
         assert!(looks_like_cluster_dir(&layout.root).expect("readable"));

@@ -111,7 +111,12 @@ fn code_for_refusal(op: Op, failure: &Failure) -> u8 {
         (Op::Fetch, _) => FETCH_ABORT,
         (
             Op::Push | Op::Other,
-            ErrorKind::UnknownTenant | ErrorKind::BadRequest | ErrorKind::SegmentConflict | ErrorKind::UnknownSegment,
+            ErrorKind::UnknownTenant
+            | ErrorKind::BadRequest
+            | ErrorKind::SegmentConflict
+            | ErrorKind::UnknownSegment
+            | ErrorKind::Unauthenticated
+            | ErrorKind::PermissionDenied,
         ) => USAGE,
         (Op::Push | Op::Other, _) => NO_ANSWER,
     }

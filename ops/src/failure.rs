@@ -24,6 +24,10 @@ pub enum ErrorKind {
     Unavailable,
     OutcomeUnknown,
     Internal,
+    /// The caller's certificate carries no readable role.
+    Unauthenticated,
+    /// The caller's role does not allow the request.
+    PermissionDenied,
     /// A value this tetradctl does not know (a newer server): handled as `internal`.
     Unrecognized(String),
 }
@@ -39,6 +43,8 @@ impl ErrorKind {
             "unavailable" => Self::Unavailable,
             "outcome-unknown" => Self::OutcomeUnknown,
             "internal" => Self::Internal,
+            "unauthenticated" => Self::Unauthenticated,
+            "permission-denied" => Self::PermissionDenied,
             other => Self::Unrecognized(other.to_owned()),
         }
     }
@@ -53,6 +59,8 @@ impl ErrorKind {
             Self::Unavailable => "unavailable",
             Self::OutcomeUnknown => "outcome-unknown",
             Self::Internal => "internal",
+            Self::Unauthenticated => "unauthenticated",
+            Self::PermissionDenied => "permission-denied",
             Self::Unrecognized(s) => s,
         }
     }
@@ -132,6 +140,8 @@ impl Failure {
                 | ErrorKind::SegmentConflict
                 | ErrorKind::BadRequest
                 | ErrorKind::Internal
+                | ErrorKind::Unauthenticated
+                | ErrorKind::PermissionDenied
                 | ErrorKind::Unrecognized(_) => Decision::Stop,
             },
         }
@@ -149,6 +159,8 @@ impl Failure {
                     | ErrorKind::UnknownTenant
                     | ErrorKind::SegmentConflict
                     | ErrorKind::UnknownSegment
+                    | ErrorKind::Unauthenticated
+                    | ErrorKind::PermissionDenied
             )
         ) && !matches!(self, Failure::Connect { .. })
     }

@@ -7,6 +7,7 @@
 //! - [`failure`] and [`route`]: what a failed attempt means and where the next attempt goes
 //!   (pure, no I/O); [`client`] is the thin async shell that connects, retries and follows
 //!   leader redirects under one deadline.
+//! - [`certs`]: `certs init` and `certs issue`, a CA and the client identities it signs.
 //! - [`cluster_dir`], [`ports`], [`tuning`]: the on-disk layout of a local cluster and how one is
 //!   planned; [`process`] starts and stops node processes; [`local_cluster`] runs `cluster ...`.
 //! - [`status`], [`tenant`], [`wal`]: the client commands; the operator's tenant actions
@@ -15,6 +16,7 @@
 //! Architecture invariant: the only `unsafe` code in this crate is in `process/sys.rs` (signals
 //! and `setsid`), behind safe functions that refuse pids that would address a process group.
 
+pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod cluster_dir;

@@ -13,12 +13,13 @@ use tetrad_config::certs::{CaBundle, NodeCert};
 use tetrad_proto::v1::InitClusterRequest;
 use tokio::time::{sleep, Instant};
 
-use crate::client::{client, connect, probe_status};
+use crate::client::{client, connect, probe_status, Identity};
 use crate::cluster_dir::{self, ClusterFile, Layout, LocalPlan};
 use crate::exit::{CmdError, CmdResult, OrExit, NO_ANSWER, USAGE};
 use crate::ports::pick_free_ports;
 use crate::process::{self, Stopped};
 use crate::tuning::Tuning;
+use tetrad_config::role::Role;
 
 /// How often a starting cluster is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -68,10 +69,25 @@ pub async fn up(layout: &Layout, args: &UpArgs, timeout: Duration) -> CmdResult<
     let certs = plan
         .configs
         .iter()
-        .map(|c| ca.issue(&c.name).with_context(|| format!("cannot issue a certificate for {}", c.name)))
+        .map(|c| {
+            let me = c.me();
+            ca.issue_node(&c.name, me.id, &me.region)
+                .with_context(|| format!("cannot issue a certificate for {}", c.name))
+        })
         .collect::<anyhow::Result<Vec<NodeCert>>>()
         .or_exit(NO_ANSWER)?;
     cluster_dir::write_local(layout, &plan, &ca, &certs).or_exit(NO_ANSWER)?;
+    let node_names: Vec<String> = plan.configs.iter().map(|c| c.name.clone()).collect();
+    let admin = crate::certs::issue(
+        &crate::certs::CaSource::Cluster(layout),
+        "admin",
+        &Role::Admin,
+        &layout.identities_dir(),
+        &node_names,
+    )
+    .context("cannot issue the admin identity")
+    .or_exit(NO_ANSWER)?;
+    let identity = Identity::load(&admin).or_exit(NO_ANSWER)?;
 
     eprintln!("initializing {count} nodes in {}", layout.root.display());
     for cfg in &plan.configs {
@@ -89,17 +105,19 @@ pub async fn up(layout: &Layout, args: &UpArgs, timeout: Duration) -> CmdResult<
     eprintln!("waiting for {count} nodes to answer");
     let addrs: Vec<(String, String)> =
         plan.cluster.nodes.iter().map(|n| (n.name.clone(), n.api_addr.to_string())).collect();
-    wait_answering(layout, &addrs, &mut children, deadline)
+    wait_answering(layout, &addrs, &mut children, deadline, &identity)
         .await
         .map_err(|e| CmdError::new(NO_ANSWER, e.context(still_running)))?;
 
     let first_voter = &plan.cluster.meta_voters[0];
     let voter_addr = plan.cluster.node(first_voter).expect("meta voters are nodes (validated)").api_addr.to_string();
     eprintln!("initializing the meta group through {first_voter}");
-    init_cluster(&voter_addr, deadline).await.map_err(|e| CmdError::new(NO_ANSWER, e.context(still_running)))?;
+    init_cluster(&voter_addr, deadline, &identity)
+        .await
+        .map_err(|e| CmdError::new(NO_ANSWER, e.context(still_running)))?;
 
     eprintln!("waiting for a meta leader and every node up");
-    let meta_leader = wait_cluster_up(&plan.cluster, deadline)
+    let meta_leader = wait_cluster_up(&plan.cluster, deadline, &identity)
         .await
         .map_err(|e| CmdError::new(NO_ANSWER, e.context(still_running)))?;
     Ok(UpReport { plan, pids, meta_leader, elapsed: started.elapsed() })
@@ -169,6 +187,7 @@ async fn wait_answering(
     addrs: &[(String, String)],
     children: &mut [(String, Child)],
     deadline: Instant,
+    identity: &Identity,
 ) -> anyhow::Result<()> {
     let mut waiting: Vec<&(String, String)> = addrs.iter().collect();
     loop {
@@ -183,7 +202,7 @@ async fn wait_answering(
         let mut still = Vec::new();
         for entry in waiting {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if probe_status(&entry.1, PROBE_TIMEOUT.min(remaining)).await.is_err() {
+            if probe_status(&entry.1, PROBE_TIMEOUT.min(remaining), identity).await.is_err() {
                 still.push(entry);
             }
         }
@@ -201,10 +220,10 @@ async fn wait_answering(
 }
 
 /// Calls `InitCluster` on the first meta voter until it succeeds (it is idempotent).
-async fn init_cluster(addr: &str, deadline: Instant) -> anyhow::Result<()> {
+async fn init_cluster(addr: &str, deadline: Instant, identity: &Identity) -> anyhow::Result<()> {
     let mut last = String::new();
     while Instant::now() < deadline {
-        match connect(addr, deadline).await {
+        match connect(addr, deadline, identity).await {
             Ok(channel) => match client(channel).init_cluster(InitClusterRequest {}).await {
                 Ok(_) => return Ok(()),
                 Err(status) => last = crate::failure::Failure::from_status(addr, &status).to_string(),
@@ -217,14 +236,14 @@ async fn init_cluster(addr: &str, deadline: Instant) -> anyhow::Result<()> {
 }
 
 /// Waits until some node reports a meta leader and every node up; returns the meta leader.
-async fn wait_cluster_up(cluster: &ClusterFile, deadline: Instant) -> anyhow::Result<String> {
+async fn wait_cluster_up(cluster: &ClusterFile, deadline: Instant, identity: &Identity) -> anyhow::Result<String> {
     let addrs = cluster.api_addrs();
     let mut last = String::from("no node answered");
     let mut i = 0;
     while Instant::now() < deadline {
         let addr = &addrs[i % addrs.len()];
         i += 1;
-        match probe_status(addr, PROBE_TIMEOUT).await {
+        match probe_status(addr, PROBE_TIMEOUT, identity).await {
             Ok(s) => {
                 let down: Vec<&str> = s.nodes.iter().filter(|n| !n.up).map(|n| n.id.as_str()).collect();
                 if !s.meta_leader.is_empty() && down.is_empty() && s.nodes.len() == cluster.nodes.len() {
@@ -403,7 +422,10 @@ pub async fn start(
             (name.clone(), cluster.node(name).expect("resolved from the cluster file").api_addr.to_string())
         })
         .collect();
-    wait_answering(layout, &addrs, &mut children, Instant::now() + timeout).await.or_exit(NO_ANSWER)?;
+    // The cluster's own admin identity, which `cluster up` made: starting nodes is a local
+    // operator's act, whatever identity other commands use.
+    let identity = Identity::load(&Identity::default_path(&layout.root)).or_exit(NO_ANSWER)?;
+    wait_answering(layout, &addrs, &mut children, Instant::now() + timeout, &identity).await.or_exit(NO_ANSWER)?;
     Ok(report)
 }
 

@@ -43,8 +43,12 @@ fn cluster_dir(root: PathBuf, api: &str) -> (Layout, ClusterFile) {
     }
     let plan = cluster_dir::plan_local(&layout, 1, &Tuning::default(), &ports).expect("plan");
     let ca = CaBundle::generate("test").expect("ca");
-    let certs: Vec<NodeCert> = plan.configs.iter().map(|c| ca.issue(&c.name).expect("cert")).collect();
+    let certs: Vec<NodeCert> =
+        plan.configs.iter().map(|c| ca.issue_node(&c.name, c.me().id, &c.me().region).expect("cert")).collect();
     cluster_dir::write_local(&layout, &plan, &ca, &certs).expect("write");
+    // The fakes answer with their own CA; tetradctl finds the admin identity where `cluster up`
+    // would have put it.
+    fake_node::write_admin_identity(&layout.identities_dir());
     (layout, plan.cluster)
 }
 

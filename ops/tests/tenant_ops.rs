@@ -74,7 +74,7 @@ async fn failover_without_the_flag_exits_2_and_sends_nothing() {
     assert!(out.stdout.is_empty());
     assert_eq!(a.calls("failover_tenant"), 0);
 
-    let mut s = Session::new(vec![a_addr], LONG);
+    let mut s = Session::new(vec![a_addr], LONG, fake_node::identity());
     let err = failover(&mut s, TENANT, "us-east", false).await.expect_err("refused");
     assert_eq!(err.code, USAGE);
     assert_eq!(a.calls("failover_tenant"), 0);
@@ -113,7 +113,7 @@ async fn a_failover_whose_outcome_is_open_is_not_resent_and_exits_3() {
     for act in [Act::Fail("unavailable"), Act::Fail("internal"), Act::Bare(tonic::Code::Unavailable)] {
         let (a, a_addr) = FakeNode::start("a").await;
         a.script("failover_tenant", [act.clone()]);
-        let mut s = Session::new(vec![a_addr], LONG);
+        let mut s = Session::new(vec![a_addr], LONG, fake_node::identity());
         let err = failover(&mut s, TENANT, "us-east", true).await.expect_err("open outcome");
         assert_eq!(err.code, NO_ANSWER, "{act:?}: {}", err.error);
         let text = err.error.to_string();
@@ -127,7 +127,7 @@ async fn a_failover_that_never_reached_a_node_is_retried_elsewhere() {
     let (b, b_addr) = FakeNode::start("b").await;
     let (a, a_addr) = FakeNode::start("a").await;
     a.always(Act::NotLeader(None));
-    let mut s = Session::new(vec![fake_node::closed_addr(), a_addr, b_addr], LONG);
+    let mut s = Session::new(vec![fake_node::closed_addr(), a_addr, b_addr], LONG, fake_node::identity());
     let event = failover(&mut s, TENANT, "us-east", true).await.expect("done");
     assert_eq!(event.kind, "manual-failover");
     assert_eq!((a.calls("failover_tenant"), b.failovers().len()), (1, 1));
@@ -136,7 +136,7 @@ async fn a_failover_that_never_reached_a_node_is_retried_elsewhere() {
 #[tokio::test]
 async fn refused_operator_requests_exit_2() {
     let (a, a_addr) = FakeNode::start("a").await;
-    let mut s = Session::new(vec![a_addr.clone()], LONG);
+    let mut s = Session::new(vec![a_addr.clone()], LONG, fake_node::identity());
     let err = failover(&mut s, "nope", "us-east", true).await.expect_err("unknown tenant");
     assert_eq!(err.code, USAGE, "{}", err.error);
     a.script("switchover_tenant", [Act::Fail("bad-request")]);
@@ -165,7 +165,7 @@ async fn switchover_prints_the_event_and_history_lists_it() {
     assert!(stdout.contains("primary moved to us-east"), "{stdout}");
     assert_eq!(a.switchovers()[0].to_region, "us-east");
 
-    let mut s = Session::new(vec![a_addr], LONG);
+    let mut s = Session::new(vec![a_addr], LONG, fake_node::identity());
     let events = history(&mut s, TENANT).await.expect("history");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, "switchover");

@@ -3,18 +3,20 @@
 //! (it shares no code with tetradctl): a `not-leader` answer is followed to `tetrad-leader-api`
 //! (or to the next node), `unavailable` and `outcome-unknown` are retried on the same node (a push
 //! is idempotent), an answer without `tetrad-error` metadata came from the transport and moves
-//! on to the next node, and every other kind is definitive.
+//! on to the next node, and every other kind is definitive. It connects with tetradctl's
+//! [`endpoint`] (TLS, presenting an [`Identity`]), the one connect helper every client shares.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tetrad_ops::client::{endpoint, Identity};
 use tetrad_proto::v1::push_wal_request::Msg;
 use tetrad_proto::v1::tetrad_client::TetradClient;
 use tetrad_proto::v1::{PushHeader, PushWalReply, PushWalRequest};
 use tetrad_proto::{ERROR_KIND_KEY, LEADER_API_KEY};
 use tokio::time::{sleep, timeout_at, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Bytes per data message, as tetradctl sends them.
 const DATA_MESSAGE_BYTES: usize = 1 << 20;
@@ -59,13 +61,21 @@ pub struct Pusher {
     max_backoff: Duration,
     channels: Mutex<HashMap<String, Channel>>,
     leader_hint: Mutex<Option<String>>,
+    identity: Identity,
 }
 
 impl Pusher {
-    /// `addrs`: every node's API address (`host:port`).
-    pub fn new(addrs: Vec<String>) -> Self {
+    /// `addrs`: every node's API address (`host:port`); `identity`: the client certificate to
+    /// present (e.g. [`crate::LocalCluster::identity`]).
+    pub fn new(addrs: Vec<String>, identity: Identity) -> Self {
         assert!(!addrs.is_empty(), "a pusher needs at least one node address");
-        Self { addrs, max_backoff: MAX_BACKOFF, channels: Mutex::new(HashMap::new()), leader_hint: Mutex::new(None) }
+        Self {
+            addrs,
+            max_backoff: MAX_BACKOFF,
+            channels: Mutex::new(HashMap::new()),
+            leader_hint: Mutex::new(None),
+            identity,
+        }
     }
 
     /// Caps the backoff between retries at `max` instead of 1 s: a writer that measures how soon
@@ -79,8 +89,15 @@ impl Pusher {
         if let Some(c) = self.channels.lock().expect("channels lock").get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
-        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await.map_err(|e| format!("{addr}: {e}"))?;
+        let endpoint = endpoint(addr, &self.identity)?;
+        // The bound covers the TLS handshake too, which `connect_timeout` does not: a frozen node's
+        // kernel still accepts the TCP connection, and the handshake then waits for ever.
+        let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT);
+        let connecting = endpoint.connect();
+        let channel = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("{addr}: no TLS handshake within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
         self.channels.lock().expect("channels lock").insert(addr.to_owned(), channel.clone());
         Ok(channel)
     }

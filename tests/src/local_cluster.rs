@@ -137,6 +137,16 @@ impl LocalCluster {
         assert!(counts.forwarded > 0, "no node traffic went through the wan proxy: {counts:?}");
     }
 
+    /// The admin identity `cluster up` made (`DIR/identities/admin`), as tetradctl uses it.
+    pub fn identity_path(&self) -> PathBuf {
+        tetrad_ops::client::Identity::default_path(&self.root)
+    }
+
+    /// The admin identity, loaded, for clients that dial the API themselves.
+    pub fn identity(&self) -> tetrad_ops::client::Identity {
+        tetrad_ops::client::Identity::load(&self.identity_path()).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// The pid of a node's running process, from its pid file.
     pub fn node_pid(&self, name: &str) -> Option<u32> {
         std::fs::read_to_string(self.node_dir(name).join("pid")).ok()?.trim().parse().ok()

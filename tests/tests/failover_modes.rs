@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tetrad_ops::client::Identity;
 
 use tetrad_proto::json::Event;
 use tetrad_tests::grpc::Pusher;
@@ -57,8 +58,8 @@ struct Writers {
 
 impl Writers {
     /// Starts one writer per address list; writer `w` names its segments from `w * 1_000_000`.
-    fn start(tenant: &str, addr_sets: Vec<Vec<String>>) -> Self {
-        Self::start_with_bound(tenant, addr_sets, Duration::from_secs(20))
+    fn start(tenant: &str, addr_sets: Vec<Vec<String>>, identity: Identity) -> Self {
+        Self::start_with_bound(tenant, addr_sets, Duration::from_secs(20), identity)
     }
 
     /// As [`Writers::start`], each push given up (and logged as failed) after `bound`. A writer
@@ -66,16 +67,17 @@ impl Writers {
     /// each attempt: a client stays with the node that last acked while that node answers
     /// `unavailable`, which a leader cut off from the meta group does for as long as the cut
     /// lasts, so only a new client finds the new epoch's leader.
-    fn start_with_bound(tenant: &str, addr_sets: Vec<Vec<String>>, bound: Duration) -> Self {
+    fn start_with_bound(tenant: &str, addr_sets: Vec<Vec<String>>, bound: Duration, identity: Identity) -> Self {
         let log: Arc<Mutex<Vec<Push>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU64::new(0));
         let mut handles = vec![];
         for (w, addrs) in addr_sets.into_iter().enumerate() {
             let (log, stop, next, tenant) = (log.clone(), stop.clone(), next.clone(), tenant.to_string());
+            let identity = identity.clone();
             handles.push(std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                let mut pusher = Pusher::new(addrs.clone());
+                let mut pusher = Pusher::new(addrs.clone(), identity.clone());
                 let mut n = (w as u64 + 1) * 1_000_000;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
@@ -85,7 +87,7 @@ impl Writers {
                     let r = rt.block_on(pusher.push(&tenant, &name, &bytes, bound));
                     let outcome = r.map(|p| p.reply.epoch).map_err(|e| e.to_string());
                     if outcome.is_err() {
-                        pusher = Pusher::new(addrs.clone());
+                        pusher = Pusher::new(addrs.clone(), identity.clone());
                     }
                     let push = Push { writer: w, name, at_ms: wall_ms(), at: Instant::now(), outcome };
                     log.lock().expect("log").push(push);
@@ -275,7 +277,7 @@ fn region_kill_drill(mode: &str) {
     let tenant = format!("drill-{mode}");
     create(&cluster, &tenant, &mode_args(mode));
     let all = addrs(&cluster);
-    let writers = Writers::start(&tenant, vec![all.clone(), all]);
+    let writers = Writers::start(&tenant, vec![all.clone(), all], cluster.identity());
     writers.wait_acked_in(1, 40, Duration::from_secs(60));
     let killed_at = Instant::now();
     cluster.ctl(&["cluster", "kill-region", PRIMARY]).expect_success();
@@ -329,7 +331,12 @@ fn region_cut_drill(mode: &str) {
     let leader_addr = status.node(&leader).expect("leader node").api_addr.clone();
     let all = addrs(&cluster);
     // Short pushes, so that a writer held by the cut-off leader starts a new client soon.
-    let writers = Writers::start_with_bound(&tenant, vec![all.clone(), all, vec![leader_addr]], Duration::from_secs(5));
+    let writers = Writers::start_with_bound(
+        &tenant,
+        vec![all.clone(), all, vec![leader_addr]],
+        Duration::from_secs(5),
+        cluster.identity(),
+    );
     writers.wait_acked_in(1, 30, Duration::from_secs(60));
 
     let before = cluster.wan().counts();
@@ -405,7 +412,7 @@ fn a_frozen_primary_region_never_acks_after_the_new_epoch_does() {
     let leader = status.tenant(tenant).expect("tenant").leader.clone();
     let leader_addr = status.nodes.iter().find(|n| n.id == leader).expect("leader node").api_addr.clone();
     let all = addrs(&cluster);
-    let writers = Writers::start(tenant, vec![all, vec![leader_addr]]);
+    let writers = Writers::start(tenant, vec![all, vec![leader_addr]], cluster.identity());
     writers.wait_acked_in(1, 30, Duration::from_secs(60));
     let frozen: Vec<(String, u32)> = cluster
         .node_names()
@@ -454,7 +461,7 @@ fn switchover_loses_nothing_and_manual_failover_demands_the_flag() {
     let cluster = LocalCluster::up(UpOptions::default());
     create(&cluster, "moved", &["--mode", "sync", "--primary", PRIMARY]);
     let all = addrs(&cluster);
-    let writers = Writers::start("moved", vec![all.clone()]);
+    let writers = Writers::start("moved", vec![all.clone()], cluster.identity());
     writers.wait_acked_in(1, 20, Duration::from_secs(60));
     let ran = cluster.ctl(&["tenant", "switchover", "moved", "--to", "us-east"]);
     ran.expect_success();
@@ -476,7 +483,7 @@ fn switchover_loses_nothing_and_manual_failover_demands_the_flag() {
     assert!(history(&cluster, "moved").iter().any(|e| e.kind == "switchover"), "switchover not recorded");
 
     create(&cluster, "forced", &["--mode", "async", "--primary", PRIMARY]);
-    let writers = Writers::start("forced", vec![all]);
+    let writers = Writers::start("forced", vec![all], cluster.identity());
     writers.wait_acked_in(1, 20, Duration::from_secs(60));
     let refused = cluster.ctl(&["tenant", "failover", "forced", "--to", "ap-south"]);
     refused.expect_code(2);

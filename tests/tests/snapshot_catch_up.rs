@@ -33,7 +33,7 @@ fn a_node_killed_under_load_catches_up_from_a_streamed_snapshot() {
     let (status, _) = cluster.wait_for_tenant_leader(TENANT, Duration::from_secs(60));
     let addrs: Vec<String> = status.nodes.iter().map(|n| n.api_addr.clone()).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let pusher = Pusher::new(addrs);
+    let pusher = Pusher::new(addrs, cluster.identity());
 
     // The first segment gives the group a leader that has committed an entry of its term.
     let (name, bytes) = segment(1);

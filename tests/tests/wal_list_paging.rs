@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use tetrad_ops::client::{endpoint, Identity};
 use tetrad_proto::v1::tetrad_client::TetradClient;
 use tetrad_proto::v1::{ListWalReply, ListWalRequest};
 use tetrad_tests::grpc::Pusher;
@@ -14,11 +15,12 @@ const TENANT: &str = "acme";
 const SEGMENTS: u64 = 23;
 
 /// Asks every node in turn until one answers (only the tenant's leader does).
-async fn list_wal(addrs: &[String], req: ListWalRequest) -> ListWalReply {
+async fn list_wal(addrs: &[String], identity: &Identity, req: ListWalRequest) -> ListWalReply {
     let mut last = String::new();
     for _ in 0..50 {
         for a in addrs {
-            match TetradClient::connect(format!("http://{a}")).await {
+            let endpoint = endpoint(a, identity).expect("a valid endpoint");
+            match endpoint.connect().await.map(TetradClient::new) {
                 Ok(mut c) => match c.list_wal(req.clone()).await {
                     Ok(r) => return r.into_inner(),
                     Err(s) => last = format!("{a}: {s}"),
@@ -38,7 +40,8 @@ fn a_paged_listing_follows_the_tokens_and_an_old_request_still_gets_everything()
     let (status, _) = cluster.wait_for_tenant_leader(TENANT, Duration::from_secs(60));
     let addrs: Vec<String> = status.nodes.iter().map(|n| n.api_addr.clone()).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let pusher = Pusher::new(addrs.clone());
+    let identity = cluster.identity();
+    let pusher = Pusher::new(addrs.clone(), identity.clone());
     let mut want = Vec::new();
     for n in 1..=SEGMENTS {
         let name = segment_name(n);
@@ -58,7 +61,7 @@ fn a_paged_listing_follows_the_tokens_and_an_old_request_still_gets_everything()
     loop {
         let req =
             ListWalRequest { tenant: TENANT.into(), prefix: prefix.into(), page_size: Some(5), after: after.clone() };
-        let reply = rt.block_on(list_wal(&addrs, req));
+        let reply = rt.block_on(list_wal(&addrs, &identity, req));
         sizes.push(reply.segments.len());
         got.extend(reply.segments.into_iter().map(|s| s.name));
         if reply.next_after.is_empty() {
@@ -73,6 +76,7 @@ fn a_paged_listing_follows_the_tokens_and_an_old_request_still_gets_everything()
     // An old client's request (no page_size, no token) gets the whole list and no token.
     let old = rt.block_on(list_wal(
         &addrs,
+        &identity,
         ListWalRequest { tenant: TENANT.into(), prefix: String::new(), ..Default::default() },
     ));
     let mut all = want.clone();
@@ -81,8 +85,11 @@ fn a_paged_listing_follows_the_tokens_and_an_old_request_still_gets_everything()
     assert!(old.next_after.is_empty());
 
     // page_size 0 is the default page (10,000): everything here, no token.
-    let default = rt
-        .block_on(list_wal(&addrs, ListWalRequest { tenant: TENANT.into(), page_size: Some(0), ..Default::default() }));
+    let default = rt.block_on(list_wal(
+        &addrs,
+        &identity,
+        ListWalRequest { tenant: TENANT.into(), page_size: Some(0), ..Default::default() },
+    ));
     assert_eq!(default.segments, old.segments);
     assert!(default.next_after.is_empty());
 

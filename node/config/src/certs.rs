@@ -25,10 +25,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::{CertificateDer, DnsName, PrivateKeyDer};
+
+use crate::role::{Role, ROLE_OID};
 
 /// The name every issued certificate carries besides its holder's, so it can never name a node.
 pub const RESERVED_NAME: &str = "localhost";
@@ -130,6 +132,56 @@ impl CaBundle {
         Ok(NodeCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
+    /// Issues a node's certificate: as [`CaBundle::issue`], plus the node role bound to the
+    /// node's id, name and region, which the node-to-node port requires.
+    pub fn issue_node(&self, name: &str, id: u64, region: &str) -> Result<NodeCert, TlsError> {
+        validate_node_name(name)?;
+        let role = Role::Node { id, name: name.to_owned(), region: region.to_owned() };
+        Role::parse(&role.text()).map_err(|_| TlsError::InvalidName {
+            kind: "node",
+            name: role.text(),
+            reason: "a node role needs a name and region of a-z, 0-9, '-' and '_'",
+        })?;
+        let (ca_cert, ca_key) = self.signer()?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|source| TlsError::Generate { what: "the node key", source })?;
+        let mut params = node_params(name, now_ms())?;
+        params.custom_extensions.push(role_extension(&role));
+        let cert = params
+            .signed_by(&key, &ca_cert, &ca_key)
+            .map_err(|source| TlsError::Generate { what: "the node certificate", source })?;
+        Ok(NodeCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// Issues a client certificate for `name` with `role` (admin or a tenant role): valid for
+    /// client authentication only, and naming only `name`, so that it can never pass for a node
+    /// (no `localhost` or loopback address, no server authentication, no node role).
+    pub fn issue_client(&self, name: &str, role: &Role) -> Result<NodeCert, TlsError> {
+        validate_node_name(name)?;
+        if matches!(role, Role::Node { .. }) {
+            return Err(TlsError::InvalidName {
+                kind: "client",
+                name: name.to_owned(),
+                reason: "node roles are issued with node certificates only",
+            });
+        }
+        let (ca_cert, ca_key) = self.signer()?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|source| TlsError::Generate { what: "the client key", source })?;
+        let mut params = node_params(name, now_ms())?;
+        params.subject_alt_names = vec![SanType::DnsName(
+            name.to_owned()
+                .try_into()
+                .map_err(|source| TlsError::Generate { what: "a subject alternative name", source })?,
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.custom_extensions.push(role_extension(role));
+        let cert = params
+            .signed_by(&key, &ca_cert, &ca_key)
+            .map_err(|source| TlsError::Generate { what: "the client certificate", source })?;
+        Ok(NodeCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
     /// Rebuilds rcgen's view of the CA from the PEM pair, checking that it signs exactly as the
     /// stored CA would.
     fn signer(&self) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
@@ -223,6 +275,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The role as a non-critical extension (see `crate::role`).
+fn role_extension(role: &Role) -> CustomExtension {
+    let mut ext = CustomExtension::from_oid_content(ROLE_OID, role.encode_value());
+    ext.set_criticality(false);
+    ext
+}
+
 fn ca_params(cluster_name: &str, now_ms: u64) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -311,7 +370,7 @@ pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
         .ok_or(TlsError::NoPrivateKey { what })
 }
 
-const DER_SEQUENCE: u8 = 0x30;
+pub(crate) const DER_SEQUENCE: u8 = 0x30;
 const DER_SET: u8 = 0x31;
 const DER_OID: u8 = 0x06;
 const DER_UTF8_STRING: u8 = 0x0c;
@@ -346,6 +405,18 @@ fn common_name_of(name: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+/// Splits one DER element of any low-numbered tag off the front of `input`: its tag, contents and
+/// what follows. Rejects high tag numbers (never in a certificate), the indefinite length form
+/// and lengths of more than four bytes.
+pub(crate) fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let &tag = input.first()?;
+    if tag & 0x1f == 0x1f {
+        return None;
+    }
+    let (contents, rest) = der_split(input, tag)?;
+    Some((tag, contents, rest))
 }
 
 /// Splits one DER element tagged `tag` off the front of `input`, returning its contents and what
@@ -388,6 +459,38 @@ mod tests {
         assert_eq!(cert_common_name(&der(&tool.cert_pem)).as_deref(), Some("tetradctl"));
         assert_eq!(cert_dns_names(&der(&tool.cert_pem)).expect("names"), vec!["tetradctl", "localhost"]);
         assert!(cert_dns_names(&der(&ca.cert_pem)).expect("names").is_empty());
+    }
+
+    #[test]
+    fn roles_are_read_back_from_issued_certificates() {
+        use crate::role::role_from_cert_der;
+        let ca = CaBundle::generate("prod").expect("CA");
+        let node = ca.issue_node("eu-west-1", 201, "eu-west").expect("node cert");
+        let role = role_from_cert_der(&der(&node.cert_pem)).expect("parses");
+        assert_eq!(role, Some(Role::Node { id: 201, name: "eu-west-1".into(), region: "eu-west".into() }));
+        assert_eq!(cert_dns_names(&der(&node.cert_pem)).expect("names"), vec!["eu-west-1", "localhost"]);
+        let reader = Role::Tenant { tenant: "acme".into(), read_only: true };
+        let client = ca.issue_client("acme-ro", &reader).expect("client cert");
+        assert_eq!(role_from_cert_der(&der(&client.cert_pem)), Ok(Some(reader)));
+        assert_eq!(cert_dns_names(&der(&client.cert_pem)).expect("names"), vec!["acme-ro"]);
+        assert_eq!(role_from_cert_der(&der(&ca.issue("plain").expect("cert").cert_pem)), Ok(None));
+        assert_eq!(role_from_cert_der(&der(&ca.cert_pem)), Ok(None));
+        let node_role = Role::Node { id: 1, name: "x".into(), region: "y".into() };
+        assert!(ca.issue_client("x", &node_role).is_err(), "a client certificate cannot carry a node role");
+    }
+
+    #[test]
+    fn role_parsing_never_panics_on_corrupted_certificates() {
+        let ca = CaBundle::generate("prod").expect("CA");
+        let cert = der(&ca.issue_client("ops", &Role::Admin).expect("cert").cert_pem).to_vec();
+        for len in 0..cert.len() {
+            let _ = crate::role::role_from_cert_der(&cert[..len]);
+        }
+        for i in 0..cert.len() {
+            let mut corrupted = cert.clone();
+            corrupted[i] ^= 0xff;
+            let _ = crate::role::role_from_cert_der(&corrupted);
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! operator tool (`tetradctl`, which writes it for `cluster up --local`):
 //!
 //! - [`file`]: the node's TOML configuration file and its validation;
-//! - [`certs`]: the cluster CA and the certificates it issues, as PEM.
+//! - [`certs`]: the cluster CA and the certificates it issues, as PEM;
+//! - [`role`]: the role a certificate carries (admin, tenant, node) and how it is read back.
 //!
 //! It is small on purpose: tetradctl depends on it instead of on `tetrad-node`, so the operator
 //! tool does not compile the server's consensus, storage and transport. The rustls and QUIC
@@ -11,3 +12,4 @@
 
 pub mod certs;
 pub mod file;
+pub mod role;

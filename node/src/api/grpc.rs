@@ -1,6 +1,8 @@
 //! The gRPC service (tonic) for clients and operators: maps `tetrad_proto` messages to
 //! [`Node`] operations and [`ApiError`]s to statuses carrying the `tetrad-error` kind (and, for
-//! redirects, the leader's address) that tetradctl relies on.
+//! redirects, the leader's address) that tetradctl relies on. Every call is first authorized by
+//! the role in the caller's client certificate (`auth.rs`); a refusal is `unauthenticated` or
+//! `permission-denied`, with the subject, its role and the refused action in the message.
 
 use std::pin::Pin;
 
@@ -10,6 +12,7 @@ use tetrad_proto::v1::*;
 use tetrad_proto::{ERROR_KIND_KEY, LEADER_API_KEY};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::auth::{authorize, Action, AuthError, Subject};
 use crate::meta::state::{TenantEvent, TenantRecord};
 use crate::node::{ApiError, Node};
 use crate::storage::chunks::{hex, parse_hex, CHUNK_BYTES};
@@ -67,6 +70,36 @@ impl Api {
                 }
             }
         }
+        s
+    }
+
+    /// The caller, from its verified client certificate.
+    fn subject<T>(&self, req: &Request<T>) -> Result<Subject, Status> {
+        let certs = req.peer_certs();
+        Subject::from_peer_certs(certs.as_deref().map(Vec::as_slice)).map_err(|e| self.refusal(e, None))
+    }
+
+    /// The caller, if it may do `action`.
+    fn allow<T>(&self, req: &Request<T>, action: Action<'_>) -> Result<Subject, Status> {
+        let subject = self.subject(req)?;
+        authorize(&subject, &action).map_err(|e| self.refusal(e, Some(&action)))?;
+        Ok(subject)
+    }
+
+    fn refusal(&self, e: AuthError, action: Option<&Action<'_>>) -> Status {
+        let (code, kind) = match &e {
+            AuthError::Unauthenticated(_) => (tonic::Code::Unauthenticated, "unauthenticated"),
+            AuthError::Denied { .. } => (tonic::Code::PermissionDenied, "permission-denied"),
+        };
+        // Logged here, where the refusal is decided: the one record of it until the audit log.
+        tracing::warn!(
+            action = action.map(Action::name).unwrap_or("connect"),
+            tenant = action.and_then(Action::tenant).unwrap_or(""),
+            reason = %e,
+            "refused an API call"
+        );
+        let mut s = Status::new(code, e.to_string());
+        s.metadata_mut().insert(ERROR_KIND_KEY, kind.parse().expect("ascii kind"));
         s
     }
 
@@ -144,7 +177,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl Tetrad for Api {
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let subject = self.allow(&req, Action::ViewCluster)?;
         let st = self.node.status().await;
         let nodes = st
             .nodes
@@ -160,6 +194,7 @@ impl Tetrad for Api {
         let tenants = st
             .tenants
             .iter()
+            .filter(|t| subject.sees_tenant(&t.record.spec.name))
             .map(|t| {
                 let p = t.probe.as_ref();
                 TenantStatus {
@@ -199,7 +234,8 @@ impl Tetrad for Api {
         }))
     }
 
-    async fn init_cluster(&self, _req: Request<InitClusterRequest>) -> Result<Response<InitClusterReply>, Status> {
+    async fn init_cluster(&self, req: Request<InitClusterRequest>) -> Result<Response<InitClusterReply>, Status> {
+        self.allow(&req, Action::InitCluster)?;
         let did = self.node.init_cluster().await.map_err(|e| self.status(e))?;
         Ok(Response::new(InitClusterReply {
             already_initialized: !did,
@@ -208,6 +244,7 @@ impl Tetrad for Api {
     }
 
     async fn create_tenant(&self, req: Request<CreateTenantRequest>) -> Result<Response<TenantInfo>, Status> {
+        self.allow(&req, Action::CreateTenant(&req.get_ref().name))?;
         let r = req.into_inner();
         let primary = if r.primary.is_empty() { None } else { Some(r.primary.as_str()) };
         let rec = self
@@ -218,12 +255,20 @@ impl Tetrad for Api {
         Ok(Response::new(self.tenant_info(&rec, None, 0)))
     }
 
-    async fn list_tenants(&self, _req: Request<ListTenantsRequest>) -> Result<Response<ListTenantsReply>, Status> {
+    async fn list_tenants(&self, req: Request<ListTenantsRequest>) -> Result<Response<ListTenantsReply>, Status> {
+        let subject = self.allow(&req, Action::ViewCluster)?;
         let recs = self.node.tenant_records().await;
-        Ok(Response::new(ListTenantsReply { tenants: recs.iter().map(|r| self.tenant_info(r, None, 0)).collect() }))
+        Ok(Response::new(ListTenantsReply {
+            tenants: recs
+                .iter()
+                .filter(|r| subject.sees_tenant(&r.spec.name))
+                .map(|r| self.tenant_info(r, None, 0))
+                .collect(),
+        }))
     }
 
     async fn get_tenant(&self, req: Request<GetTenantRequest>) -> Result<Response<TenantInfo>, Status> {
+        self.allow(&req, Action::GetTenant(&req.get_ref().name))?;
         let name = req.into_inner().name;
         let rec = self.node.tenant_record(&name).await.map_err(|e| self.status(e))?;
         let st = self.node.status().await;
@@ -236,6 +281,9 @@ impl Tetrad for Api {
     }
 
     async fn push_wal(&self, req: Request<Streaming<PushWalRequest>>) -> Result<Response<PushWalReply>, Status> {
+        // The tenant is in the first message: the caller is known now, its right to the tenant
+        // is checked as soon as the header arrives, before any data is read.
+        let subject = self.subject(&req)?;
         let mut stream = req.into_inner();
         let bad = |m: String| self.status(ApiError::BadRequest(m));
         let header = match stream.next().await {
@@ -244,6 +292,8 @@ impl Tetrad for Api {
             Some(Err(e)) => return Err(e),
             None => return Err(bad("empty push".into())),
         };
+        let action = Action::PushWal(&header.tenant);
+        authorize(&subject, &action).map_err(|e| self.refusal(e, Some(&action)))?;
         if header.size > MAX_SEGMENT_BYTES {
             return Err(bad(format!("segment of {} bytes exceeds the limit of {MAX_SEGMENT_BYTES}", header.size)));
         }
@@ -283,6 +333,7 @@ impl Tetrad for Api {
     type FetchWalStream = BoxStream<FetchWalReply>;
 
     async fn fetch_wal(&self, req: Request<FetchWalRequest>) -> Result<Response<Self::FetchWalStream>, Status> {
+        self.allow(&req, Action::FetchWal(&req.get_ref().tenant))?;
         let r = req.into_inner();
         let rec = self.node.segment(&r.tenant, &r.name).await.map_err(|e| self.status(e))?;
         let node = self.node.clone();
@@ -324,6 +375,7 @@ impl Tetrad for Api {
         &self,
         req: Request<VerifyTenantRequest>,
     ) -> Result<Response<Self::VerifyTenantStream>, Status> {
+        self.allow(&req, Action::VerifyTenant(&req.get_ref().tenant))?;
         let r = req.into_inner();
         let rec = self.node.tenant_record(&r.tenant).await.map_err(|e| self.status(e))?;
         // The progress bar's total: the tenant's segment bytes (0 when the list fails; the
@@ -386,6 +438,7 @@ impl Tetrad for Api {
     }
 
     async fn list_wal(&self, req: Request<ListWalRequest>) -> Result<Response<ListWalReply>, Status> {
+        self.allow(&req, Action::ListWal(&req.get_ref().tenant))?;
         let r = req.into_inner();
         // No page size: an old client, which cannot follow a token, gets the whole list as before.
         let (segs, next_after) = match r.page_size {
@@ -420,6 +473,7 @@ impl Tetrad for Api {
         &self,
         req: Request<SwitchoverTenantRequest>,
     ) -> Result<Response<TenantEventInfo>, Status> {
+        self.allow(&req, Action::Switchover(&req.get_ref().name))?;
         let r = req.into_inner();
         if r.to_region.is_empty() {
             return Err(self.status(ApiError::BadRequest("a switchover needs a target region".into())));
@@ -429,6 +483,7 @@ impl Tetrad for Api {
     }
 
     async fn failover_tenant(&self, req: Request<FailoverTenantRequest>) -> Result<Response<TenantEventInfo>, Status> {
+        self.allow(&req, Action::Failover(&req.get_ref().name))?;
         let r = req.into_inner();
         if r.to_region.is_empty() {
             return Err(self.status(ApiError::BadRequest("a manual failover needs a target region".into())));
@@ -439,6 +494,7 @@ impl Tetrad for Api {
     }
 
     async fn set_tenant_mode(&self, req: Request<SetTenantModeRequest>) -> Result<Response<TenantInfo>, Status> {
+        self.allow(&req, Action::SetMode(&req.get_ref().name))?;
         let r = req.into_inner();
         let rec = self
             .node
@@ -449,6 +505,7 @@ impl Tetrad for Api {
     }
 
     async fn tenant_history(&self, req: Request<TenantHistoryRequest>) -> Result<Response<TenantHistoryReply>, Status> {
+        self.allow(&req, Action::TenantHistory(&req.get_ref().name))?;
         let name = req.into_inner().name;
         let events = self.node.tenant_history(&name).await.map_err(|e| self.status(e))?;
         Ok(Response::new(TenantHistoryReply { events: events.iter().map(|e| self.event_info(e)).collect() }))

@@ -17,8 +17,10 @@
 //!
 //! Identity: dialling, rustls checks that the server's certificate names the peer we meant to
 //! reach. Accepting, we read the DNS names of the client's (CA-verified) certificate and look them
-//! up in the peer table; a connection whose certificate names no peer, or more than one, is closed
-//! with [`CLOSE_PEER_REJECTED`] before any of its streams is read. See `crate::tls`.
+//! up in the peer table; the certificate must also carry the node role for that peer's id and
+//! name (`tetrad_config::role`), so a client certificate is never taken for a node. A connection
+//! whose certificate names no peer, or more than one, or lacks the node role, is closed with
+//! [`CLOSE_PEER_REJECTED`] before any of its streams is read. See `crate::tls`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -44,7 +46,7 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tracing::{debug, error, warn};
 
 use crate::seams::net::{NetError, NodeId, RpcHandlerRef, Transport, MAX_MESSAGE_BYTES};
-use crate::tls::{self, TlsError};
+use crate::tls::{self, Role, TlsError};
 
 /// Streams one peer may have open towards us at once; quinn withholds further stream credit, so
 /// this also bounds the handler tasks per connection.
@@ -429,10 +431,19 @@ fn identify(connection: &Connection, peers_by_name: &BTreeMap<String, NodeId>) -
     let names = tls::cert_dns_names(leaf).map_err(|e| e.to_string())?;
     let nodes: BTreeSet<NodeId> = names.iter().filter_map(|name| peers_by_name.get(name).copied()).collect();
     let mut nodes = nodes.into_iter();
-    match (nodes.next(), nodes.next()) {
-        (Some(node), None) => Ok(node),
-        (None, _) => Err(format!("the certificate names {names:?}, none of which is a peer")),
-        (Some(_), Some(_)) => Err(format!("the certificate names {names:?}, more than one peer")),
+    let node = match (nodes.next(), nodes.next()) {
+        (Some(node), None) => node,
+        (None, _) => return Err(format!("the certificate names {names:?}, none of which is a peer")),
+        (Some(_), Some(_)) => return Err(format!("the certificate names {names:?}, more than one peer")),
+    };
+    // The name alone is not enough: a client certificate (tetradctl's, a tenant's) must never
+    // pass for a node, so the certificate must carry the node role, bound to this node's id and
+    // name. The region in the role is not checked here: the peer table does not hold regions.
+    match tls::cert_role(leaf) {
+        Ok(Some(Role::Node { id, name, .. })) if id == node && peers_by_name.get(&name) == Some(&node) => Ok(node),
+        Ok(Some(role)) => Err(format!("the certificate names {names:?} but carries role {role}, not node {node}'s")),
+        Ok(None) => Err(format!("the certificate names {names:?} but carries no node role")),
+        Err(e) => Err(format!("the certificate names {names:?} but its role is unreadable: {e}")),
     }
 }
 
@@ -711,7 +722,7 @@ mod tests {
             .iter()
             .zip(sockets)
             .map(|(&(id, name), socket)| {
-                let cert = ca.issue(name).unwrap();
+                let cert = ca.issue_node(name, id, "test-region").unwrap();
                 let config = QuicConfig {
                     node_id: id,
                     listen: socket.local_addr().unwrap(),
@@ -895,6 +906,33 @@ mod tests {
         }
         assert!(victim.handler.callers().is_empty());
         assert_eq!(victim.transport.connections_accepted(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_certificate_without_the_peers_node_role_is_rejected() {
+        let ca = CaBundle::generate("test").unwrap();
+        let nodes = start(&ca, &[(1, "eu-west-2"), (2, "us-east-1")]);
+        let victim = &nodes[0];
+        let region = "test-region";
+        for (what, cert, expect) in [
+            ("a client certificate", ca.issue_client("us-east-1", &Role::Admin).unwrap(), "carries role admin"),
+            ("a certificate without a role", ca.issue("us-east-1").unwrap(), "carries no node role"),
+            ("another node's role", ca.issue_node("us-east-1", 3, region).unwrap(), "carries role node:3"),
+        ] {
+            let intruder = impostor(victim, &ca.cert_pem, cert);
+            let outcome = bounded(intruder.call(1, Bytes::from_static(b"let me in"), CALL_TIMEOUT)).await;
+            match outcome {
+                Err(NetError::Unreachable(1, reason)) => {
+                    assert!(reason.contains("rejected this node's certificate"), "{what}: {reason}");
+                    assert!(reason.contains(expect), "{what}: {reason}");
+                }
+                other => panic!("{what}: expected a rejection, got {other:?}"),
+            }
+        }
+        assert!(victim.handler.callers().is_empty());
+        assert_eq!(victim.transport.connections_accepted(), 0);
+        let reply = bounded(nodes[1].transport.call(1, Bytes::from_static(b"hi"), CALL_TIMEOUT)).await;
+        assert_eq!(reply, Ok(Bytes::from_static(b"hi")), "the real node 2 is still welcome");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

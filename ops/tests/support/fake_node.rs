@@ -53,6 +53,43 @@ struct Inner {
     failover_event: Mutex<Option<TenantEventInfo>>,
 }
 
+/// One CA for every fake of a test binary, the fakes' certificate and an admin client's, made once.
+fn tls_material(
+) -> &'static (tetrad_config::certs::CaBundle, tetrad_config::certs::NodeCert, tetrad_config::certs::NodeCert) {
+    static MATERIAL: std::sync::OnceLock<(
+        tetrad_config::certs::CaBundle,
+        tetrad_config::certs::NodeCert,
+        tetrad_config::certs::NodeCert,
+    )> = std::sync::OnceLock::new();
+    MATERIAL.get_or_init(|| {
+        let ca = tetrad_config::certs::CaBundle::generate("fake").expect("CA");
+        let node = ca.issue_node("fake", 1, "fake").expect("node cert");
+        let admin = ca.issue_client("admin", &tetrad_config::role::Role::Admin).expect("client cert");
+        (ca, node, admin)
+    })
+}
+
+/// The identity tetradctl presents to the fakes: an admin of their CA.
+pub fn identity() -> tetrad_ops::client::Identity {
+    let (ca, _, admin) = tls_material();
+    tetrad_ops::client::Identity::from_pem(
+        "fake/admin".into(),
+        ca.cert_pem.clone(),
+        admin.cert_pem.clone(),
+        admin.key_pem.clone(),
+    )
+}
+
+/// Writes [`identity`] as `DIR/admin.crt`, `DIR/admin.key` and `DIR/ca.crt`, where a cluster
+/// directory keeps its admin identity.
+pub fn write_admin_identity(dir: &std::path::Path) {
+    let (ca, _, admin) = tls_material();
+    std::fs::create_dir_all(dir).expect("identity dir");
+    std::fs::write(dir.join("admin.crt"), &admin.cert_pem).expect("write");
+    std::fs::write(dir.join("admin.key"), &admin.key_pem).expect("write");
+    std::fs::write(dir.join("ca.crt"), &ca.cert_pem).expect("write");
+}
+
 #[derive(Clone)]
 pub struct FakeNode(Arc<Inner>);
 
@@ -71,7 +108,12 @@ impl FakeNode {
             Some((conn, (listener, me)))
         });
         let service = TetradServer::new(fake.clone());
-        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        let (ca, cert, _) = tls_material();
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&cert.cert_pem, &cert.key_pem))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&ca.cert_pem));
+        let mut server = tonic::transport::Server::builder().tls_config(tls).expect("TLS config");
+        tokio::spawn(server.add_service(service).serve_with_incoming(incoming));
         (fake, addr)
     }
 
