@@ -30,7 +30,7 @@ fn a_re_push_of_a_held_segment_is_acked_without_a_new_log_entry_in_every_mode() 
         }
         cluster.ctl(&create).expect_success();
         let (status, _) = cluster.wait_for_tenant_leader(&tenant, Duration::from_secs(60));
-        let pusher = Pusher::new(status.nodes.iter().map(|n| n.api_addr.clone()).collect());
+        let pusher = Pusher::new(status.nodes.iter().map(|n| n.api_addr.clone()).collect(), cluster.identity());
         let bound = Duration::from_secs(60);
         // A warm-up write gives the group a leader with an entry of its term, and time to settle.
         let warm = segment_bytes(&format!("repush/{mode}/0"), 4096);
