@@ -43,6 +43,9 @@ fn cluster_dir(dir: &Path, api: &str) {
          raft_addr = \"127.0.0.1:1\"\napi_addr = \"{api}\"\n"
     );
     std::fs::write(dir.join("cluster.toml"), text).expect("write cluster.toml");
+    // The fake answers with its own CA; tetradctl finds the admin identity where `cluster up`
+    // puts it.
+    fake_node::write_admin_identity(&dir.join("identities"));
 }
 
 /// Runs `tetradctl --cluster DIR --timeout 20s ARGS...`.
