@@ -484,7 +484,32 @@ pub struct DurableEntry {
     pub term: u64,
     pub index: u64,
     /// The command, for a normal entry (blank and membership entries carry none).
-    pub command: Option<super::types::Command>,
+    pub command: Option<DurableCommand>,
+}
+
+/// A durable entry's command as its record holds it: whole, or a segment put whose bytes are in
+/// the tenant's chunk files and are not read here.
+#[derive(Clone, Debug)]
+pub enum DurableCommand {
+    Whole(Command),
+    /// A stripped put: the chunks were verified against their hashes and made durable before the
+    /// entry was reported flushed, and the record is stripped only when the bytes match the
+    /// segment's claimed blake3 (`sideload`). Seeding applies it by reference; a chunk damaged since
+    /// is the repair's to find, as for any chunk the catalog references.
+    Sideloaded(SideloadedPut),
+}
+
+impl DurableCommand {
+    /// A segment put's name, claimed blake3 and proposal time, whichever form it has.
+    pub fn put(&self) -> Option<(&str, &Hash, u64)> {
+        match self {
+            DurableCommand::Whole(Command::Tenant(TenantCommand::PutSegment {
+                name, blake3, proposed_at_ms, ..
+            })) => Some((name, blake3, *proposed_at_ms)),
+            DurableCommand::Sideloaded(s) => Some((&s.name, &s.blake3, s.proposed_at_ms)),
+            DurableCommand::Whole(_) => None,
+        }
+    }
 }
 
 /// A stopped (sealed) group's durable log: where it ends and what it applied.
@@ -499,24 +524,11 @@ pub struct DurableLog {
 }
 
 /// Reads a group's durable log from the store. The group must not be running (its replica is
-/// sealed), so that what is read is what stays. Sideloaded segments are read back from the chunk
-/// files (verified; a damaged chunk is an error here, this path does not repair).
+/// sealed), so that what is read is what stays. Sideloaded segment puts come back by reference
+/// ([`DurableCommand::Sideloaded`]): no chunk is read, so a damaged chunk never stops a sealed
+/// replica from being inspected or seeding a promoted epoch, and memory does not grow with the
+/// bytes of the tail.
 pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, StoreError> {
-    let chunk_store = ChunkStore::for_group(store.disk().clone(), store.root(), group);
-    let decode = |bytes: &EntryBytes| -> Result<Entry, StoreError> {
-        match decode_record(group, bytes)? {
-            Record::Whole(e) => Ok(e),
-            Record::Sideloaded(s) => {
-                let Some(cs) = &chunk_store else { return Err(no_chunk_store(group, &s)) };
-                let pieces = s
-                    .chunks
-                    .iter()
-                    .map(|(h, _)| cs.get(h).map_err(|e| StoreError::Io(format!("segment {}: {e}", s.name))))
-                    .collect::<Result<Vec<_>, _>>()?;
-                inflated(s, pieces)
-            }
-        }
-    };
     let applied: Option<LogId> = match store.kv_get(group, "applied")? {
         Some(b) => versioned::decode_value(&format!("applied log id of {group}"), &b)?,
         None => None,
@@ -533,13 +545,15 @@ pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, S
         last = last.max(Some((a.leader_id.term, a.index)));
     }
     for (_, bytes) in store.raft_log().read(group, from, u64::MAX)? {
-        let e = decode(&bytes)?;
-        last = Some((e.log_id.leader_id.term, e.log_id.index));
-        let command = match e.payload {
-            openraft::EntryPayload::Normal(c) => Some(c),
-            _ => None,
+        let (log_id, command) = match decode_record(group, &bytes)? {
+            Record::Whole(e) => match e.payload {
+                EntryPayload::Normal(c) => (e.log_id, Some(DurableCommand::Whole(c))),
+                _ => (e.log_id, None),
+            },
+            Record::Sideloaded(s) => (s.log_id, Some(DurableCommand::Sideloaded(s))),
         };
-        unapplied.push(DurableEntry { term: e.log_id.leader_id.term, index: e.log_id.index, command });
+        last = Some((log_id.leader_id.term, log_id.index));
+        unapplied.push(DurableEntry { term: log_id.leader_id.term, index: log_id.index, command });
     }
     Ok(DurableLog { last, applied: applied.map(|a| (a.leader_id.term, a.index)), unapplied })
 }
@@ -692,10 +706,14 @@ mod tests {
         assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(entries[2].log_id));
         let durable = read_durable_log(&store, TENANT_GROUP).unwrap();
         assert_eq!(durable.unapplied.len(), 3);
-        let Some(Command::Tenant(TenantCommand::PutSegment { data, .. })) = &durable.unapplied[1].command else {
-            panic!("{durable:?}")
-        };
-        assert_eq!(data, &a, "a sealed replica's durable log is read back whole");
+        let Some(DurableCommand::Sideloaded(s)) = &durable.unapplied[1].command else { panic!("{durable:?}") };
+        let pieces: Vec<(Hash, u32)> =
+            chunks::split(&a).map(|c| (*::blake3::hash(c).as_bytes(), c.len() as u32)).collect();
+        assert_eq!(
+            (s.name.as_str(), s.blake3, s.size, &s.chunks),
+            (format!("{:024X}", 2).as_str(), *::blake3::hash(&a).as_bytes(), a.len() as u64, &pieces),
+            "a sealed replica's durable log gives the put by reference"
+        );
 
         // Truncation drops the records, never the chunk files.
         log.truncate_after(Some(entries[0].log_id)).await.unwrap();
@@ -712,6 +730,42 @@ mod tests {
         let mut meta = GroupLog::new(store.clone(), "meta");
         append(&mut meta, vec![blank(1)]).await.unwrap();
         assert_eq!(meta.try_get_log_entries(1..2).await.unwrap(), vec![blank(1)]);
+    }
+
+    /// A chunk that rotted in a sealed replica's unapplied tail neither stops the replica from
+    /// being inspected nor from seeding the promoted epoch: the put is applied by reference and
+    /// the chunk is left to the repair (sim seed 139, mixed, on a controller that promoted that
+    /// replica: seeding retried forever while it inflated the tail from chunk files).
+    #[tokio::test]
+    async fn a_corrupt_chunk_in_the_tail_does_not_stop_seeding() {
+        use crate::raft::state_machine::GroupState;
+        use crate::tenant::group_state::TenantState;
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let store = open(disk.clone(), dir.path()).await;
+        let mut log = GroupLog::new(store.clone(), TENANT_GROUP);
+        let (a, b) = (segment(7, (1 << 20) + 5), segment(8, 4000));
+        append(&mut log, vec![blank(1), put(2, a.clone()), put(3, b.clone())]).await.unwrap();
+        let rotten = chunk_paths(dir.path(), &b).remove(0);
+        std::fs::write(&rotten, b"rot").unwrap();
+
+        let sealed = crate::tenant::epoch::inspect(&store, TENANT_GROUP).unwrap();
+        assert_eq!(sealed.mark().index, 3);
+        assert_eq!(sealed.writes.len(), 2);
+        let seeded = crate::tenant::epoch::seed(&store, TENANT_GROUP, "t/acme/2").await.unwrap();
+        assert_eq!(seeded, 2, "both puts are applied (a blank entry carries nothing)");
+        let state = TenantState::load(&store, "t/acme/2").unwrap();
+        for (i, data) in [(2u64, &a), (3, &b)] {
+            let rec = &state.catalog.segments[&format!("{i:024X}")];
+            assert_eq!(
+                (rec.blake3, rec.size, rec.term, rec.index),
+                (*::blake3::hash(data).as_bytes(), data.len() as u64, 1, i)
+            );
+            let hashes: Vec<Hash> = chunks::split(data).map(|c| *::blake3::hash(c).as_bytes()).collect();
+            assert_eq!(rec.chunks, hashes);
+        }
+        // The rotten file is as it was: seeding read no chunk (the repair finds it).
+        assert_eq!(std::fs::read(&rotten).unwrap(), b"rot");
     }
 
     #[tokio::test]

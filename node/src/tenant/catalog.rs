@@ -68,6 +68,22 @@ pub fn decide_put(
     })
 }
 
+/// Decides what a put whose bytes are already in chunk files does, from its record alone: a
+/// sideloaded put (`raft/log_store.rs`) is stripped only when its bytes matched the claimed
+/// blake3, so that claim is the bytes' hash, and its chunk hashes are the record's.
+pub fn decide_put_by_ref(
+    catalog: &Catalog,
+    name: &str,
+    blake3: &Hash,
+    size: u64,
+    chunks: &[Hash],
+    proposed_at_ms: u64,
+    at: LogPos,
+) -> PutDecision {
+    let put = Put { name, blake3, actual: blake3, size, proposed_at_ms, at };
+    catalog.decide_put(&put, || chunks.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

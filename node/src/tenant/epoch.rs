@@ -10,12 +10,10 @@ use std::sync::Arc;
 
 use redb::ReadableDatabase;
 
-use super::catalog::TenantCommand;
 use super::group_state::TenantState;
 use crate::meta::state::{AckMark, TailWrite};
-use crate::raft::log_store::{read_durable_log, DurableLog};
+use crate::raft::log_store::{read_durable_log, DurableCommand, DurableLog};
 use crate::raft::state_machine::{ApplyInfo, GroupState};
-use crate::raft::Command;
 use crate::storage::chunks::Hash;
 use crate::storage::store::{Store, StoreError, TxnFn, KV, SEGMENTS};
 
@@ -48,8 +46,8 @@ pub fn inspect(store: &Arc<Store>, group: &str) -> Result<SealedReplica, StoreEr
         .map(|r| (r.name.clone(), (r.blake3, r.proposed_at_ms, r.term, r.index)))
         .collect();
     for e in &log.unapplied {
-        if let Some(Command::Tenant(TenantCommand::PutSegment { name, blake3, proposed_at_ms, .. })) = &e.command {
-            writes.entry(name.clone()).or_insert((*blake3, *proposed_at_ms, e.term, e.index));
+        if let Some((name, blake3, proposed_at_ms)) = e.command.as_ref().and_then(DurableCommand::put) {
+            writes.entry(name.to_string()).or_insert((*blake3, proposed_at_ms, e.term, e.index));
         }
     }
     Ok(SealedReplica { log, writes })
@@ -58,8 +56,9 @@ pub fn inspect(store: &Arc<Store>, group: &str) -> Result<SealedReplica, StoreEr
 const SEEDED: &str = "seeded-from";
 
 /// Seeds `new_group` on this node from its stopped `old_group`: the applied catalog and every
-/// durable put past the applied position, applied in log order. One atomic store commit (chunk
-/// files are written and synced first), idempotent: a seeded group is left alone.
+/// durable put past the applied position, applied in log order (sideloaded puts by reference: no
+/// chunk is read, see [`TenantState::apply_by_ref`]). One atomic store commit (chunk files of
+/// whole entries are written and synced first), idempotent: a seeded group is left alone.
 pub async fn seed(store: &Arc<Store>, old_group: &str, new_group: &str) -> Result<u64, StoreError> {
     if store.kv_get(new_group, SEEDED)?.is_some() {
         return Ok(0);
@@ -95,11 +94,15 @@ pub async fn seed(store: &Arc<Store>, old_group: &str, new_group: &str) -> Resul
     // The durable tail past the applied position: applied now, under the new group's name.
     let mut applied = 0;
     for e in &log.unapplied {
-        if let Some(cmd) = &e.command {
-            let at = ApplyInfo { term: e.term, index: e.index };
-            crate::storage::store::blocking(|| state.apply(store, new_group, at, cmd, &mut work))?;
-            applied += 1;
+        let at = ApplyInfo { term: e.term, index: e.index };
+        match &e.command {
+            Some(DurableCommand::Whole(cmd)) => {
+                crate::storage::store::blocking(|| state.apply(store, new_group, at, cmd, &mut work))?;
+            }
+            Some(DurableCommand::Sideloaded(put)) => state.apply_by_ref(new_group, at, put, &mut work),
+            None => continue,
         }
+        applied += 1;
     }
     work.push(Store::kv_put(new_group, SEEDED, old_group.as_bytes().to_vec()));
     store.write(work).await?;

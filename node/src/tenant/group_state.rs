@@ -14,7 +14,8 @@ use futures::future::BoxFuture;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{decide_put, Catalog, PutDecision, SegmentRecord, TenantCommand, TenantReply};
+use super::catalog::{decide_put, decide_put_by_ref, Catalog, PutDecision, SegmentRecord, TenantCommand, TenantReply};
+use crate::raft::log_store::SideloadedPut;
 use crate::raft::state_machine::{ApplyInfo, Check, Ensured, GroupState};
 use crate::raft::{Command, Reply};
 use crate::storage::chunks::{hex, ChunkError, ChunkSource, ChunkStore, Hash, CHUNK_BYTES};
@@ -200,6 +201,48 @@ impl TenantState {
         }
     }
 
+    /// Writes a segment's catalog row (in `work`) and counts it: the chunks are already durable.
+    fn record(&mut self, group: &str, at: ApplyInfo, rec: SegmentRecord, work: &mut Vec<TxnFn>) -> TenantReply {
+        let row = encode_row(&rec);
+        let (g, n) = (group.to_string(), rec.name.clone());
+        work.push(Box::new(move |txn| {
+            let mut t = txn.open_table(SEGMENTS).map_err(StoreError::db)?;
+            t.insert((g.as_str(), n.as_str()), row.as_slice()).map_err(StoreError::db)?;
+            Ok(())
+        }));
+        let r = TenantReply::Stored {
+            already_present: false,
+            size: rec.size,
+            blake3: rec.blake3,
+            index: at.index,
+            term: at.term,
+        };
+        self.catalog.insert(rec);
+        self.writes += 1;
+        r
+    }
+
+    /// Applies a sideloaded put by reference, reading no chunk: seeding a promoted epoch from a
+    /// sealed replica's durable tail (`tenant/epoch.rs`). The chunks were made durable and
+    /// verified on this replica before its entry was reported flushed; one missing or damaged
+    /// since is left to the repair (reads and the scrub fetch it from a member that holds it),
+    /// so it never keeps the tenant from failing over.
+    pub fn apply_by_ref(&mut self, group: &str, at: ApplyInfo, put: &SideloadedPut, work: &mut Vec<TxnFn>) {
+        let hashes: Vec<Hash> = put.chunks.iter().map(|(h, _)| *h).collect();
+        let pos = tetrad_core::LogPos::new(at.term, at.index);
+        match decide_put_by_ref(&self.catalog, &put.name, &put.blake3, put.size, &hashes, put.proposed_at_ms, pos) {
+            PutDecision::Store(rec) => {
+                if let Some(h) = hashes.iter().find(|h| !self.chunks.contains(h)) {
+                    tracing::warn!(segment = %put.name, chunk = %hex(h), %group,
+                        "a chunk of a seeded segment is absent here; reads and the scrub repair it from a member");
+                }
+                self.record(group, at, rec, work);
+            }
+            PutDecision::Reply(_) => {}
+        }
+        self.mark(at, Some(put.proposed_at_ms));
+    }
+
     /// The newest mark at or below `index`.
     pub fn mark_at(&self, index: u64) -> Option<AppliedMark> {
         let pos = self.recent.partition_point(|m| m.index <= index);
@@ -334,23 +377,7 @@ impl GroupState for TenantState {
                         self.chunks.put_hashed(*h, piece).map_err(chunk_err)?;
                     }
                 }
-                let row = encode_row(&rec);
-                let (g, n) = (group.to_string(), rec.name.clone());
-                work.push(Box::new(move |txn| {
-                    let mut t = txn.open_table(SEGMENTS).map_err(StoreError::db)?;
-                    t.insert((g.as_str(), n.as_str()), row.as_slice()).map_err(StoreError::db)?;
-                    Ok(())
-                }));
-                let r = TenantReply::Stored {
-                    already_present: false,
-                    size: rec.size,
-                    blake3: rec.blake3,
-                    index: at.index,
-                    term: at.term,
-                };
-                self.catalog.insert(rec);
-                self.writes += 1;
-                r
+                self.record(group, at, rec, work)
             }
         };
         self.mark(at, Some(*proposed_at_ms));
