@@ -491,7 +491,7 @@ pub struct DurableEntry {
 /// the tenant's chunk files and are not read here.
 #[derive(Clone, Debug)]
 pub enum DurableCommand {
-    Whole(Command),
+    Whole(Box<Command>),
     /// A stripped put: the chunks were verified against their hashes and made durable before the
     /// entry was reported flushed, and the record is stripped only when the bytes match the
     /// segment's claimed blake3 (`sideload`). Seeding applies it by reference; a chunk damaged since
@@ -503,11 +503,13 @@ impl DurableCommand {
     /// A segment put's name, claimed blake3 and proposal time, whichever form it has.
     pub fn put(&self) -> Option<(&str, &Hash, u64)> {
         match self {
-            DurableCommand::Whole(Command::Tenant(TenantCommand::PutSegment {
-                name, blake3, proposed_at_ms, ..
-            })) => Some((name, blake3, *proposed_at_ms)),
+            DurableCommand::Whole(c) => match c.as_ref() {
+                Command::Tenant(TenantCommand::PutSegment { name, blake3, proposed_at_ms, .. }) => {
+                    Some((name, blake3, *proposed_at_ms))
+                }
+                _ => None,
+            },
             DurableCommand::Sideloaded(s) => Some((&s.name, &s.blake3, s.proposed_at_ms)),
-            DurableCommand::Whole(_) => None,
         }
     }
 }
@@ -547,7 +549,7 @@ pub fn read_durable_log(store: &Arc<Store>, group: &str) -> Result<DurableLog, S
     for (_, bytes) in store.raft_log().read(group, from, u64::MAX)? {
         let (log_id, command) = match decode_record(group, &bytes)? {
             Record::Whole(e) => match e.payload {
-                EntryPayload::Normal(c) => (e.log_id, Some(DurableCommand::Whole(c))),
+                EntryPayload::Normal(c) => (e.log_id, Some(DurableCommand::Whole(Box::new(c)))),
                 _ => (e.log_id, None),
             },
             Record::Sideloaded(s) => (s.log_id, Some(DurableCommand::Sideloaded(s))),
