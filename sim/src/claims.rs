@@ -119,6 +119,42 @@ fn parse_promotion(detail: &str) -> Option<(NodeId, Vec<NodeId>)> {
     Some((best, answered))
 }
 
+/// `... from (T, I) with ...`: the promoted replica's mark in a failover's detail.
+fn parse_base(detail: &str) -> Option<(u64, u64)> {
+    let inner = detail.split(" from (").nth(1)?.split(')').next()?;
+    let (t, i) = inner.split_once(',')?;
+    Some((t.trim().parse().ok()?, i.trim().parse().ok()?))
+}
+
+/// The old epoch of the failover at which acked write `a` was lost. A write acked in epoch `e`
+/// is carried into `e + 1` when the promoted replica held it, and can then be lost at a later
+/// failover, whose record must account for it (its count and window cover everything the new
+/// epoch lacks, whichever epoch acked it).
+/// - In its own epoch, an acked write is a committed entry at (term, index); the promoted replica
+///   holds it when its log ends at (T, I) with term <= T and index <= I (log matching, and a
+///   leader of a later term holds every committed entry).
+/// - A write carried from an earlier epoch (or re-acked as already present, at a position that may
+///   be another epoch's) is in the seeded state that every replica of the epoch holds once it holds
+///   anything (the founder purges its log before any member joins): the promoted replica holds it
+///   unless its mark is (0, 0).
+///
+/// With no failover from an epoch (or a detail that does not parse), that epoch is the answer.
+fn lost_at(a: &Ack, failovers: &BTreeMap<u64, &TenantEvent>) -> u64 {
+    let mut k = a.epoch;
+    loop {
+        let Some(base) = failovers.get(&k).and_then(|ev| parse_base(&ev.detail)) else { return k };
+        let held = if k == a.epoch && !a.already_present && a.term > 0 {
+            a.term <= base.0 && a.index <= base.1
+        } else {
+            base > (0, 0)
+        };
+        if !held {
+            return k;
+        }
+        k += 1;
+    }
+}
+
 /// Checks the claims of `tenant`'s mode; `lost` are the acked writes no longer served.
 pub async fn check(
     c: &SimCluster,
@@ -160,12 +196,16 @@ pub async fn check(
     let failovers: BTreeMap<u64, &TenantEvent> =
         history.iter().filter(|e| is_failover(e)).map(|e| (e.from_epoch, e)).collect();
 
-    // Every lost acked write inside its failover's window.
-    for a in lost {
-        let Some(ev) = failovers.get(&a.epoch) else {
+    // Every lost acked write inside the window of the failover that lost it.
+    let at: Vec<u64> = lost.iter().map(|a| lost_at(a, &failovers)).collect();
+    for (a, k) in lost.iter().zip(&at) {
+        let Some(ev) = failovers.get(k) else {
             v.push(format!(
-                "loss record: acked write {} (epoch {}, acked at {} ms) is lost, but no failover from epoch {} is recorded",
-                a.name, a.epoch, a.acked_at_ms, a.epoch
+                "loss record: acked write {} (epoch {}, acked at {} ms) is lost, but no failover from epoch {k} is recorded{}",
+                a.name,
+                a.epoch,
+                a.acked_at_ms,
+                if *k > a.epoch { " (the earlier failovers' promoted replicas held it)" } else { "" }
             ));
             continue;
         };
@@ -184,7 +224,7 @@ pub async fn check(
 
     // The counts, per failover.
     for (from, ev) in &failovers {
-        let lost_here: Vec<&Ack> = lost.iter().filter(|a| a.epoch == *from).collect();
+        let lost_here: Vec<&Ack> = lost.iter().zip(&at).filter(|(_, k)| *k == from).map(|(a, _)| a).collect();
         let n = lost_here.len() as u64;
         let min = ev.lost_writes_min.unwrap_or(0);
         if n < min {
@@ -201,7 +241,11 @@ pub async fn check(
         }
         if let Some(r) = ctx.reported.get(from) {
             let reported_lost =
-                lost_here.iter().filter(|a| !a.already_present && (a.term, a.index) <= (r.term, r.index)).count()
+                // Positions compare only within the old epoch's own log.
+                lost_here
+                    .iter()
+                    .filter(|a| a.epoch == *from && !a.already_present && (a.term, a.index) <= (r.term, r.index))
+                    .count()
                     as u64;
             if reported_lost > min {
                 v.push(format!(
@@ -308,5 +352,42 @@ mod tests {
         let d = "promoted node 201 in eu-west from (3, 40) with 30 writes; sealed replicas: [201, 301, 401]; first voters [201], learners [301, 401]";
         assert_eq!(parse_promotion(d), Some((201, vec![201, 301, 401])));
         assert_eq!(parse_promotion("something else"), None);
+        assert_eq!(parse_base(d), Some((3, 40)));
+    }
+
+    fn ack(epoch: u64, term: u64, index: u64) -> Ack {
+        Ack {
+            tenant: "t1".into(),
+            name: format!("c00-{index:010}"),
+            blake3: [0; 32],
+            size: 1,
+            acked_at_ms: 1,
+            epoch,
+            term,
+            index,
+            by: 101,
+            already_present: false,
+        }
+    }
+
+    fn failover(from: u64, base: (u64, u64)) -> TenantEvent {
+        let detail =
+            format!("promoted node 201 in eu-west from ({}, {}) with 9 writes; sealed replicas: [201]", base.0, base.1);
+        TenantEvent::new(EventKind::Failover, 1, from, from + 1, detail)
+    }
+
+    /// Sim seed 282 (mixed, async): writes of epoch 1 carried into epoch 2 were lost at 2 -> 3,
+    /// whose record covers them; they were checked against the 1 -> 2 record.
+    #[test]
+    fn a_lost_write_belongs_to_the_failover_that_lost_it() {
+        let evs = [failover(1, (2, 118)), failover(2, (0, 0))];
+        let f: BTreeMap<u64, &TenantEvent> = evs.iter().map(|e| (e.from_epoch, e)).collect();
+        assert_eq!(lost_at(&ack(1, 2, 100), &f), 2, "held by the epoch-2 founder, lost at 2 -> 3");
+        assert_eq!(lost_at(&ack(1, 2, 119), &f), 1, "past the promoted replica's log");
+        assert_eq!(lost_at(&ack(1, 3, 50), &f), 1, "a later term than the promoted replica's last");
+        assert_eq!(lost_at(&ack(2, 1, 5), &f), 2);
+        let evs = [failover(1, (2, 118)), failover(2, (1, 7))];
+        let f: BTreeMap<u64, &TenantEvent> = evs.iter().map(|e| (e.from_epoch, e)).collect();
+        assert_eq!(lost_at(&ack(1, 2, 100), &f), 3, "held through both: no failover from 3 lost it");
     }
 }
