@@ -91,6 +91,18 @@ pub fn choose<'a>(
         .filter(|(n, _)| to_region.is_none_or(|r| region_of(*n) == Some(r)))
         .collect();
     let from_epoch = newest.unwrap_or(rec.epoch);
+    if newest.is_none() {
+        if let Some(best) = empty_start(rec, answers, to_region, &expired, &region_of) {
+            return Ok(Choice {
+                best,
+                mark: AckMark::default(),
+                from_epoch,
+                region: region_of(best).unwrap_or_default().to_string(),
+                survivors: vec![],
+                sealed: answers.keys().copied().collect(),
+            });
+        }
+    }
     let Some((best, mark)) = pick(&candidates) else {
         let group = rec.group();
         return Err(match to_region {
@@ -106,6 +118,31 @@ pub fn choose<'a>(
         survivors: answers.iter().filter(|(n, m)| m.is_some() && **n != best).map(|(n, _)| *n).collect(),
         sealed: answers.keys().copied().collect(),
     })
+}
+
+/// The replica an empty next epoch starts from when every member of the old epoch either
+/// answered the seal holding no log of the tenant or is past its lease: learners that never
+/// received an entry (a region lost seconds after the tenant was created, with its learners
+/// behind), or replicas that lost their storage. Nothing that survives holds a write, so waiting
+/// cannot recover one and would keep the tenant unavailable for good; the new epoch starts empty,
+/// and its loss record counts everything the old leader reported acked (its window starts at 0).
+/// A member that may still answer (not expired) is waited for: it may hold the log. The lowest
+/// node id in `to_region` (when given) is taken.
+fn empty_start<'a>(
+    rec: &TenantRecord,
+    answers: &SealAnswers,
+    to_region: Option<&str>,
+    expired: &impl Fn(NodeId) -> bool,
+    region_of: &impl Fn(NodeId) -> Option<&'a str>,
+) -> Option<NodeId> {
+    if !rec.members().all(|m| answers.contains_key(&m) || expired(m)) {
+        return None;
+    }
+    answers
+        .iter()
+        .filter(|(n, a)| a.is_none() && to_region.is_none_or(|r| region_of(**n) == Some(r)))
+        .map(|(n, _)| *n)
+        .next()
 }
 
 /// What the old epoch's leases say, for the event: the old voters' newest liveness renewal and
@@ -288,6 +325,31 @@ mod tests {
         assert_eq!(empty, Err(NotYet::NoneAnswered { group: "t/acme/3".into() }));
     }
 
+    /// Issue #14's bench: a region killed seconds after 200 tenants were created left tenants whose
+    /// surviving learners had never received an entry; each answered the seal holding nothing,
+    /// and the promotion waited for a replica with a log forever.
+    #[test]
+    fn survivors_that_hold_nothing_start_an_empty_epoch_once_every_member_is_heard() {
+        let rec = acme();
+        let learners: Vec<NodeId> = rec.learners.clone();
+        let all_empty: SealAnswers = learners.iter().map(|l| (*l, None)).collect();
+        let c = choose(&rec, &all_empty, None, |v| rec.voters.contains(&v), region, pick_best).unwrap();
+        assert_eq!((c.best, c.mark, c.from_epoch, c.survivors.clone()), (learners[0], AckMark::default(), 3, vec![]));
+        assert_eq!(c.sealed, learners);
+        // A member that may still answer is waited for: it may hold the log.
+        let heard_one = SealAnswers::from([(learners[0], None)]);
+        let wait = choose(&rec, &heard_one, None, |v| rec.voters.contains(&v), region, pick_best);
+        assert_eq!(wait, Err(NotYet::NoneAnswered { group: "t/acme/3".into() }));
+        // A replica holding a log always wins over an empty one.
+        let mut one_holds = all_empty.clone();
+        one_holds.insert(learners[1], Some((3, m(2, 10, 4))));
+        let c = choose(&rec, &one_holds, None, |v| rec.voters.contains(&v), region, pick_best).unwrap();
+        assert_eq!((c.best, c.mark), (learners[1], m(2, 10, 4)));
+        // A manual failover's target region still restricts the pick.
+        let none = choose(&rec, &all_empty, Some("nowhere"), |v| rec.voters.contains(&v), region, pick_best);
+        assert!(none.is_err());
+    }
+
     fn mark() -> impl Strategy<Value = AckMark> {
         (0u64..4, 0u64..50, 0u64..100, 0u64..10_000).prop_map(|(term, index, writes, proposed_at_ms)| AckMark {
             term,
@@ -307,6 +369,14 @@ mod tests {
         ) {
             let rec = acme();
             match choose(&rec, &answers, to, |_| true, region, pick_best) {
+                Ok(c) if answers.values().all(Option::is_none) => {
+                    // Nobody holds a log (every member here is expired or answered): an empty start.
+                    prop_assert_eq!((answers[&c.best], c.mark, c.from_epoch), (None, AckMark::default(), rec.epoch));
+                    prop_assert!(c.survivors.is_empty());
+                    if let Some(r) = to {
+                        prop_assert_eq!(region(c.best), Some(r));
+                    }
+                }
                 Ok(c) => {
                     let newest = answers.values().flatten().map(|(e, _)| *e).max();
                     prop_assert_eq!(Some(c.from_epoch), newest);
@@ -329,6 +399,8 @@ mod tests {
                     let newest = answers.values().flatten().map(|(e, _)| *e).max();
                     let any = answers.iter().any(|(n, a)| a.is_some_and(|(e, _)| Some(e) == newest) && to.is_none_or(|r| region(*n) == Some(r)));
                     prop_assert!(!any, "refused although a candidate answered");
+                    let empty = newest.is_none() && answers.keys().any(|n| to.is_none_or(|r| region(*n) == Some(r)));
+                    prop_assert!(!empty, "refused although every member is heard and an empty replica answered");
                 }
             }
         }

@@ -770,6 +770,18 @@ mod tests {
         assert_eq!(std::fs::read(&rotten).unwrap(), b"rot");
     }
 
+    /// A replica that never received an entry of the old epoch can found an empty next epoch
+    /// (`promotion::choose` when no survivor holds a log): inspecting and seeding find nothing.
+    #[tokio::test]
+    async fn a_replica_that_holds_nothing_seeds_an_empty_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(Arc::new(OsDisk::new()), dir.path()).await;
+        let sealed = crate::tenant::epoch::inspect(&store, TENANT_GROUP).unwrap();
+        assert_eq!((sealed.log.last, sealed.writes.len()), (None, 0));
+        assert_eq!(crate::tenant::epoch::seed(&store, TENANT_GROUP, "t/acme/2").await.unwrap(), 0);
+        assert!(store.kv_get("t/acme/2", "seeded-from").unwrap().is_some(), "the seed is recorded");
+    }
+
     #[tokio::test]
     async fn a_segment_whose_bytes_do_not_match_its_hash_stays_in_the_log_and_out_of_the_chunks() {
         let dir = tempfile::tempdir().unwrap();
