@@ -280,6 +280,14 @@ impl Directory {
         }
         let live = self.live_nodes().await;
         let live_topo: Vec<NodeSlot> = topo.iter().filter(|n| live.contains_key(&n.id)).cloned().collect();
+        if live_topo.is_empty() {
+            // Not the request's fault: right after start-up (or while the meta group has no
+            // quorum) no liveness is known, and placing would say "no allowed region".
+            return Err(ApiError::Unavailable(
+                "no node's liveness is known yet (the cluster is starting, or the meta group lost its quorum); retry"
+                    .into(),
+            ));
+        }
         placement::place(spec, &live_topo, &load).map_err(|e| ApiError::BadRequest(e.to_string()))
     }
 }
