@@ -20,6 +20,7 @@
 //! | `tenant switchover|failover --json` | one [`Event`] |
 //! | `wal list --json` | [`SegmentList`] |
 //! | `verify --json` | [`Verify`] |
+//! | `audit --json` | [`Audit`] |
 
 use serde::{Deserialize, Serialize};
 
@@ -224,6 +225,39 @@ impl TenantStatus {
     pub fn lag_summary(&self) -> String {
         self.lag.iter().map(|l| format!("{}: {} writes", l.region, l.writes)).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// `tetradctl audit --json`: the meta group's audit log, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    pub entries: Vec<AuditEntry>,
+    /// Entries dropped by retention since the cluster began (the oldest go first).
+    pub dropped: u64,
+    pub retained_max: u64,
+}
+
+/// One admin action or refused request, or identical refusals coalesced (`count` > 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    /// RFC 3339 UTC with milliseconds: the (first) request.
+    pub at: String,
+    /// RFC 3339 UTC: the last request this entry stands for.
+    pub last_at: String,
+    /// The node that served the request.
+    pub node: String,
+    /// The certificate's common name; `<unauthenticated>` when none could be read.
+    pub subject: String,
+    pub role: String,
+    pub peer: String,
+    /// The RPC, e.g. `FailoverTenant`.
+    pub action: String,
+    /// Null when the request concerned no tenant.
+    pub tenant: Option<String>,
+    /// `done`, `failed` or `refused`.
+    pub outcome: String,
+    pub detail: String,
+    pub count: u64,
 }
 
 #[cfg(test)]
