@@ -33,6 +33,20 @@ fn counts_msg(c: &crate::raft::wire::VerifyCounts) -> VerifyCounts {
     }
 }
 
+/// Longest a push may go without a message before it is refused (`push_idle_timeout_ms`).
+pub const PUSH_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The stream's next message, or an error naming the idle limit when none arrives in time.
+async fn next_within<T>(stream: &mut Streaming<T>) -> Result<Option<Result<T, Status>>, String> {
+    tokio::time::timeout(PUSH_IDLE_TIMEOUT, stream.next()).await.map_err(|_| {
+        format!(
+            "the push sent nothing for {} s: limit push_idle_timeout_ms = {}",
+            PUSH_IDLE_TIMEOUT.as_secs(),
+            PUSH_IDLE_TIMEOUT.as_millis()
+        )
+    })
+}
+
 /// Largest gRPC message accepted or sent (pushes and fetches stream in 1 MiB pieces).
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 << 20;
 
@@ -328,7 +342,7 @@ impl Tetrad for Api {
         let peer = peer_of(&req);
         let mut stream = req.into_inner();
         let bad = |m: String| self.status(ApiError::BadRequest(m));
-        let header = match stream.next().await {
+        let header = match next_within(&mut stream).await.map_err(&bad)? {
             Some(Ok(PushWalRequest { msg: Some(push_wal_request::Msg::Header(h)) })) => h,
             Some(Ok(_)) => return Err(bad("the first message of a push must be its header".into())),
             Some(Err(e)) => return Err(e),
@@ -337,7 +351,10 @@ impl Tetrad for Api {
         let action = Action::PushWal(&header.tenant);
         authorize(&subject, &action).map_err(|e| self.refusal(e, action.name(), action.tenant(), &peer))?;
         if header.size > MAX_SEGMENT_BYTES {
-            return Err(bad(format!("segment of {} bytes exceeds the limit of {MAX_SEGMENT_BYTES}", header.size)));
+            return Err(bad(format!(
+                "segment of {} bytes exceeds the limit max_segment_bytes = {MAX_SEGMENT_BYTES}",
+                header.size
+            )));
         }
         let Some(hash) = parse_hex(&header.blake3) else {
             return Err(bad(format!("blake3 {:?} is not 64 hex digits", header.blake3)));
@@ -345,8 +362,11 @@ impl Tetrad for Api {
         // Validate cheap things before receiving the bytes.
         crate::tenant::catalog::validate_name(&header.name).map_err(|e| bad(e.to_string()))?;
         self.node.tenant_record(&header.tenant).await.map_err(|e| self.status(e))?;
-        let mut data = Vec::with_capacity(header.size as usize);
-        while let Some(msg) = stream.next().await {
+        // Memory grows with the bytes that arrive, never with what the header claims: a header
+        // that claims the maximum and sends nothing costs one chunk's reservation, and ends when
+        // the idle deadline passes.
+        let mut data = Vec::with_capacity(header.size.min(CHUNK_BYTES as u64) as usize);
+        while let Some(msg) = next_within(&mut stream).await.map_err(&bad)? {
             match msg?.msg {
                 Some(push_wal_request::Msg::Data(d)) => {
                     if data.len() + d.len() > header.size as usize {
