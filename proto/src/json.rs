@@ -390,6 +390,36 @@ mod tests {
     }
 
     #[test]
+    fn audit_prints_the_documented_fields_in_order_with_nulls() {
+        let a = Audit {
+            entries: vec![AuditEntry {
+                seq: 3,
+                at: "2023-11-14T22:13:20.123Z".into(),
+                last_at: "2023-11-14T22:13:21.000Z".into(),
+                node: "eu-west-1".into(),
+                subject: "acme-app".into(),
+                role: "tenant:acme".into(),
+                peer: "127.0.0.1".into(),
+                action: "InitCluster".into(),
+                tenant: None,
+                outcome: "refused".into(),
+                detail: "permission denied".into(),
+                count: 2,
+            }],
+            dropped: 0,
+            retained_max: 10000,
+        };
+        round_trip(
+            &a,
+            concat!(
+                r#"{"entries":[{"seq":3,"at":"2023-11-14T22:13:20.123Z","last_at":"2023-11-14T22:13:21.000Z","#,
+                r#""node":"eu-west-1","subject":"acme-app","role":"tenant:acme","peer":"127.0.0.1","action":"InitCluster","#,
+                r#""tenant":null,"outcome":"refused","detail":"permission denied","count":2}],"dropped":0,"retained_max":10000}"#,
+            ),
+        );
+    }
+
+    #[test]
     fn status_prints_the_documented_fields_in_order() {
         round_trip(
             &status(),
