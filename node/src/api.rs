@@ -2,6 +2,7 @@
 //! operation returns (`error.rs`) and the one status view (`status.rs`). Nothing behind this
 //! edge knows tonic or the wire types of `tetrad-proto`.
 
+mod audit;
 pub mod auth;
 pub mod error;
 mod grpc;

@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tenant_snapshot", tenant_snapshot),
     ("catalog_row", catalog_row),
     ("meta_state", meta_state),
+    ("meta_audit", meta_audit),
     ("node_config", node_config),
     ("grpc_message", grpc_message),
     ("cert_role", cert_role),
@@ -160,6 +161,21 @@ pub fn meta_state(data: &[u8]) {
         |b| postcard::from_bytes::<MetaState>(b).ok(),
         |v| postcard::to_stdvec(v).expect("a meta state encodes"),
     );
+}
+
+/// The meta group's audit log as stored and sent (`meta/state.rs`): a snapshot (the directory's
+/// encoding, then the log's), one audit row (an `AuditEntry`), and the retained range row.
+pub fn meta_audit(data: &[u8]) {
+    use crate::meta::state::{AuditEntry, AuditLog};
+    if let Ok((_, rest)) = postcard::take_from_bytes::<MetaState>(data) {
+        let _ = postcard::from_bytes::<AuditLog>(rest);
+    }
+    round_trip(
+        data,
+        |b| postcard::from_bytes::<AuditEntry>(b).ok(),
+        |v| postcard::to_stdvec(v).expect("an audit entry encodes"),
+    );
+    let _ = postcard::from_bytes::<(u64, u64)>(data);
 }
 
 /// A node config file (TOML, `tetrad-config`): parse and validate, and a config that passes
@@ -465,10 +481,32 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             vec![crate::tenant::group_state::encode_row(&segment), postcard::to_stdvec(&segment).expect("encodes")],
         ),
         ("meta_state", vec![postcard::to_stdvec(&MetaState::default()).expect("encodes")]),
+        ("meta_audit", audit_seeds()),
         ("node_config", vec![config.as_bytes().to_vec()]),
         ("grpc_message", grpc),
         ("cert_role", cert_role_seeds()),
     ]
+}
+
+/// An audit entry, and a snapshot with a one-entry log.
+fn audit_seeds() -> Vec<Vec<u8>> {
+    use crate::meta::state::{AuditEntry, AuditLog, AuditOutcome};
+    let entry = AuditEntry {
+        at_ms: 1_700_000_000_000,
+        last_at_ms: 1_700_000_000_500,
+        node: 3,
+        subject: "acme-app".into(),
+        role: "tenant:acme".into(),
+        peer: "127.0.0.1".into(),
+        action: "FailoverTenant".into(),
+        tenant: Some("acme".into()),
+        outcome: AuditOutcome::Refused { reason: "permission denied".into() },
+        count: 2,
+    };
+    let mut snapshot = postcard::to_stdvec(&MetaState::default()).expect("encodes");
+    let log = AuditLog { first_seq: 7, entries: [entry.clone()].into() };
+    snapshot.extend(postcard::to_stdvec(&log).expect("encodes"));
+    vec![postcard::to_stdvec(&entry).expect("encodes"), snapshot]
 }
 
 /// Certificates with each kind of role, one without, and a bare role value.

@@ -167,7 +167,14 @@ async fn run(cfg: NodeConfig) -> ExitCode {
     let api_tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&api_cert, &api_key))
         .client_ca_root(Certificate::from_pem(&api_ca));
-    let mut builder = match tonic::transport::Server::builder().tls_config(api_tls) {
+    let limits = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(API_CALLS_PER_CONNECTION_MAX)
+        .max_concurrent_streams(API_STREAMS_PER_CONNECTION_MAX)
+        .http2_max_pending_accept_reset_streams(Some(API_STREAMS_PER_CONNECTION_MAX as usize))
+        .timeout(API_REQUEST_TIMEOUT)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
+    let mut builder = match limits.tls_config(api_tls) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("tetrad: cannot set up TLS for the API: {e}");
@@ -188,6 +195,16 @@ async fn run(cfg: NodeConfig) -> ExitCode {
         }
     }
 }
+
+/// Calls one client connection may have running at once; more wait for a turn (tonic's
+/// `concurrency_limit_per_connection`), so one client cannot occupy the node's tasks.
+const API_CALLS_PER_CONNECTION_MAX: usize = 64;
+/// HTTP/2 streams one connection may have open; the client is refused more (REFUSED_STREAM).
+const API_STREAMS_PER_CONNECTION_MAX: u32 = 128;
+/// The server's deadline for any one call until its reply starts (a push: its whole upload),
+/// whatever the client asked for; a client's own `grpc-timeout` shortens it. A push that stalls
+/// is refused sooner by its idle limit (`api::PUSH_IDLE_TIMEOUT`).
+const API_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The API's accepted connections, with Nagle's algorithm off; tonic runs the TLS handshake on
 /// them (`Server::tls_config`), so TCP_NODELAY set here still holds under TLS. tonic sets TCP_NODELAY only on

@@ -407,4 +407,20 @@ impl Node {
     ) -> Result<TenantEvent, ApiError> {
         self.inner.operator.manual_failover(tenant, to_region, accept_data_loss).await
     }
+
+    /// Wall-clock ms on this node's clock.
+    pub fn wall_now_ms(&self) -> u64 {
+        self.inner.clock.wall_now_ms()
+    }
+
+    /// The audit log's entries about `tenant` (or all) since `since_ms`, at most `limit`, and the
+    /// count retention dropped.
+    pub async fn audit_log(
+        &self,
+        tenant: Option<&str>,
+        since_ms: u64,
+        limit: usize,
+    ) -> (Vec<(u64, crate::meta::state::AuditEntry)>, u64) {
+        self.inner.operator.audit_log(tenant, since_ms, limit).await
+    }
 }

@@ -89,6 +89,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the audit log: admin actions and refused requests, oldest first (admin only).
+    #[command(
+        long_about = "Show the meta group's audit log (admin identity only): every admin action (tenant create, switchover, failover, mode change, cluster init) with its outcome, and every refused request with the certificate subject, role, action and tenant. Identical refusals within a second on one node are one entry with a count. --since takes a duration before now (1h, 30m) or an RFC 3339 time. --json prints {\"entries\":[{\"seq\",\"at\",\"last_at\",\"node\",\"subject\",\"role\",\"peer\",\"action\",\"tenant\",\"outcome\",\"detail\",\"count\"}],\"dropped\",\"retained_max\"}; fields may be added, never renamed."
+    )]
+    Audit {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_parser = crate::audit::parse_since)]
+        since: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -425,6 +437,15 @@ pub async fn run(cli: Cli) -> CmdResult<()> {
                 print!("{}", crate::verify::render(&report));
             }
             crate::verify::outcome(&report)
+        }
+        Command::Audit { tenant, since, json } => {
+            let reply = crate::audit::audit(&mut session(&ctx, op)?, tenant.as_deref(), since.unwrap_or(0)).await?;
+            if json {
+                println!("{}", crate::audit::render_json(&reply));
+            } else {
+                print!("{}", crate::audit::render(&reply));
+            }
+            Ok(())
         }
     }
 }

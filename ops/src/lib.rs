@@ -16,6 +16,7 @@
 //! Architecture invariant: the only `unsafe` code in this crate is in `process/sys.rs` (signals
 //! and `setsid`), behind safe functions that refuse pids that would address a process group.
 
+pub mod audit;
 pub mod certs;
 pub mod cli;
 pub mod client;

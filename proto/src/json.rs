@@ -20,6 +20,7 @@
 //! | `tenant switchover|failover --json` | one [`Event`] |
 //! | `wal list --json` | [`SegmentList`] |
 //! | `verify --json` | [`Verify`] |
+//! | `audit --json` | [`Audit`] |
 
 use serde::{Deserialize, Serialize};
 
@@ -226,6 +227,39 @@ impl TenantStatus {
     }
 }
 
+/// `tetradctl audit --json`: the meta group's audit log, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    pub entries: Vec<AuditEntry>,
+    /// Entries dropped by retention since the cluster began (the oldest go first).
+    pub dropped: u64,
+    pub retained_max: u64,
+}
+
+/// One admin action or refused request, or identical refusals coalesced (`count` > 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    /// RFC 3339 UTC with milliseconds: the (first) request.
+    pub at: String,
+    /// RFC 3339 UTC: the last request this entry stands for.
+    pub last_at: String,
+    /// The node that served the request.
+    pub node: String,
+    /// The certificate's common name; `<unauthenticated>` when none could be read.
+    pub subject: String,
+    pub role: String,
+    pub peer: String,
+    /// The RPC, e.g. `FailoverTenant`.
+    pub action: String,
+    /// Null when the request concerned no tenant.
+    pub tenant: Option<String>,
+    /// `done`, `failed` or `refused`.
+    pub outcome: String,
+    pub detail: String,
+    pub count: u64,
+}
+
 #[cfg(test)]
 mod tests {
     //! These pin the printed form: a renamed, removed or reordered field, or a changed spelling of
@@ -351,6 +385,36 @@ mod tests {
                 r#"{"tenant":"acme","ok":false,"members":[{"member":"eu-west-1","reachable":true,"error":null,"checked":9,"#,
                 r#""bytes":4096,"missing":1,"damaged":2,"repaired":2,"unrepaired":1},{"member":"us-east-1","reachable":false,"#,
                 r#""error":"timed out","checked":9,"bytes":4096,"missing":1,"damaged":2,"repaired":2,"unrepaired":1}]}"#,
+            ),
+        );
+    }
+
+    #[test]
+    fn audit_prints_the_documented_fields_in_order_with_nulls() {
+        let a = Audit {
+            entries: vec![AuditEntry {
+                seq: 3,
+                at: "2023-11-14T22:13:20.123Z".into(),
+                last_at: "2023-11-14T22:13:21.000Z".into(),
+                node: "eu-west-1".into(),
+                subject: "acme-app".into(),
+                role: "tenant:acme".into(),
+                peer: "127.0.0.1".into(),
+                action: "InitCluster".into(),
+                tenant: None,
+                outcome: "refused".into(),
+                detail: "permission denied".into(),
+                count: 2,
+            }],
+            dropped: 0,
+            retained_max: 10000,
+        };
+        round_trip(
+            &a,
+            concat!(
+                r#"{"entries":[{"seq":3,"at":"2023-11-14T22:13:20.123Z","last_at":"2023-11-14T22:13:21.000Z","#,
+                r#""node":"eu-west-1","subject":"acme-app","role":"tenant:acme","peer":"127.0.0.1","action":"InitCluster","#,
+                r#""tenant":null,"outcome":"refused","detail":"permission denied","count":2}],"dropped":0,"retained_max":10000}"#,
             ),
         );
     }

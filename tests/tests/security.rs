@@ -352,4 +352,79 @@ fn tenant_roles_reach_only_their_tenant_and_their_rights_and_admin_reaches_every
     ]);
     ran.expect_success();
     assert_eq!(cluster.tenant_show(BETA).primary, "us-east");
+
+    // A tenant identity may not read the audit log, and a flood of one refused call is
+    // coalesced: the log gains entries with counts, not one entry per refusal.
+    let ran = cluster.ctl(&["--identity".as_ref(), writer_path.as_os_str(), "audit".as_ref()]);
+    ran.expect_code(2);
+    assert!(ran.stderr.contains("ListAudit") && ran.stderr.contains("alpha-app"), "{ran}");
+    const FLOOD: u64 = 200;
+    rt.block_on(async {
+        let mut c = dial(&addr, &writer).await;
+        for _ in 0..FLOOD {
+            let s = c.get_tenant(GetTenantRequest { name: BETA.into() }).await.expect_err("show beta");
+            assert_eq!(s.code(), Code::PermissionDenied);
+        }
+    });
+
+    // Every refusal above left a line with its subject, and the failover one with its outcome.
+    let expected: &[(&str, &str, &str, &str)] = &[
+        ("alpha-app", "PushWal", BETA, "refused"),
+        ("alpha-app", "FetchWal", BETA, "refused"),
+        ("alpha-app", "ListWal", BETA, "refused"),
+        ("alpha-app", "GetTenant", BETA, "refused"),
+        ("alpha-app", "FailoverTenant", ALPHA, "refused"),
+        ("alpha-app", "SwitchoverTenant", ALPHA, "refused"),
+        ("alpha-app", "CreateTenant", "gamma", "refused"),
+        ("alpha-ro", "PushWal", ALPHA, "refused"),
+        ("alpha-ro", "VerifyTenant", ALPHA, "refused"),
+        ("alpha-app", "ListAudit", "", "refused"),
+    ];
+    let (log, _) = tetrad_tests::wait_for("every refusal in the audit log", Duration::from_secs(60), || {
+        let ran = cluster.ctl(&["audit", "--json"]);
+        let log: tetrad_proto::json::Audit =
+            serde_json::from_str(ran.expect_success()).unwrap_or_else(|e| panic!("audit --json ({e}): {ran}"));
+        let has = |(subject, action, tenant, outcome): &(&str, &str, &str, &str)| {
+            log.entries.iter().any(|e| {
+                e.subject == *subject
+                    && e.action == *action
+                    && e.tenant.as_deref().unwrap_or("") == *tenant
+                    && e.outcome == *outcome
+            })
+        };
+        let flood: u64 =
+            log.entries.iter().filter(|e| e.subject == "alpha-app" && e.action == "GetTenant").map(|e| e.count).sum();
+        let missing: Vec<_> = expected.iter().filter(|x| !has(x)).collect();
+        if missing.is_empty() && flood == FLOOD + 1 {
+            Ok(log)
+        } else {
+            Err(format!("missing {missing:?}; {flood} GetTenant refusals counted"))
+        }
+    });
+    for e in &log.entries {
+        assert!(!e.subject.is_empty() && !e.node.is_empty() && e.count >= 1, "{e:?}");
+        if e.outcome == "refused" {
+            assert!(e.detail.contains("permission denied"), "{e:?}");
+            assert!(!e.role.is_empty() && !e.peer.is_empty(), "{e:?}");
+        }
+    }
+    let flood_entries = log.entries.iter().filter(|e| e.subject == "alpha-app" && e.action == "GetTenant").count();
+    assert!((flood_entries as u64) < FLOOD, "{flood_entries} entries for {FLOOD} refusals: not coalesced");
+    // The admin actions: both tenants created, and beta's failover, with their outcome.
+    let admin_done = |action: &str, tenant: &str| {
+        log.entries.iter().find(|e| e.action == action && e.tenant.as_deref() == Some(tenant) && e.outcome == "done")
+    };
+    let failover = admin_done("FailoverTenant", BETA).unwrap_or_else(|| panic!("no failover line: {log:?}"));
+    assert_eq!(failover.role, "admin");
+    assert!(failover.detail.contains("us-east") && failover.detail.contains("manual-failover"), "{failover:?}");
+    assert!(admin_done("CreateTenant", ALPHA).is_some() && admin_done("CreateTenant", BETA).is_some(), "{log:?}");
+    // Filters: by tenant, and by time (nothing in the future).
+    let ran = cluster.ctl(&["audit", "--json", "--tenant", ALPHA]);
+    let only: tetrad_proto::json::Audit = serde_json::from_str(ran.expect_success()).expect("json");
+    assert!(!only.entries.is_empty() && only.entries.iter().all(|e| e.tenant.as_deref() == Some(ALPHA)), "{only:?}");
+    let ran = cluster.ctl(&["audit", "--json", "--since", "2100-01-01T00:00:00Z"]);
+    let none: tetrad_proto::json::Audit = serde_json::from_str(ran.expect_success()).expect("json");
+    assert!(none.entries.is_empty(), "{none:?}");
+    let table = cluster.ctl(&["audit"]);
+    assert!(table.expect_success().contains("FailoverTenant"), "{table}");
 }

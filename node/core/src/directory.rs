@@ -4,6 +4,7 @@
 //! made of. The node's raft layer persists it (`node/src/meta/state.rs`); nothing here does.
 
 mod ack_mark;
+mod audit;
 mod command;
 mod mode;
 mod node_record;
@@ -17,6 +18,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use ack_mark::AckMark;
+pub use audit::{
+    audit_text, AuditChange, AuditEntry, AuditLog, AuditOutcome, AuditRefused, AUDIT_COMMAND_ENTRIES_MAX,
+    AUDIT_RETAINED_MAX, AUDIT_TEXT_BYTES_MAX,
+};
 pub use command::{MetaCommand, MetaReply};
 pub use mode::Mode;
 pub use node_record::NodeRecord;
@@ -32,6 +37,11 @@ pub struct MetaState {
     pub tenants: BTreeMap<String, TenantRecord>,
     /// Every failover, switchover, mode change and state change, per tenant, oldest first.
     pub history: BTreeMap<String, Vec<TenantEvent>>,
+    /// Admin actions and refused requests (`audit.rs`). Not part of the directory's one-value
+    /// encoding, which is rewritten after every batch of applies: the node persists it row by
+    /// row and appends it to snapshots (`node/src/meta/state.rs`).
+    #[serde(skip)]
+    pub audit: AuditLog,
 }
 
 impl MetaState {
@@ -136,6 +146,10 @@ impl MetaState {
                 }
                 MetaReply::Noted
             }
+            MetaCommand::Audit { entries } => match self.audit.append(entries) {
+                Ok(_) => MetaReply::Noted,
+                Err(e) => MetaReply::Refused { reason: e.to_string() },
+            },
             MetaCommand::Batch(cmds) => MetaReply::Batch(
                 cmds.iter()
                     .map(|c| match c {

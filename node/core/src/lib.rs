@@ -6,6 +6,7 @@
 //! simulator runs the same decisions through the node. The crate depends on serde and thiserror
 //! only, so the compiler keeps it that way (`cargo tree -p tetrad-core`).
 
+pub mod audit_buffer;
 pub mod catalog;
 pub mod control_plan;
 pub mod directory;

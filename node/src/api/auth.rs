@@ -28,6 +28,8 @@ pub enum Action<'a> {
     Switchover(&'a str),
     Failover(&'a str),
     SetMode(&'a str),
+    /// `ListAudit`: the audit log is every tenant's, so only admin reads it.
+    ReadAudit,
 }
 
 /// What an action needs of a tenant role.
@@ -53,12 +55,13 @@ impl Action<'_> {
             Action::Switchover(_) => "SwitchoverTenant",
             Action::Failover(_) => "FailoverTenant",
             Action::SetMode(_) => "SetTenantMode",
+            Action::ReadAudit => "ListAudit",
         }
     }
 
     pub fn tenant(&self) -> Option<&str> {
         match *self {
-            Action::ViewCluster | Action::InitCluster => None,
+            Action::ViewCluster | Action::InitCluster | Action::ReadAudit => None,
             Action::CreateTenant(t)
             | Action::GetTenant(t)
             | Action::TenantHistory(t)
@@ -70,6 +73,11 @@ impl Action<'_> {
             | Action::Failover(t)
             | Action::SetMode(t) => Some(t),
         }
+    }
+
+    /// Whether the action needs the admin role: such actions are written to the audit log.
+    pub fn is_admin(&self) -> bool {
+        matches!(self.need(), Need::Admin)
     }
 
     fn need(&self) -> Need {
@@ -85,7 +93,8 @@ impl Action<'_> {
             | Action::CreateTenant(_)
             | Action::Switchover(_)
             | Action::Failover(_)
-            | Action::SetMode(_) => Need::Admin,
+            | Action::SetMode(_)
+            | Action::ReadAudit => Need::Admin,
         }
     }
 }
@@ -184,6 +193,7 @@ mod tests {
             Action::Switchover(t),
             Action::Failover(t),
             Action::SetMode(t),
+            Action::ReadAudit,
         ]
     }
 

@@ -12,8 +12,9 @@ use tetrad_proto::v1::*;
 use tetrad_proto::{ERROR_KIND_KEY, LEADER_API_KEY};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::audit::{self, AuditSink};
 use crate::api::auth::{authorize, Action, AuthError, Subject};
-use crate::meta::state::{TenantEvent, TenantRecord};
+use crate::meta::state::{AuditOutcome, TenantEvent, TenantRecord, AUDIT_RETAINED_MAX};
 use crate::node::{ApiError, Node};
 use crate::storage::chunks::{hex, parse_hex, CHUNK_BYTES};
 use crate::tenant::catalog::MAX_SEGMENT_BYTES;
@@ -32,16 +33,37 @@ fn counts_msg(c: &crate::raft::wire::VerifyCounts) -> VerifyCounts {
     }
 }
 
+/// Longest a push may go without a message before it is refused (`push_idle_timeout_ms`).
+pub const PUSH_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The stream's next message, or an error naming the idle limit when none arrives in time.
+async fn next_within<T>(stream: &mut Streaming<T>) -> Result<Option<Result<T, Status>>, String> {
+    tokio::time::timeout(PUSH_IDLE_TIMEOUT, stream.next()).await.map_err(|_| {
+        format!(
+            "the push sent nothing for {} s: limit push_idle_timeout_ms = {}",
+            PUSH_IDLE_TIMEOUT.as_secs(),
+            PUSH_IDLE_TIMEOUT.as_millis()
+        )
+    })
+}
+
 /// Largest gRPC message accepted or sent (pushes and fetches stream in 1 MiB pieces).
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 << 20;
 
 pub struct Api {
     node: Node,
+    audit: std::sync::Arc<AuditSink>,
+}
+
+/// The caller's IP address, for the audit log.
+fn peer_of<T>(req: &Request<T>) -> String {
+    req.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default()
 }
 
 impl Api {
     pub fn new(node: Node) -> Self {
-        Self { node }
+        let audit = AuditSink::new(node.clone());
+        Self { node, audit }
     }
 
     pub fn into_server(self) -> tetrad_proto::v1::tetrad_server::TetradServer<Api> {
@@ -74,30 +96,60 @@ impl Api {
     }
 
     /// The caller, from its verified client certificate.
-    fn subject<T>(&self, req: &Request<T>) -> Result<Subject, Status> {
+    /// (`rpc` names the call in the audit log when the caller is refused before its action is
+    /// known.)
+    fn subject<T>(&self, req: &Request<T>, rpc: &'static str) -> Result<Subject, Status> {
         let certs = req.peer_certs();
-        Subject::from_peer_certs(certs.as_deref().map(Vec::as_slice)).map_err(|e| self.refusal(e, None))
+        Subject::from_peer_certs(certs.as_deref().map(Vec::as_slice))
+            .map_err(|e| self.refusal(e, rpc, None, &peer_of(req)))
     }
 
     /// The caller, if it may do `action`.
     fn allow<T>(&self, req: &Request<T>, action: Action<'_>) -> Result<Subject, Status> {
-        let subject = self.subject(req)?;
-        authorize(&subject, &action).map_err(|e| self.refusal(e, Some(&action)))?;
+        let subject = self.subject(req, action.name())?;
+        authorize(&subject, &action).map_err(|e| self.refusal(e, action.name(), action.tenant(), &peer_of(req)))?;
         Ok(subject)
     }
 
-    fn refusal(&self, e: AuthError, action: Option<&Action<'_>>) -> Status {
+    /// Writes an admin action's outcome to the audit log (before the reply goes out) and maps an
+    /// error to its status.
+    async fn audited<R>(
+        &self,
+        subject: &Subject,
+        action: Action<'_>,
+        peer: &str,
+        result: Result<R, ApiError>,
+        detail: impl FnOnce(&R) -> String,
+    ) -> Result<R, Status> {
+        debug_assert!(action.is_admin());
+        let outcome = match &result {
+            Ok(r) => AuditOutcome::Done { detail: detail(r) },
+            Err(e) => AuditOutcome::Failed { reason: e.to_string() },
+        };
+        let role = subject.role.text();
+        let who = audit::Request {
+            subject: &subject.name,
+            role: &role,
+            peer,
+            action: action.name(),
+            tenant: action.tenant(),
+        };
+        self.audit.action(&who, outcome).await;
+        result.map_err(|e| self.status(e))
+    }
+
+    fn refusal(&self, e: AuthError, rpc: &str, tenant: Option<&str>, peer: &str) -> Status {
         let (code, kind) = match &e {
             AuthError::Unauthenticated(_) => (tonic::Code::Unauthenticated, "unauthenticated"),
             AuthError::Denied { .. } => (tonic::Code::PermissionDenied, "permission-denied"),
         };
         // Logged here, where the refusal is decided: the one record of it until the audit log.
-        tracing::warn!(
-            action = action.map(Action::name).unwrap_or("connect"),
-            tenant = action.and_then(Action::tenant).unwrap_or(""),
-            reason = %e,
-            "refused an API call"
-        );
+        tracing::warn!(action = rpc, tenant = tenant.unwrap_or(""), reason = %e, "refused an API call");
+        let (subject, role) = match &e {
+            AuthError::Unauthenticated(_) => ("<unauthenticated>", ""),
+            AuthError::Denied { subject, role, .. } => (subject.as_str(), role.as_str()),
+        };
+        self.audit.refused(&audit::Request { subject, role, peer, action: rpc, tenant }, &e.to_string());
         let mut s = Status::new(code, e.to_string());
         s.metadata_mut().insert(ERROR_KIND_KEY, kind.parse().expect("ascii kind"));
         s
@@ -235,8 +287,10 @@ impl Tetrad for Api {
     }
 
     async fn init_cluster(&self, req: Request<InitClusterRequest>) -> Result<Response<InitClusterReply>, Status> {
-        self.allow(&req, Action::InitCluster)?;
-        let did = self.node.init_cluster().await.map_err(|e| self.status(e))?;
+        let subject = self.allow(&req, Action::InitCluster)?;
+        let did = self.node.init_cluster().await;
+        let detail = |d: &bool| if *d { "initialized the cluster" } else { "already initialized" }.to_string();
+        let did = self.audited(&subject, Action::InitCluster, &peer_of(&req), did, detail).await?;
         Ok(Response::new(InitClusterReply {
             already_initialized: !did,
             meta_leader: self.node.meta_leader().map(|l| self.node_name(l)).unwrap_or_default(),
@@ -244,14 +298,15 @@ impl Tetrad for Api {
     }
 
     async fn create_tenant(&self, req: Request<CreateTenantRequest>) -> Result<Response<TenantInfo>, Status> {
-        self.allow(&req, Action::CreateTenant(&req.get_ref().name))?;
+        let subject = self.allow(&req, Action::CreateTenant(&req.get_ref().name))?;
+        let peer = peer_of(&req);
         let r = req.into_inner();
         let primary = if r.primary.is_empty() { None } else { Some(r.primary.as_str()) };
-        let rec = self
-            .node
-            .create_tenant(&r.name, &r.mode, primary, r.rpo_target_ms, &r.on_lag, &r.regions)
-            .await
-            .map_err(|e| self.status(e))?;
+        let rec = self.node.create_tenant(&r.name, &r.mode, primary, r.rpo_target_ms, &r.on_lag, &r.regions).await;
+        let detail = |t: &TenantRecord| {
+            format!("{} tenant, primary {}, epoch {}", t.spec.mode.as_str(), t.spec.primary, t.epoch)
+        };
+        let rec = self.audited(&subject, Action::CreateTenant(&r.name), &peer, rec, detail).await?;
         Ok(Response::new(self.tenant_info(&rec, None, 0)))
     }
 
@@ -283,19 +338,23 @@ impl Tetrad for Api {
     async fn push_wal(&self, req: Request<Streaming<PushWalRequest>>) -> Result<Response<PushWalReply>, Status> {
         // The tenant is in the first message: the caller is known now, its right to the tenant
         // is checked as soon as the header arrives, before any data is read.
-        let subject = self.subject(&req)?;
+        let subject = self.subject(&req, "PushWal")?;
+        let peer = peer_of(&req);
         let mut stream = req.into_inner();
         let bad = |m: String| self.status(ApiError::BadRequest(m));
-        let header = match stream.next().await {
+        let header = match next_within(&mut stream).await.map_err(&bad)? {
             Some(Ok(PushWalRequest { msg: Some(push_wal_request::Msg::Header(h)) })) => h,
             Some(Ok(_)) => return Err(bad("the first message of a push must be its header".into())),
             Some(Err(e)) => return Err(e),
             None => return Err(bad("empty push".into())),
         };
         let action = Action::PushWal(&header.tenant);
-        authorize(&subject, &action).map_err(|e| self.refusal(e, Some(&action)))?;
+        authorize(&subject, &action).map_err(|e| self.refusal(e, action.name(), action.tenant(), &peer))?;
         if header.size > MAX_SEGMENT_BYTES {
-            return Err(bad(format!("segment of {} bytes exceeds the limit of {MAX_SEGMENT_BYTES}", header.size)));
+            return Err(bad(format!(
+                "segment of {} bytes exceeds the limit max_segment_bytes = {MAX_SEGMENT_BYTES}",
+                header.size
+            )));
         }
         let Some(hash) = parse_hex(&header.blake3) else {
             return Err(bad(format!("blake3 {:?} is not 64 hex digits", header.blake3)));
@@ -303,8 +362,11 @@ impl Tetrad for Api {
         // Validate cheap things before receiving the bytes.
         crate::tenant::catalog::validate_name(&header.name).map_err(|e| bad(e.to_string()))?;
         self.node.tenant_record(&header.tenant).await.map_err(|e| self.status(e))?;
-        let mut data = Vec::with_capacity(header.size as usize);
-        while let Some(msg) = stream.next().await {
+        // Memory grows with the bytes that arrive, never with what the header claims: a header
+        // that claims the maximum and sends nothing costs one chunk's reservation, and ends when
+        // the idle deadline passes.
+        let mut data = Vec::with_capacity(header.size.min(CHUNK_BYTES as u64) as usize);
+        while let Some(msg) = next_within(&mut stream).await.map_err(&bad)? {
             match msg?.msg {
                 Some(push_wal_request::Msg::Data(d)) => {
                     if data.len() + d.len() > header.size as usize {
@@ -473,34 +535,47 @@ impl Tetrad for Api {
         &self,
         req: Request<SwitchoverTenantRequest>,
     ) -> Result<Response<TenantEventInfo>, Status> {
-        self.allow(&req, Action::Switchover(&req.get_ref().name))?;
+        let subject = self.allow(&req, Action::Switchover(&req.get_ref().name))?;
+        let peer = peer_of(&req);
         let r = req.into_inner();
-        if r.to_region.is_empty() {
-            return Err(self.status(ApiError::BadRequest("a switchover needs a target region".into())));
-        }
-        let ev = self.node.switchover(&r.name, &r.to_region).await.map_err(|e| self.status(e))?;
+        let ev = if r.to_region.is_empty() {
+            Err(ApiError::BadRequest("a switchover needs a target region".into()))
+        } else {
+            self.node.switchover(&r.name, &r.to_region).await
+        };
+        let detail = |e: &TenantEvent| format!("to {}: {}", r.to_region, event_detail(e));
+        let ev = self.audited(&subject, Action::Switchover(&r.name), &peer, ev, detail).await?;
         Ok(Response::new(self.event_info(&ev)))
     }
 
     async fn failover_tenant(&self, req: Request<FailoverTenantRequest>) -> Result<Response<TenantEventInfo>, Status> {
-        self.allow(&req, Action::Failover(&req.get_ref().name))?;
+        let subject = self.allow(&req, Action::Failover(&req.get_ref().name))?;
+        let peer = peer_of(&req);
         let r = req.into_inner();
-        if r.to_region.is_empty() {
-            return Err(self.status(ApiError::BadRequest("a manual failover needs a target region".into())));
-        }
-        let ev =
-            self.node.manual_failover(&r.name, &r.to_region, r.accept_data_loss).await.map_err(|e| self.status(e))?;
+        let ev = if r.to_region.is_empty() {
+            Err(ApiError::BadRequest("a manual failover needs a target region".into()))
+        } else {
+            self.node.manual_failover(&r.name, &r.to_region, r.accept_data_loss).await
+        };
+        let detail = |e: &TenantEvent| format!("to {}: {}", r.to_region, event_detail(e));
+        let ev = self.audited(&subject, Action::Failover(&r.name), &peer, ev, detail).await?;
         Ok(Response::new(self.event_info(&ev)))
     }
 
     async fn set_tenant_mode(&self, req: Request<SetTenantModeRequest>) -> Result<Response<TenantInfo>, Status> {
-        self.allow(&req, Action::SetMode(&req.get_ref().name))?;
+        let subject = self.allow(&req, Action::SetMode(&req.get_ref().name))?;
+        let peer = peer_of(&req);
         let r = req.into_inner();
-        let rec = self
-            .node
-            .set_mode(&r.name, &r.mode, r.rpo_target_ms, r.on_lag.as_deref())
-            .await
-            .map_err(|e| self.status(e))?;
+        let rec = self.node.set_mode(&r.name, &r.mode, r.rpo_target_ms, r.on_lag.as_deref()).await;
+        let detail = |t: &TenantRecord| {
+            format!(
+                "mode {}, rpo target {} ms, on lag {}",
+                t.spec.mode.as_str(),
+                t.spec.rpo_target_ms,
+                t.spec.on_lag.as_str()
+            )
+        };
+        let rec = self.audited(&subject, Action::SetMode(&r.name), &peer, rec, detail).await?;
         Ok(Response::new(self.tenant_info(&rec, None, 0)))
     }
 
@@ -510,4 +585,36 @@ impl Tetrad for Api {
         let events = self.node.tenant_history(&name).await.map_err(|e| self.status(e))?;
         Ok(Response::new(TenantHistoryReply { events: events.iter().map(|e| self.event_info(e)).collect() }))
     }
+
+    async fn list_audit(&self, req: Request<ListAuditRequest>) -> Result<Response<ListAuditReply>, Status> {
+        self.allow(&req, Action::ReadAudit)?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { AUDIT_RETAINED_MAX } else { (r.limit as usize).min(AUDIT_RETAINED_MAX) };
+        let tenant = (!r.tenant.is_empty()).then_some(r.tenant.as_str());
+        let (entries, dropped) = self.node.audit_log(tenant, r.since_ms, limit).await;
+        let entries = entries
+            .into_iter()
+            .map(|(seq, e)| AuditEntryInfo {
+                seq,
+                at_ms: e.at_ms,
+                last_at_ms: e.last_at_ms,
+                node: self.node_name(e.node),
+                subject: e.subject,
+                role: e.role,
+                peer: e.peer,
+                action: e.action,
+                tenant: e.tenant.unwrap_or_default(),
+                outcome: e.outcome.kind().to_string(),
+                detail: e.outcome.text().to_string(),
+                count: e.count,
+            })
+            .collect();
+        Ok(Response::new(ListAuditReply { entries, dropped, retained_max: AUDIT_RETAINED_MAX as u64 }))
+    }
+}
+
+/// An event in one line, for the audit log.
+fn event_detail(e: &TenantEvent) -> String {
+    let lost = e.lost_writes_min.map(|n| format!(", at least {n} acked writes lost")).unwrap_or_default();
+    format!("{} epoch {} -> {}{lost}", e.kind.as_str(), e.from_epoch, e.to_epoch)
 }

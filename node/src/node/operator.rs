@@ -249,6 +249,30 @@ impl Operator {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
+
+    /// The audit log's retained entries (with their sequence numbers) that concern `tenant` (all
+    /// when `None`) and whose last request was at or after `since_ms`, oldest first, at most
+    /// `limit` (the newest of them); and how many entries retention has dropped. Read after a
+    /// read barrier, so it includes every entry committed before the call.
+    pub(crate) async fn audit_log(
+        &self,
+        tenant: Option<&str>,
+        since_ms: u64,
+        limit: usize,
+    ) -> (Vec<(u64, crate::meta::state::AuditEntry)>, u64) {
+        let _ = self.directory.meta().read_barrier().await;
+        let sm = self.directory.meta().sm.read().await;
+        let log = &sm.state.audit;
+        let mut out: Vec<_> = log
+            .iter()
+            .rev()
+            .filter(|(_, e)| e.last_at_ms >= since_ms && tenant.is_none_or(|t| e.tenant.as_deref() == Some(t)))
+            .take(limit)
+            .map(|(s, e)| (s, e.clone()))
+            .collect();
+        out.reverse();
+        (out, log.dropped())
+    }
 }
 
 /// How long an operator's switchover or failover call waits for the move to finish.

@@ -352,6 +352,16 @@ impl Store {
             Ok(())
         })
     }
+
+    /// Stages a KV delete (nothing if the key is absent).
+    pub fn kv_delete(group: &str, key: &str) -> TxnFn {
+        let (group, key) = (group.to_string(), key.to_string());
+        Box::new(move |txn| {
+            let mut kv = txn.open_table(KV).map_err(StoreError::db)?;
+            kv.remove((group.as_str(), key.as_str())).map_err(StoreError::db)?;
+            Ok(())
+        })
+    }
 }
 
 async fn run_writer(db: Arc<redb::Database>, log: Arc<RaftLog>, mut rx: mpsc::Receiver<WriteJob>) {

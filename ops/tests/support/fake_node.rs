@@ -417,6 +417,11 @@ impl Tetrad for FakeNode {
         Self::known_tenant(&req.into_inner().name)?;
         Ok(Response::new(TenantHistoryReply { events: self.0.history.lock().unwrap().clone() }))
     }
+
+    async fn list_audit(&self, _req: Request<ListAuditRequest>) -> Result<Response<ListAuditReply>, Status> {
+        self.act(&self.next_act("list_audit")).await?;
+        Ok(Response::new(ListAuditReply::default()))
+    }
 }
 
 /// A loopback address nothing listens on: bound, then released.

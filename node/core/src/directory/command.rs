@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AckMark, TailWrite, TenantEvent, TenantRecord};
+use super::{AckMark, AuditEntry, TailWrite, TenantEvent, TenantRecord};
 use crate::NodeId;
 
 // A command lives only between its proposal and its encoding (and from decoding to apply):
@@ -23,6 +23,9 @@ pub enum MetaCommand {
     FirstAck { tenant: String, epoch: u64, at_ms: u64 },
     /// A replica of `epoch` came back after the tenant moved on and lists its divergent tail.
     ReportTail { tenant: String, epoch: u64, node: NodeId, tail: Vec<TailWrite> },
+    /// Appends audit entries (admin actions, coalesced refusals) to the audit log; refused
+    /// whole, changing nothing, past the limits of `audit.rs`.
+    Audit { entries: Vec<AuditEntry> },
     /// Reports gathered by the meta leader into one entry (liveness renewals, ack marks; see
     /// `node/src/node/report_batch.rs`), applied in order; the reply lists one answer each.
     /// Only report commands belong in a batch (`MetaCommand::is_report`): a batch never nests.
