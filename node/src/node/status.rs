@@ -196,7 +196,7 @@ impl Status {
         // costs about one probe timeout in all rather than one per tenant. A tenant not probed by
         // the deadline is shown from its record alone, as one whose members did not answer.
         let up: Vec<NodeId> = nodes.iter().filter(|n| n.up).map(|n| n.id).collect();
-        let deadline = tokio::time::Instant::now() + STATUS_DEADLINE;
+        let deadline = crate::seams::clock::scheduling_now() + STATUS_DEADLINE;
         use futures::stream::StreamExt;
         let tenants = futures::stream::iter(records)
             .map(|r| {
