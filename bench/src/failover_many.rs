@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
+use tetrad_ops::client::Identity;
 use tetrad_proto::v1::tetrad_client::TetradClient;
 use tetrad_proto::v1::{CreateTenantRequest, StatusReply, StatusRequest};
 use tokio::task::JoinHandle;
@@ -56,12 +57,16 @@ pub struct ManyArgs {
     /// How many of the tenants get a writer (spread over them evenly).
     pub writers: usize,
     pub tuning: Option<PathBuf>,
+    /// Where the nodes' logs are copied before the teardown.
+    pub keep_logs: Option<PathBuf>,
     pub json: bool,
 }
 
-/// The one place that dials a node's gRPC API (the connection code may change with TLS).
-async fn dial(addr: &str) -> Result<TetradClient<Channel>> {
-    TetradClient::connect(format!("http://{addr}")).await.with_context(|| format!("cannot connect to {addr}"))
+/// The one place that dials a node's gRPC API, with the cluster's admin identity.
+async fn dial(addr: &str, identity: &Identity) -> Result<TetradClient<Channel>> {
+    let endpoint = tetrad_ops::client::endpoint(addr, identity).map_err(anyhow::Error::msg)?;
+    let channel = endpoint.connect().await.with_context(|| format!("cannot connect to {addr}"))?;
+    Ok(TetradClient::new(channel))
 }
 
 fn tenant_name(i: usize) -> (String, Mode) {
@@ -70,14 +75,14 @@ fn tenant_name(i: usize) -> (String, Mode) {
 }
 
 /// Creates tenants `0..n`, [`CREATE_IN_FLIGHT`] at a time; returns how long it took.
-async fn create_tenants(addrs: &[String], n: usize) -> Result<Duration> {
+async fn create_tenants(addrs: &[String], identity: &Identity, n: usize) -> Result<Duration> {
     let started = Instant::now();
     let next = Arc::new(Mutex::new(0usize));
     let mut tasks = Vec::new();
     for w in 0..CREATE_IN_FLIGHT.min(n) {
-        let (next, addr) = (next.clone(), addrs[w % addrs.len()].clone());
+        let (next, addr, identity) = (next.clone(), addrs[w % addrs.len()].clone(), identity.clone());
         tasks.push(tokio::spawn(async move {
-            let mut client = dial(&addr).await?;
+            let mut client = dial(&addr, &identity).await?;
             loop {
                 let i = {
                     let mut g = next.lock().expect("tenant counter");
@@ -121,12 +126,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(addrs: Vec<String>, tenant: usize) -> Self {
+    fn start(addrs: Vec<String>, identity: Identity, tenant: usize) -> Self {
         let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
         let log = acks.clone();
         let name = tenant_name(tenant).0;
         let task = tokio::spawn(async move {
-            let pusher = Pusher::new(addrs).with_max_backoff(MAX_BACKOFF);
+            let pusher = Pusher::new(addrs, identity).with_max_backoff(MAX_BACKOFF);
             let bytes = vec![0x5a; SEGMENT_BYTES];
             for n in 1u64.. {
                 let segment = format!("{:08X}{:08X}{:08X}", 1, n / 256, n % 256);
@@ -151,10 +156,10 @@ impl Drop for Writer {
 }
 
 /// `Status` from the first of `addrs` that answers.
-async fn status(addrs: &[String]) -> Result<StatusReply> {
+async fn status(addrs: &[String], identity: &Identity) -> Result<StatusReply> {
     let mut last = String::from("no node asked");
     for addr in addrs {
-        let call = async { dial(addr).await?.status(StatusRequest {}).await.map_err(anyhow::Error::from) };
+        let call = async { dial(addr, identity).await?.status(StatusRequest {}).await.map_err(anyhow::Error::from) };
         match timeout(STATUS_CALL, call).await {
             Ok(Ok(r)) => return Ok(r.into_inner()),
             Ok(Err(e)) => last = format!("{addr}: {e:#}"),
@@ -208,7 +213,8 @@ pub async fn create_only(args: ManyArgs) -> Result<()> {
     let dir = cluster_dir("create");
     let _cluster = Cluster::up(&args.ctl, dir.clone(), args.tuning.as_deref(), None).await?;
     let addrs = tetrad_ops::cluster_dir::ClusterFile::load(&dir)?.api_addrs();
-    let took = create_tenants(&addrs, args.tenants).await?;
+    let identity = Identity::load(&Identity::default_path(&dir))?;
+    let took = create_tenants(&addrs, &identity, args.tenants).await?;
     let per_s = args.tenants as f64 / took.as_secs_f64();
     if args.json {
         println!(
@@ -230,21 +236,23 @@ pub async fn create_only(args: ManyArgs) -> Result<()> {
 
 pub async fn failover_many(args: ManyArgs) -> Result<()> {
     let dir = cluster_dir("failover-many");
-    let cluster = Cluster::up(&args.ctl, dir.clone(), args.tuning.as_deref(), None).await?;
+    let cluster = Cluster::up(&args.ctl, dir.clone(), args.tuning.as_deref(), args.keep_logs.clone()).await?;
     let addrs = tetrad_ops::cluster_dir::ClusterFile::load(&dir)?.api_addrs();
+    // The cluster directory's admin identity, which `cluster up` made.
+    let identity = Identity::load(&Identity::default_path(&dir))?;
     let n = args.tenants;
-    let created_in = create_tenants(&addrs, n).await?;
+    let created_in = create_tenants(&addrs, &identity, n).await?;
     eprintln!("created {n} tenants in {:.1}s", created_in.as_secs_f64());
 
     let stride = (n / args.writers.clamp(1, n.max(1))).max(1);
     let writers: Vec<Writer> =
-        (0..n).step_by(stride).take(args.writers).map(|i| Writer::start(addrs.clone(), i)).collect();
+        (0..n).step_by(stride).take(args.writers).map(|i| Writer::start(addrs.clone(), identity.clone(), i)).collect();
 
     // Warm-up: every writer acks, and every tenant is led from the primary region (sync
     // tenants' leaders move there after their first election).
     let deadline = Instant::now() + WARM_UP_BOUND;
     let before = loop {
-        let st = status(&addrs).await?;
+        let st = status(&addrs, &identity).await?;
         let views = tenant_views(&st);
         let led_here = views.values().filter(|(_, _, r)| r == PRIMARY).count();
         let warm = writers.iter().all(|w| w.acks().len() >= ACKS_BEFORE_KILL);
@@ -277,7 +285,7 @@ pub async fn failover_many(args: ManyArgs) -> Result<()> {
     let deadline = killed_at + RECOVERY_BOUND;
     while seen.len() < affected.len() && Instant::now() < deadline {
         let asked = Instant::now();
-        if let Ok(st) = status(&survivors).await {
+        if let Ok(st) = status(&survivors, &identity).await {
             status_calls.record(asked.elapsed().as_millis().max(1) as u64)?;
             let at = killed_at.elapsed();
             for (name, (epoch, term, region)) in tenant_views(&st) {
@@ -293,6 +301,10 @@ pub async fn failover_many(args: ManyArgs) -> Result<()> {
             }
         }
         sleep(POLL).await;
+    }
+    let stuck: Vec<&String> = affected.keys().filter(|k| !seen.contains_key(*k)).collect();
+    if !stuck.is_empty() {
+        eprintln!("not failed over within {}s: {stuck:?}", RECOVERY_BOUND.as_secs());
     }
     // Give the writers a moment past the last failover to notice (their backoff bounds it).
     sleep(MAX_BACKOFF * 2).await;

@@ -158,6 +158,9 @@ enum Cmd {
         /// Passed to `cluster up --tuning`; default: the nodes' defaults.
         #[arg(long, value_name = "FILE")]
         tuning: Option<PathBuf>,
+        /// Copy the node logs to DIR before the cluster is torn down.
+        #[arg(long, value_name = "DIR")]
+        keep_logs: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -369,12 +372,19 @@ fn main() -> Result<()> {
             let args = rto::RtoArgs { ctl: bin("tetradctl")?, modes, runs, segment_bytes, tuning, keep_logs };
             tokio::runtime::Runtime::new()?.block_on(rto::rto(args))
         }
-        Cmd::FailoverMany { tenants, writers, tuning, json } => {
-            let args = failover_many::ManyArgs { ctl: bin("tetradctl")?, tenants, writers, tuning, json };
+        Cmd::FailoverMany { tenants, writers, tuning, keep_logs, json } => {
+            let args = failover_many::ManyArgs { ctl: bin("tetradctl")?, tenants, writers, tuning, keep_logs, json };
             tokio::runtime::Runtime::new()?.block_on(failover_many::failover_many(args))
         }
         Cmd::CreateTenants { tenants, json } => {
-            let args = failover_many::ManyArgs { ctl: bin("tetradctl")?, tenants, writers: 0, tuning: None, json };
+            let args = failover_many::ManyArgs {
+                ctl: bin("tetradctl")?,
+                tenants,
+                writers: 0,
+                tuning: None,
+                keep_logs: None,
+                json,
+            };
             tokio::runtime::Runtime::new()?.block_on(failover_many::create_only(args))
         }
     }
