@@ -32,8 +32,9 @@ use tetrad_tests::grpc::Pusher;
 const PRIMARY: &str = "eu-west";
 /// Tenant creations in flight at once.
 const CREATE_IN_FLIGHT: usize = 8;
-/// Attempts per creation (a meta leader election during start-up refuses a few).
-const CREATE_ATTEMPTS: u32 = 5;
+/// Attempts per creation, 500 ms apart (right after start-up, creations are refused until the
+/// meta group has a leader and knows the nodes' liveness).
+const CREATE_ATTEMPTS: u32 = 60;
 /// Acks each sampled writer must have before the kill.
 const ACKS_BEFORE_KILL: usize = 5;
 /// Bound on the warm-up: every writer acking, every tenant led from the primary region.
@@ -306,7 +307,13 @@ pub async fn failover_many(args: ManyArgs) -> Result<()> {
     if !stuck.is_empty() {
         eprintln!("not failed over within {}s: {stuck:?}", RECOVERY_BOUND.as_secs());
     }
-    // Give the writers a moment past the last failover to notice (their backoff bounds it).
+    // Then wait for every writer's first ack from the new epoch (or the same bound): a writer
+    // acks later than its tenant is seen failed over (near-sync waits for the lag gate).
+    let recovered =
+        |w: &Writer, old: (u64, u64)| first_recovered(tenant_name(w.tenant).1, &w.acks(), killed_at, old).is_some();
+    while !writers.iter().zip(&old_acks).all(|(w, old)| recovered(w, *old)) && Instant::now() < deadline {
+        sleep(POLL).await;
+    }
     sleep(MAX_BACKOFF * 2).await;
 
     let mut out = Vec::new();
