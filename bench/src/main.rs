@@ -15,8 +15,13 @@
 //!   --replicas R`, the irreducible work of the same pushes on this machine instead: R copies
 //!   each over QUIC+TLS on loopback, blake3'd, written and fdatasync'd (`wal_push_limit.rs`).
 //!   `bench/wal-push-table.sh` runs both per mode and writes a section of `bench/RESULTS.md`.
+//! - `failover-many --tenants N [--writers W] [--json]`: N tenants in mixed modes with primary
+//!   eu-west, writers on a sample, then eu-west killed: per-mode p50/p99/max of the time until each
+//!   tenant failed over (`failover_many.rs`); `create-tenants --tenants N`: tenants created per
+//!   second on a fresh local cluster.
 
 mod etcd;
+mod failover_many;
 mod load;
 mod log_append;
 mod rto;
@@ -139,6 +144,30 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         replicas: usize,
         /// One JSON object (`mib_per_s`, `p50_ms`, `p99_ms`, `replicas`, ...) instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// N tenants (sync, near-sync, async in turn) with primary eu-west on a fresh local cluster,
+    /// a writer on `writers` of them, then eu-west killed: per mode, how long until each tenant
+    /// led from there failed over (seen in a survivor's status) and until each writer acked again.
+    FailoverMany {
+        #[arg(long, default_value_t = 50)]
+        tenants: usize,
+        #[arg(long, default_value_t = 12)]
+        writers: usize,
+        /// Passed to `cluster up --tuning`; default: the nodes' defaults.
+        #[arg(long, value_name = "FILE")]
+        tuning: Option<PathBuf>,
+        /// Copy the node logs to DIR before the cluster is torn down.
+        #[arg(long, value_name = "DIR")]
+        keep_logs: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Creates N tenants (mixed modes) on a fresh local cluster: tenants created per second.
+    CreateTenants {
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
         #[arg(long)]
         json: bool,
     },
@@ -342,6 +371,21 @@ fn main() -> Result<()> {
         Cmd::Rto { modes, runs, segment_bytes, tuning, keep_logs } => {
             let args = rto::RtoArgs { ctl: bin("tetradctl")?, modes, runs, segment_bytes, tuning, keep_logs };
             tokio::runtime::Runtime::new()?.block_on(rto::rto(args))
+        }
+        Cmd::FailoverMany { tenants, writers, tuning, keep_logs, json } => {
+            let args = failover_many::ManyArgs { ctl: bin("tetradctl")?, tenants, writers, tuning, keep_logs, json };
+            tokio::runtime::Runtime::new()?.block_on(failover_many::failover_many(args))
+        }
+        Cmd::CreateTenants { tenants, json } => {
+            let args = failover_many::ManyArgs {
+                ctl: bin("tetradctl")?,
+                tenants,
+                writers: 0,
+                tuning: None,
+                keep_logs: None,
+                json,
+            };
+            tokio::runtime::Runtime::new()?.block_on(failover_many::create_only(args))
         }
     }
 }

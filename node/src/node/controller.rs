@@ -31,6 +31,11 @@ pub(super) const CONTROL_EVERY: Duration = Duration::from_millis(200);
 /// How long a seal waits to hear from every live replica.
 const SEAL_WAIT: Duration = Duration::from_secs(2);
 const SEAL_CALL: Duration = Duration::from_millis(1500);
+/// How many tenants' steps (seals, promotions, placement moves) one look carries out at once.
+/// A region outage then costs about one seal wait per this many tenants, while the meta group's
+/// proposals and the seal calls in flight stay bounded (each promotion asks every member of its
+/// tenant, so at most this many times a tenant's replica count calls are out at once).
+const CONTROL_CONCURRENCY: usize = 64;
 
 /// Picks the replica to promote (`tetrad_core::promotion::pick_best`), with the planted bug's hook.
 fn pick(answers: &[(NodeId, AckMark)]) -> Option<(NodeId, AckMark)> {
@@ -87,25 +92,46 @@ impl Controller {
             self.note_renewals(&meta.state);
             meta.state.tenants.values().cloned().collect::<Vec<_>>()
         };
-        for rec in tenants {
-            match control_plan::step(&rec, |v| self.is_expired(v)) {
-                Step::Promote { to_region, kind } => {
-                    if let Err(e) = self.promote(&rec, to_region.as_deref(), kind).await {
-                        tracing::warn!(tenant = %rec.spec.name, error = %e, "promotion not done yet; will retry");
-                    }
+        // Decide every tenant's step at one instant, then carry the steps out together: a region
+        // outage that takes the leaders of hundreds of tenants must not fail them over one
+        // tenant's seal timeouts after another's. Each step keeps its own fencing (a promotion
+        // still needs every old voter sealed or expired, and commits here); `looking` keeps the
+        // view of renewals fresh for as long as the batch runs.
+        let steps: Vec<(TenantRecord, Step)> = tenants
+            .into_iter()
+            .map(|rec| {
+                let step = control_plan::step(&rec, |v| self.is_expired(v));
+                (rec, step)
+            })
+            .filter(|(_, step)| *step != Step::Nothing)
+            .collect();
+        use futures::stream::StreamExt;
+        let work = futures::stream::iter(steps)
+            .map(|(rec, step)| self.carry_out(rec, step))
+            .buffer_unordered(CONTROL_CONCURRENCY)
+            .collect::<Vec<()>>();
+        self.looking(work).await;
+    }
+
+    /// Carries out one tenant's step of this look.
+    async fn carry_out(&self, rec: TenantRecord, step: Step) {
+        match step {
+            Step::Promote { to_region, kind } => {
+                if let Err(e) = self.promote(&rec, to_region.as_deref(), kind).await {
+                    tracing::warn!(tenant = %rec.spec.name, error = %e, "promotion not done yet; will retry");
                 }
-                Step::Nothing => {}
-                Step::MoveToPlacement => self.move_to_placement(&rec).await,
-                Step::SealAndPromote => {
-                    tracing::warn!(tenant = %rec.spec.name, epoch = rec.epoch, voters = ?rec.voters, "the tenant's voters lost their quorum of live nodes: sealing the epoch");
-                    match self.update_tenant_here(&rec, control_plan::sealed(&rec), None).await {
-                        Ok(r) => {
-                            if let Err(e) = self.promote(&r, None, EventKind::Failover).await {
-                                tracing::warn!(tenant = %rec.spec.name, error = %e, "promotion not done yet; will retry");
-                            }
+            }
+            Step::Nothing => {}
+            Step::MoveToPlacement => self.move_to_placement(&rec).await,
+            Step::SealAndPromote => {
+                tracing::warn!(tenant = %rec.spec.name, epoch = rec.epoch, voters = ?rec.voters, "the tenant's voters lost their quorum of live nodes: sealing the epoch");
+                match self.update_tenant_here(&rec, control_plan::sealed(&rec), None).await {
+                    Ok(r) => {
+                        if let Err(e) = self.promote(&r, None, EventKind::Failover).await {
+                            tracing::warn!(tenant = %rec.spec.name, error = %e, "promotion not done yet; will retry");
                         }
-                        Err(e) => tracing::warn!(tenant = %rec.spec.name, error = %e, "cannot seal the epoch yet"),
                     }
+                    Err(e) => tracing::warn!(tenant = %rec.spec.name, error = %e, "cannot seal the epoch yet"),
                 }
             }
         }

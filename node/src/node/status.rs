@@ -18,6 +18,10 @@ use crate::seams::net::NodeId;
 
 /// How long a probe of a group's members waits: one WAN round trip with room to spare.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// How many tenants the status view probes at once.
+const STATUS_CONCURRENCY: usize = 64;
+/// The status view answers within this, probes or not.
+const STATUS_DEADLINE: Duration = Duration::from_secs(3);
 
 /// The leader the probes point at: one that says it leads, else the hint of the highest term.
 fn best_leader(probes: &[(NodeId, GroupProbeReply)]) -> Option<NodeId> {
@@ -57,7 +61,7 @@ impl Status {
         // The first member that says it leads settles it; otherwise the best hint once every
         // member answered or timed out.
         use futures::stream::StreamExt;
-        let mut asks = self.probe_stream(rec);
+        let mut asks = self.probe_stream(rec, None);
         let mut probes = Vec::new();
         while let Some(p) = asks.next().await {
             if let Some((id, reply)) = p {
@@ -72,20 +76,22 @@ impl Status {
 
     /// Asks every other member of a tenant's group what it knows, all at once, so that dead
     /// members cost one short timeout in total rather than one each.
-    async fn probe_members(&self, rec: &TenantRecord) -> Vec<(NodeId, GroupProbeReply)> {
+    /// `only`, when given, limits the probes to those nodes.
+    async fn probe_members(&self, rec: &TenantRecord, only: Option<&[NodeId]>) -> Vec<(NodeId, GroupProbeReply)> {
         use futures::stream::StreamExt;
-        self.probe_stream(rec).filter_map(|p| async move { p }).collect().await
+        self.probe_stream(rec, only).filter_map(|p| async move { p }).collect().await
     }
 
     /// The probes of [`Status::probe_members`], answered in the order they arrive.
     fn probe_stream<'a>(
         &'a self,
         rec: &TenantRecord,
+        only: Option<&[NodeId]>,
     ) -> futures::stream::FuturesUnordered<impl std::future::Future<Output = Option<(NodeId, GroupProbeReply)>> + 'a>
     {
         let group = rec.group();
         rec.members()
-            .filter(|m| *m != self.me)
+            .filter(|m| *m != self.me && only.is_none_or(|o| o.contains(m)))
             .map(|m| {
                 let group = group.clone();
                 async move {
@@ -142,14 +148,17 @@ impl Status {
     }
 
     /// The leader's probe of a tenant's group, asking members when needed.
-    async fn probe_tenant(&self, rec: &TenantRecord) -> Option<GroupProbeReply> {
+    async fn probe_tenant(&self, rec: &TenantRecord, up: &[NodeId]) -> Option<GroupProbeReply> {
         let local = self.probe_local(&rec.group()).await;
         if let Some(p) = &local {
             if p.is_leader {
                 return local;
             }
         }
-        let probes = self.probe_members(rec).await;
+        // Members whose liveness lapsed would only cost the probe's timeout; but when none looks
+        // up (the meta group itself may be stalled, so no renewal applies) ask them all.
+        let asked = if rec.members().any(|m| m != self.me && up.contains(&m)) { Some(up) } else { None };
+        let probes = self.probe_members(rec, asked).await;
         if let Some((_, p)) = probes.iter().find(|(_, p)| p.is_leader) {
             return Some(p.clone());
         }
@@ -166,7 +175,7 @@ impl Status {
                 meta.state.nodes.values().map(|r| (r.id, r.last_heartbeat_ms)).collect(),
             )
         };
-        let nodes = self
+        let nodes: Vec<NodeView> = self
             .cfg
             .nodes
             .iter()
@@ -182,11 +191,24 @@ impl Status {
                 }
             })
             .collect();
-        let mut tenants = vec![];
-        for r in records {
-            let probe = self.probe_tenant(&r).await;
-            tenants.push(TenantView { record: r, probe });
-        }
+        // Probe the tenants together (in their directory order), asking only members whose node
+        // liveness looks current, under one deadline: a region outage with many tenants then
+        // costs about one probe timeout in all rather than one per tenant. A tenant not probed by
+        // the deadline is shown from its record alone, as one whose members did not answer.
+        let up: Vec<NodeId> = nodes.iter().filter(|n| n.up).map(|n| n.id).collect();
+        let deadline = crate::seams::clock::scheduling_now() + STATUS_DEADLINE;
+        use futures::stream::StreamExt;
+        let tenants = futures::stream::iter(records)
+            .map(|r| {
+                let up = &up;
+                async move {
+                    let probe = tokio::time::timeout_at(deadline, self.probe_tenant(&r, up)).await.ok().flatten();
+                    TenantView { record: r, probe }
+                }
+            })
+            .buffered(STATUS_CONCURRENCY)
+            .collect()
+            .await;
         ClusterStatus { nodes, meta_leader: self.directory.meta_leader(), tenants }
     }
 
