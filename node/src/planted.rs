@@ -157,7 +157,9 @@ mod imp {
         cmd: TenantCommand,
         epoch: u64,
     ) -> Result<PushOutcome, ApiError> {
-        let TenantCommand::PutSegment { blake3, data, .. } = &cmd;
+        let TenantCommand::PutSegment { blake3, data, .. } = &cmd else {
+            unreachable!("only segment pushes take this path");
+        };
         let (size, blake3) = (data.len() as u64, *blake3);
         g.raft
             .client_write_ff(Command::Tenant(cmd), None)

@@ -17,15 +17,34 @@ use crate::raft::log_store::{read_durable_log, DurableLog};
 use crate::raft::state_machine::{ApplyInfo, GroupState};
 use crate::raft::Command;
 use crate::storage::chunks::Hash;
-use crate::storage::store::{Store, StoreError, TxnFn, KV, SEGMENTS};
+use crate::storage::store::{Store, StoreError, TxnFn, KV, RECORDS, SEGMENTS};
 
 /// The writes a sealed replica holds durably: its applied catalog plus the puts in its log past
 /// the applied position (they may have been acked: a new epoch keeps them).
 #[derive(Clone, Debug, Default)]
 pub struct SealedReplica {
     pub log: DurableLog,
-    /// Segment name -> (blake3, proposal time, term, index), applied or not.
+    /// Segment name -> (blake3, proposal time, term, index), applied or not; record writes
+    /// under [`record_write_name`] (a current row, or an operation of an unapplied entry).
     pub writes: BTreeMap<String, (Hash, u64, u64, u64)>,
+    /// Applied record changes no current row stands for (overwritten or deleted since): counted
+    /// in the replica's writes, as the leader's ack marks count them, but never listed.
+    pub superseded_record_writes: u64,
+}
+
+/// How a record write is named in loss accounting: by key and the log position of the entry
+/// that made it (a row keeps both, also when a promotion seeds it into a new epoch). A segment
+/// name never contains `/`, so the two kinds never collide.
+pub fn record_write_name(key: &str, term: u64, index: u64) -> String {
+    format!("record/{key}@{term}.{index}")
+}
+
+/// What a new epoch holds of records, as [`divergent_tail`] compares it: each current row by
+/// its write's name and the blake3 of its value. A row a later write replaced is not listed, so
+/// an old-epoch write the new epoch held and then overwrote counts as divergent: the loss
+/// record's maximum may be high, never low.
+pub fn record_names(table: &tetrad_core::records::RecordTable) -> impl Iterator<Item = (String, Hash)> + '_ {
+    table.rows.values().map(|r| (record_write_name(&r.key, r.term, r.index), *blake3::hash(&r.value).as_bytes()))
 }
 
 impl SealedReplica {
@@ -33,7 +52,7 @@ impl SealedReplica {
     pub fn mark(&self) -> AckMark {
         let (term, index) = self.log.last.unwrap_or((0, 0));
         let proposed_at_ms = self.writes.values().map(|w| w.1).max().unwrap_or(0);
-        AckMark { term, index, writes: self.writes.len() as u64, proposed_at_ms }
+        AckMark { term, index, writes: self.writes.len() as u64 + self.superseded_record_writes, proposed_at_ms }
     }
 }
 
@@ -47,12 +66,31 @@ pub fn inspect(store: &Arc<Store>, group: &str) -> Result<SealedReplica, StoreEr
         .values()
         .map(|r| (r.name.clone(), (r.blake3, r.proposed_at_ms, r.term, r.index)))
         .collect();
+    let superseded_record_writes = state.records.writes.saturating_sub(state.records.rows.len() as u64);
+    for (r, (name, hash)) in state.records.rows.values().zip(record_names(&state.records)) {
+        writes.insert(name, (hash, r.proposed_at_ms, r.term, r.index));
+    }
     for e in &log.unapplied {
-        if let Some(Command::Tenant(TenantCommand::PutSegment { name, blake3, proposed_at_ms, .. })) = &e.command {
-            writes.entry(name.clone()).or_insert((*blake3, *proposed_at_ms, e.term, e.index));
+        match &e.command {
+            Some(Command::Tenant(TenantCommand::PutSegment { name, blake3, proposed_at_ms, .. })) => {
+                writes.entry(name.clone()).or_insert((*blake3, *proposed_at_ms, e.term, e.index));
+            }
+            // Each operation of an unapplied record write may have been acked: listed by name
+            // (a delete by the blake3 of nothing, which no new-epoch row carries).
+            Some(Command::Tenant(TenantCommand::Records { ops, proposed_at_ms })) => {
+                for op in ops {
+                    let hash = match op {
+                        tetrad_core::records::RecordOp::Put { value, .. } => *blake3::hash(value).as_bytes(),
+                        tetrad_core::records::RecordOp::Delete { .. } => *blake3::hash(b"").as_bytes(),
+                    };
+                    let name = record_write_name(op.key(), e.term, e.index);
+                    writes.entry(name).or_insert((hash, *proposed_at_ms, e.term, e.index));
+                }
+            }
+            _ => {}
         }
     }
-    Ok(SealedReplica { log, writes })
+    Ok(SealedReplica { log, writes, superseded_record_writes })
 }
 
 const SEEDED: &str = "seeded-from";
@@ -92,6 +130,9 @@ pub async fn seed(store: &Arc<Store>, old_group: &str, new_group: &str) -> Resul
         }
         Ok(())
     }));
+    // The applied records, row for row, and their counters (so versions continue, and the
+    // writes counted match the ack marks the old leader reported).
+    work.push(copy_records(store, old_group, new_group)?);
     // The durable tail past the applied position: applied now, under the new group's name.
     let mut applied = 0;
     for e in &log.unapplied {
@@ -105,6 +146,41 @@ pub async fn seed(store: &Arc<Store>, old_group: &str, new_group: &str) -> Resul
     store.write(work).await?;
     tracing::info!(%old_group, %new_group, copied, applied, "new epoch seeded from this replica's durable log");
     Ok(copied + applied)
+}
+
+/// Stages a copy of `old_group`'s record rows and counters under `new_group`.
+fn copy_records(store: &Arc<Store>, old_group: &str, new_group: &str) -> Result<TxnFn, StoreError> {
+    use super::group_state::RECORD_COUNTERS;
+    let mut rows: Vec<(String, Vec<u8>)> = vec![];
+    {
+        let txn = store.db().begin_read().map_err(StoreError::db)?;
+        match txn.open_table(RECORDS) {
+            Ok(t) => {
+                for item in t.range((old_group, "")..).map_err(StoreError::db)? {
+                    let (k, v) = item.map_err(StoreError::db)?;
+                    if k.value().0 != old_group {
+                        break;
+                    }
+                    rows.push((k.value().1.to_string(), v.value().to_vec()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(StoreError::db(e)),
+        }
+    }
+    let counters = store.kv_get(old_group, RECORD_COUNTERS)?;
+    let ng = new_group.to_string();
+    Ok(Box::new(move |txn| {
+        let mut t = txn.open_table(RECORDS).map_err(StoreError::db)?;
+        for (key, row) in &rows {
+            t.insert((ng.as_str(), key.as_str()), row.as_slice()).map_err(StoreError::db)?;
+        }
+        drop(t);
+        match counters {
+            Some(c) => Store::kv_put(&ng, RECORD_COUNTERS, c)(txn),
+            None => Ok(()),
+        }
+    }))
 }
 
 /// The old-epoch writes this replica holds that the new epoch lacks (by name and bytes), in log
