@@ -54,7 +54,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub use crate::api::error::ApiError;
 pub use crate::api::status::{ClusterStatus, NodeView, TenantView};
-pub use writes::PushOutcome;
+pub use writes::{PushOutcome, RecordWrite};
 
 /// What a node needs from the outside world, all through the seams.
 #[derive(Clone)]
@@ -342,7 +342,7 @@ impl Node {
         &self,
         tenant: &str,
         ops: Vec<tetrad_core::records::RecordOp>,
-    ) -> Result<(tetrad_core::records::RecordReply, u64), ApiError> {
+    ) -> Result<RecordWrite, ApiError> {
         self.inner.writes.records(tenant, ops).await
     }
 

@@ -162,3 +162,8 @@ fn ack_before_chunks_is_caught() {
     // findings; seed 1 when first planted).
     caught("ack-before-chunks");
 }
+
+#[test]
+fn record_condition_ignored_is_caught() {
+    caught("record-condition-ignored");
+}

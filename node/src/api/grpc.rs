@@ -509,16 +509,16 @@ impl Tetrad for Api {
             .into_iter()
             .map(|p| RecordOp::Put { key: p.key, value: p.value, if_version: p.if_version })
             .collect();
-        let (reply, epoch) = self.node.records(&r.tenant, ops).await.map_err(|e| self.status(e))?;
-        Ok(Response::new(record_write_reply(reply, epoch)))
+        let w = self.node.records(&r.tenant, ops).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(record_write_reply(w.reply, w.epoch)))
     }
 
     async fn delete_record(&self, req: Request<DeleteRecordRequest>) -> Result<Response<RecordWriteReply>, Status> {
         self.allow(&req, Action::DeleteRecord(&req.get_ref().tenant))?;
         let r = req.into_inner();
         let ops = vec![RecordOp::Delete { key: r.key, if_version: r.if_version }];
-        let (reply, epoch) = self.node.records(&r.tenant, ops).await.map_err(|e| self.status(e))?;
-        Ok(Response::new(record_write_reply(reply, epoch)))
+        let w = self.node.records(&r.tenant, ops).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(record_write_reply(w.reply, w.epoch)))
     }
 
     async fn get_record(&self, req: Request<GetRecordRequest>) -> Result<Response<RecordInfo>, Status> {

@@ -50,6 +50,16 @@ pub struct PushOutcome {
     pub index: u64,
 }
 
+/// The answer to a record write: the group's reply, the epoch it was acked in and the entry's
+/// log position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordWrite {
+    pub reply: RecordReply,
+    pub epoch: u64,
+    pub term: u64,
+    pub index: u64,
+}
+
 /// The write path and the ack books of the groups this node leads.
 pub(crate) struct Writes {
     me: NodeId,
@@ -110,17 +120,19 @@ impl Writes {
     /// durable as the tenant's mode promises and this node's liveness lease is valid, exactly as
     /// a push ([`Writes::commit_and_ack`]); a failed condition is an answer too, given under the
     /// same rules (it says what the committed state was).
-    pub(crate) async fn records(&self, tenant: &str, ops: Vec<RecordOp>) -> Result<(RecordReply, u64), ApiError> {
+    pub(crate) async fn records(&self, tenant: &str, ops: Vec<RecordOp>) -> Result<RecordWrite, ApiError> {
         validate_write(&ops).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let (rec, g, ignore_lease) = self.group_for_write(tenant).await?;
         let proposed_at_ms = self.clock.wall_now_ms();
         let cmd = TenantCommand::Records { ops, proposed_at_ms };
         match self.commit_then_ack(&g, &rec, cmd, proposed_at_ms, ignore_lease).await? {
-            crate::raft::Reply::Tenant(TenantReply::Records(RecordReply::Invalid { reason })) => {
+            (crate::raft::Reply::Tenant(TenantReply::Records(RecordReply::Invalid { reason })), _, _) => {
                 Err(ApiError::BadRequest(reason))
             }
-            crate::raft::Reply::Tenant(TenantReply::Records(r)) => Ok((r, rec.epoch)),
-            other => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+            (crate::raft::Reply::Tenant(TenantReply::Records(reply)), term, index) => {
+                Ok(RecordWrite { reply, epoch: rec.epoch, term, index })
+            }
+            (other, _, _) => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
         }
     }
 
@@ -194,12 +206,12 @@ impl Writes {
         if crate::planted::on(crate::planted::Bug::AckBeforeCommit) {
             return crate::planted::ack_before_commit(g, cmd, rec.epoch).await;
         }
-        let reply = self.commit_then_ack(g, rec, cmd, proposed_at_ms, ignore_lease).await?;
+        let (reply, _, _) = self.commit_then_ack(g, rec, cmd, proposed_at_ms, ignore_lease).await?;
         outcome_of(reply, name, rec.epoch)
     }
 
     /// Steps 1 to 4 of [`Writes::commit_and_ack`] and the note in the ack book, for any tenant
-    /// command: the group's reply once the write may be acked.
+    /// command: the group's reply once the write may be acked, with the entry's term and index.
     async fn commit_then_ack(
         &self,
         g: &TenantGroup,
@@ -207,7 +219,7 @@ impl Writes {
         cmd: TenantCommand,
         proposed_at_ms: u64,
         ignore_lease: bool,
-    ) -> Result<crate::raft::Reply, ApiError> {
+    ) -> Result<(crate::raft::Reply, u64, u64), ApiError> {
         let tenant = rec.spec.name.as_str();
         // 1. Durable commit.
         let (reply, term, index) = g.write(Command::Tenant(cmd)).await?;
@@ -228,7 +240,7 @@ impl Writes {
         }
         let writes = g.sm.read().await.state.mark_at(index).map(|m| m.writes).unwrap_or(0);
         self.note_ack(g, rec, AckMark { term, index, writes, proposed_at_ms });
-        Ok(reply)
+        Ok((reply, term, index))
     }
 
     /// A re-push of a segment the tenant already holds, acked without a proposal, so that its

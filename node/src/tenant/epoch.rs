@@ -223,3 +223,57 @@ pub async fn note_tail_reported(store: &Arc<Store>, old_group: &str, tail: &[Tai
 pub fn tail_reported(store: &Arc<Store>, old_group: &str) -> Result<bool, StoreError> {
     Ok(store.kv_get(old_group, TAIL)?.is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seams::disk::{DiskRef, OsDisk};
+    use tetrad_core::records::{RecordOp, RecordOutcome, RecordReply, VERSION_EPOCH_SHIFT};
+
+    fn put(key: &str, value: &[u8]) -> Command {
+        Command::Tenant(TenantCommand::Records {
+            ops: vec![RecordOp::Put { key: key.into(), value: value.to_vec(), if_version: None }],
+            proposed_at_ms: 9,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_seeded_epoch_holds_the_records_and_versions_above_the_old_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(OsDisk::new());
+        let root = dir.path().join("n");
+        Store::init(disk.clone(), &root, "n1", 7).unwrap();
+        let store = Store::open(disk, &root, "n1").unwrap();
+        let (old, new) = ("t/x/1", "t/x/2");
+        let mut st = TenantState::load(&store, old).unwrap();
+        for (i, cmd) in [put("a", b"1"), put("b", b"2"), put("a", b"3")].iter().enumerate() {
+            let mut work = vec![];
+            st.apply(&store, old, ApplyInfo { term: 1, index: i as u64 + 1 }, cmd, &mut work).unwrap();
+            store.write(work).await.unwrap();
+        }
+        let sealed = inspect(&store, old).unwrap();
+        // Three changes: the overwritten one is counted but not listed.
+        assert_eq!(sealed.mark().writes, 3);
+        assert_eq!(sealed.superseded_record_writes, 1);
+        assert!(sealed.writes.contains_key(&record_write_name("a", 1, 3)));
+        assert!(sealed.writes.contains_key(&record_write_name("b", 1, 2)));
+        seed(&store, old, new).await.unwrap();
+        let mut seeded = TenantState::load(&store, new).unwrap();
+        assert_eq!(seeded.records, st.records, "rows and counters copied");
+        assert_eq!(seeded.last_mark().map_or(seeded.records.writes, |m| m.writes), 3);
+        // The new epoch's first change versions in its own range.
+        let mut work = vec![];
+        let r = seeded.apply(&store, new, ApplyInfo { term: 1, index: 1 }, &put("b", b"new"), &mut work).unwrap();
+        let want = 2 << VERSION_EPOCH_SHIFT;
+        assert_eq!(
+            r,
+            crate::raft::Reply::Tenant(super::super::catalog::TenantReply::Records(RecordReply::Done(vec![
+                RecordOutcome::Put { key: "b".into(), version: want, changed: true }
+            ])))
+        );
+        // The new epoch's names list its rows as the divergent tail compares them.
+        let names: BTreeMap<String, Hash> = record_names(&seeded.records).collect();
+        let tail = divergent_tail(&sealed, &names);
+        assert_eq!(tail.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), [record_write_name("b", 1, 2)]);
+    }
+}

@@ -403,6 +403,21 @@ impl TenantState {
         work: &mut Vec<TxnFn>,
     ) -> Reply {
         let epoch = tetrad_core::directory::parse_group(group).map_or(1, |(_, e)| e);
+        // Planted `record-condition-ignored`: every condition is dropped before the decision.
+        let unconditional: Vec<tetrad_core::records::RecordOp>;
+        let ops = if crate::planted::on(crate::planted::Bug::RecordConditionIgnored) {
+            use tetrad_core::records::RecordOp;
+            unconditional = ops
+                .iter()
+                .map(|op| match op.clone() {
+                    RecordOp::Put { key, value, .. } => RecordOp::Put { key, value, if_version: None },
+                    RecordOp::Delete { key, .. } => RecordOp::Delete { key, if_version: None },
+                })
+                .collect();
+            &unconditional[..]
+        } else {
+            ops
+        };
         let d = self.records.decide(epoch, ops, proposed_at_ms, LogPos::new(at.term, at.index));
         if !d.changes.is_empty() {
             let g = group.to_string();
