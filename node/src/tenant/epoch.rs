@@ -18,6 +18,7 @@ use crate::raft::state_machine::{ApplyInfo, GroupState};
 use crate::raft::Command;
 use crate::storage::chunks::Hash;
 use crate::storage::store::{Store, StoreError, TxnFn, KV, RECORDS, SEGMENTS};
+use tetrad_core::records::Change;
 
 /// The writes a sealed replica holds durably: its applied catalog plus the puts in its log past
 /// the applied position (they may have been acked: a new epoch keeps them).
@@ -70,22 +71,28 @@ pub fn inspect(store: &Arc<Store>, group: &str) -> Result<SealedReplica, StoreEr
     for (r, (name, hash)) in state.records.rows.values().zip(record_names(&state.records)) {
         writes.insert(name, (hash, r.proposed_at_ms, r.term, r.index));
     }
+    let epoch = tetrad_core::directory::parse_group(group).map_or(1, |(_, e)| e);
+    let mut tail_table: Option<tetrad_core::records::RecordTable> = None;
     for e in &log.unapplied {
         match &e.command {
             Some(Command::Tenant(TenantCommand::PutSegment { name, blake3, proposed_at_ms, .. })) => {
                 writes.entry(name.clone()).or_insert((*blake3, *proposed_at_ms, e.term, e.index));
             }
-            // Each operation of an unapplied record write may have been acked: listed by name
-            // (a delete by the blake3 of nothing, which no new-epoch row carries).
+            // Each change an unapplied record write would make may have been acked: decided on a
+            // copy of the table in log order, as applying would, so that a write whose condition
+            // fails (or that changes nothing) is not counted; each change is listed by name (a
+            // delete by the blake3 of nothing, which no new-epoch row carries).
             Some(Command::Tenant(TenantCommand::Records { ops, proposed_at_ms })) => {
-                for op in ops {
-                    let hash = match op {
-                        tetrad_core::records::RecordOp::Put { value, .. } => *blake3::hash(value).as_bytes(),
-                        tetrad_core::records::RecordOp::Delete { .. } => *blake3::hash(b"").as_bytes(),
+                let table = tail_table.get_or_insert_with(|| state.records.clone());
+                let d = table.decide(epoch, ops, *proposed_at_ms, tetrad_core::LogPos::new(e.term, e.index));
+                for c in &d.changes {
+                    let (key, hash) = match c {
+                        Change::Set(row) => (row.key.as_str(), *blake3::hash(&row.value).as_bytes()),
+                        Change::Remove { key } => (key.as_str(), *blake3::hash(b"").as_bytes()),
                     };
-                    let name = record_write_name(op.key(), e.term, e.index);
-                    writes.entry(name).or_insert((hash, *proposed_at_ms, e.term, e.index));
+                    writes.insert(record_write_name(key, e.term, e.index), (hash, *proposed_at_ms, e.term, e.index));
                 }
+                table.apply(&d.changes);
             }
             _ => {}
         }
