@@ -429,8 +429,15 @@ pub fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             refs: 1,
             location: crate::tenant::group_state::ChunkLocation::Hot,
         }],
+        records: vec![],
+        record_counters: Default::default(),
     };
-    let tenant_snaps = vec![snap.encode(), TenantSnapshot { segments: vec![], chunks: vec![] }.encode(), vec![0, 0]];
+    let tenant_snaps = vec![
+        snap.encode(),
+        TenantSnapshot { segments: vec![], chunks: vec![], records: vec![], record_counters: Default::default() }
+            .encode(),
+        vec![0, 0],
+    ];
     let sm_files = vec![
         crate::raft::state_machine::encode_snapshot_file(&crate::raft::state_machine::SnapshotFile {
             meta: SnapshotMeta { last_log_id: Some(log_id(7)), ..SnapshotMeta::default() },

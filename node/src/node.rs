@@ -54,7 +54,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub use crate::api::error::ApiError;
 pub use crate::api::status::{ClusterStatus, NodeView, TenantView};
-pub use writes::PushOutcome;
+pub use writes::{PushOutcome, RecordWrite};
 
 /// What a node needs from the outside world, all through the seams.
 #[derive(Clone)]
@@ -334,6 +334,33 @@ impl Node {
         limit: usize,
     ) -> Result<SegmentPage, ApiError> {
         self.inner.reads.list_page(tenant, prefix, after, limit).await
+    }
+
+    /// Applies one record write (puts and deletes, all or nothing), acked as a push is; answers
+    /// the group's reply and the epoch it was acked in.
+    pub async fn records(
+        &self,
+        tenant: &str,
+        ops: Vec<tetrad_core::records::RecordOp>,
+    ) -> Result<RecordWrite, ApiError> {
+        self.inner.writes.records(tenant, ops).await
+    }
+
+    /// Looks a record up (linearizable).
+    pub async fn record(&self, tenant: &str, key: &str) -> Result<tetrad_core::records::RecordRow, ApiError> {
+        self.inner.reads.record(tenant, key).await
+    }
+
+    /// One page of a tenant's records (linearizable), at most `limit`.
+    pub async fn record_page(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<crate::node::reads::RecordPage, ApiError> {
+        self.inner.reads.record_page(tenant, prefix, after, limit, with_values).await
     }
 
     /// What this node knows of a group it hosts (with lag per region if it leads).

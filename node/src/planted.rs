@@ -45,10 +45,13 @@ pub enum Bug {
     /// directory fsync) and reports the append flushed once the stripped log record is durable,
     /// so a replica is counted for an entry whose bytes a power loss can still take away.
     AckBeforeChunks,
+    /// A record write's version conditions are ignored when it is applied: every conditional
+    /// put or delete goes through, so a write succeeds against a version it never saw.
+    RecordConditionIgnored,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::AckBeforeCommit,
         Bug::AckBeforeFsync,
         Bug::WipedNodeVotes,
@@ -60,6 +63,7 @@ impl Bug {
         Bug::ExpireOnSilence,
         Bug::InstallBeforeChunks,
         Bug::AckBeforeChunks,
+        Bug::RecordConditionIgnored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +79,7 @@ impl Bug {
             Bug::ExpireOnSilence => "expire-on-silence",
             Bug::InstallBeforeChunks => "install-before-chunks",
             Bug::AckBeforeChunks => "ack-before-chunks",
+            Bug::RecordConditionIgnored => "record-condition-ignored",
         }
     }
 
@@ -157,7 +162,9 @@ mod imp {
         cmd: TenantCommand,
         epoch: u64,
     ) -> Result<PushOutcome, ApiError> {
-        let TenantCommand::PutSegment { blake3, data, .. } = &cmd;
+        let TenantCommand::PutSegment { blake3, data, .. } = &cmd else {
+            unreachable!("only segment pushes take this path");
+        };
         let (size, blake3) = (data.len() as u64, *blake3);
         g.raft
             .client_write_ff(Command::Tenant(cmd), None)

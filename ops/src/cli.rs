@@ -79,6 +79,9 @@ pub enum Command {
     /// Archive and restore WAL segments (PostgreSQL archive_command / restore_command).
     #[command(subcommand)]
     Wal(WalCmd),
+    /// Put, get, list and delete a tenant's records: small values with versions.
+    #[command(subcommand)]
+    Record(RecordCmd),
     /// Check every chunk of a tenant on every member of its current epoch, repairing from a healthy copy.
     #[command(
         long_about = "Check every chunk of a tenant on every member of its current epoch.\n\nEach member checks every chunk its catalog references against its blake3, batch by batch, and repairs a missing or damaged one from another member's healthy copy. A progress line shows on a terminal; then a table per member, or with --json {\"tenant\", \"ok\", \"members\":[{\"member\", \"reachable\", \"error\", \"checked\", \"bytes\", \"missing\", \"damaged\", \"repaired\", \"unrepaired\"}]} (fields may be added, never renamed).\n\n--timeout bounds reaching the cluster and the wait for each progress message, not the whole run: a tenant of many GiB takes as long as its batches.\n\nExit codes: 0 every member reached and whole (repairs included); 4 a member unreachable, or a chunk missing or damaged and unrepaired; 2 unknown tenant or bad usage; 3 the cluster could not be reached or stopped answering."
@@ -330,6 +333,60 @@ pub enum WalCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RecordCmd {
+    /// Put one record (a new version), optionally only if the key is at a version.
+    #[command(
+        long_about = "Put one record: KEY (UTF-8, up to 512 bytes, may contain /) gets the bytes         of FILE (`-` or none: stdin, up to 1 MiB) at a new version, printed on success.
+
+        --if-version N puts only if the key holds version N (0: only if the key is absent).         Retrying a put after outcome unknown is safe, a conditional one too.
+
+        Exit codes: 0 acked durable; 2 bad input or a refused request; 3 outcome unknown or cluster         unreachable: retry; 4 the condition failed (the current version is printed; nothing changed)."
+    )]
+    Put {
+        #[command(flatten)]
+        tenant: TenantArg,
+        key: String,
+        /// The value's file; `-` or absent: stdin.
+        file: Option<PathBuf>,
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
+    },
+    /// Read one record (linearizable) to FILE, `-` or none for stdout (only the value's bytes).
+    #[command(
+        long_about = "Read one record (linearizable) to FILE; with `-` or no FILE only the         value's bytes go to stdout, and the version goes to stderr.
+
+        Exit codes: 0 read; 1 the key does not exist; 2 bad usage or unknown tenant; 3 the cluster         could not be reached."
+    )]
+    Get {
+        #[command(flatten)]
+        tenant: TenantArg,
+        key: String,
+        file: Option<PathBuf>,
+    },
+    /// List a tenant's records (key and version) in key order, page by page, never capped.
+    List {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Only keys that start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one record, optionally only if the key is at a version.
+    #[command(long_about = "Delete one record. --if-version N deletes only if the key holds version N.
+
+        Exit codes: 0 acked durable (also when the key was absent, unconditionally); 2 bad input; 3         outcome unknown or cluster unreachable; 4 the condition failed (the current version is printed).")]
+    Delete {
+        #[command(flatten)]
+        tenant: TenantArg,
+        key: String,
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
+    },
+}
+
 /// Parses a duration such as `1s`, `500ms` or `2m` (humantime); zero is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 1s, 500ms, 2m)"))?;
@@ -366,6 +423,7 @@ impl Cli {
         match &self.command {
             Command::Wal(WalCmd::Fetch { .. }) => Op::Fetch,
             Command::Wal(WalCmd::Push { .. }) => Op::Push,
+            Command::Record(RecordCmd::Put { .. } | RecordCmd::Delete { .. }) => Op::Push,
             _ => Op::Other,
         }
     }
@@ -427,6 +485,7 @@ pub async fn run(cli: Cli) -> CmdResult<()> {
         }
         Command::Tenant(cmd) => run_tenant(cmd, &ctx).await,
         Command::Wal(cmd) => run_wal(cmd, &ctx).await,
+        Command::Record(cmd) => run_record(cmd, &ctx).await,
         Command::Verify { tenant, json } => {
             let mut s = session(&ctx, op)?;
             let members = crate::verify::verify(&mut s, &tenant.tenant, timeout).await?;
@@ -573,6 +632,49 @@ fn print_event(tenant: &str, event: &tetrad_proto::v1::TenantEventInfo, json: bo
     } else {
         print!("{}", history::render_event(tenant, event));
     }
+}
+
+async fn run_record(cmd: RecordCmd, ctx: &Ctx) -> CmdResult<()> {
+    use crate::record;
+    let stdio = || PathBuf::from("-");
+    match cmd {
+        RecordCmd::Put { tenant, key, file, if_version } => {
+            // Read before contacting the cluster: bad input sends nothing.
+            let value = record::read_value(&file.unwrap_or_else(stdio))?;
+            let mut s = session(ctx, Op::Push)?;
+            let put = tetrad_proto::v1::RecordPut { key: key.clone(), value, if_version };
+            let reply = record::put(&mut s, &tenant.tenant, vec![put]).await?;
+            let r = reply.results.first().map(|r| (r.version, r.changed)).unwrap_or_default();
+            let note = if r.1 { "" } else { " (already held these bytes)" };
+            println!("{key}: version {} in tenant {}{note}", r.0, tenant.tenant);
+        }
+        RecordCmd::Get { tenant, key, file } => {
+            let mut s = session(ctx, Op::Other)?;
+            let rec = record::get(&mut s, &tenant.tenant, &key).await?;
+            record::write_value(&file.unwrap_or_else(stdio), &rec.value)?;
+            eprintln!("{key}: version {} ({} bytes)", rec.version, rec.value.len());
+        }
+        RecordCmd::List { tenant, prefix, json } => {
+            let mut s = session(ctx, Op::Other)?;
+            let mut printer = record::ListPrinter::new(std::io::stdout().lock(), json);
+            record::list_pages(&mut s, &tenant.tenant, &prefix, record::LIST_PAGE_SIZE, |page| {
+                printer.page(&page).or_exit(NO_ANSWER)
+            })
+            .await?;
+            drop(printer.finish().or_exit(NO_ANSWER)?);
+        }
+        RecordCmd::Delete { tenant, key, if_version } => {
+            let mut s = session(ctx, Op::Push)?;
+            let reply = record::delete(&mut s, &tenant.tenant, &key, if_version).await?;
+            match reply.results.first() {
+                Some(r) if r.version != 0 => {
+                    println!("{key}: deleted version {} in tenant {}", r.version, tenant.tenant)
+                }
+                _ => println!("{key}: absent in tenant {}", tenant.tenant),
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run_wal(cmd: WalCmd, ctx: &Ctx) -> CmdResult<()> {

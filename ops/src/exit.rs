@@ -7,10 +7,10 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | `wal fetch` only: the segment certainly does not exist |
+//! | 1 | `wal fetch` only: the segment certainly does not exist; `record get`: the key does not exist |
 //! | 2 | bad usage or input, unknown tenant, refused request (e.g. a segment conflict) |
 //! | 3 | no answer: the cluster could not be reached, or a push's outcome is unknown |
-//! | 4 | `verify` only: a member is unreachable, or holds a missing or damaged chunk no healthy copy could repair |
+//! | 4 | `verify`: a member is unreachable, or holds a missing or damaged chunk no healthy copy could repair; `record put`/`delete`: the version condition failed |
 //! | 128 | `wal fetch` only: anything else (so that PostgreSQL aborts recovery rather than ending it) |
 
 use std::fmt;
@@ -28,6 +28,11 @@ pub const NO_ANSWER: u8 = 3;
 /// `verify` only: the verification ran, and a member was unreachable or holds a missing or
 /// damaged chunk that could not be repaired.
 pub const VERIFY_FAILED: u8 = 4;
+/// `record put` and `record delete` only: the write's version condition did not hold (nothing
+/// changed; the current version is printed).
+pub const CONDITION_FAILED: u8 = 4;
+/// `record get` only: the cluster answered that the key does not exist.
+pub const RECORD_NOT_FOUND: u8 = 1;
 /// `wal fetch` only: any failure other than "does not exist" and bad usage. PostgreSQL's
 /// `restore_command` aborts recovery on a status above 125 instead of taking it as "not found"
 /// and ending recovery early.
@@ -115,6 +120,7 @@ fn code_for_refusal(op: Op, failure: &Failure) -> u8 {
             | ErrorKind::BadRequest
             | ErrorKind::SegmentConflict
             | ErrorKind::UnknownSegment
+            | ErrorKind::UnknownRecord
             | ErrorKind::Unauthenticated
             | ErrorKind::PermissionDenied,
         ) => USAGE,

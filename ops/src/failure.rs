@@ -18,6 +18,7 @@ use crate::route::Decision;
 pub enum ErrorKind {
     UnknownTenant,
     UnknownSegment,
+    UnknownRecord,
     SegmentConflict,
     BadRequest,
     NotLeader,
@@ -37,6 +38,7 @@ impl ErrorKind {
         match s {
             "unknown-tenant" => Self::UnknownTenant,
             "unknown-segment" => Self::UnknownSegment,
+            "unknown-record" => Self::UnknownRecord,
             "segment-conflict" => Self::SegmentConflict,
             "bad-request" => Self::BadRequest,
             "not-leader" => Self::NotLeader,
@@ -53,6 +55,7 @@ impl ErrorKind {
         match self {
             Self::UnknownTenant => "unknown-tenant",
             Self::UnknownSegment => "unknown-segment",
+            Self::UnknownRecord => "unknown-record",
             Self::SegmentConflict => "segment-conflict",
             Self::BadRequest => "bad-request",
             Self::NotLeader => "not-leader",
@@ -137,6 +140,7 @@ impl Failure {
                 ErrorKind::Unavailable | ErrorKind::OutcomeUnknown => Decision::Backoff,
                 ErrorKind::UnknownTenant
                 | ErrorKind::UnknownSegment
+                | ErrorKind::UnknownRecord
                 | ErrorKind::SegmentConflict
                 | ErrorKind::BadRequest
                 | ErrorKind::Internal
@@ -159,6 +163,7 @@ impl Failure {
                     | ErrorKind::UnknownTenant
                     | ErrorKind::SegmentConflict
                     | ErrorKind::UnknownSegment
+                    | ErrorKind::UnknownRecord
                     | ErrorKind::Unauthenticated
                     | ErrorKind::PermissionDenied
             )

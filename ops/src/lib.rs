@@ -26,6 +26,7 @@ pub mod failure;
 pub mod local_cluster;
 pub mod ports;
 pub mod process;
+pub mod record;
 pub mod route;
 pub mod status;
 pub mod table;

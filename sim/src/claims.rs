@@ -62,6 +62,16 @@ pub struct Outcome {
     pub history: Vec<TenantEvent>,
 }
 
+/// The write a tail entry names, as the clients' ack log names it: a record write's tail name
+/// carries the entry's position (`record/<key>@<term>.<index>`), the log only the key (the
+/// simulator's clients write each key once).
+fn write_of(tail_name: &str) -> &str {
+    match tail_name.strip_prefix("record/").and(tail_name.rsplit_once('@')) {
+        Some((w, _)) => w,
+        None => tail_name,
+    }
+}
+
 fn is_failover(e: &TenantEvent) -> bool {
     matches!(e.kind, EventKind::Failover | EventKind::ManualFailover) && e.to_epoch > e.from_epoch
 }
@@ -261,7 +271,7 @@ pub async fn check(
                 let held: Vec<&str> = ev
                     .tails
                     .get(n)
-                    .map(|t| t.iter().map(|w| w.name.as_str()).filter(|w| names.contains(w)).collect())
+                    .map(|t| t.iter().map(|w| write_of(&w.name)).filter(|w| names.contains(w)).collect())
                     .unwrap_or_default();
                 if !held.is_empty() {
                     v.push(format!(
@@ -367,6 +377,7 @@ mod tests {
             index,
             by: 101,
             already_present: false,
+            record: None,
         }
     }
 

@@ -231,7 +231,33 @@ pub async fn after_heal(
         }
         Err(e) => f.notes.push(format!("could not list {name} to check what it serves: {e}")),
     }
+    // Nor a record.
+    let mut after = String::new();
+    loop {
+        match leader.record_page(name, "", &after, 10_000, true).await {
+            Ok(page) => {
+                for r in &page.records {
+                    let n = format!("record/{}", r.key);
+                    if written.get(&n) != Some(blake3::hash(&r.value).as_bytes()) {
+                        safety.push(format!("safety: record {} is served with bytes no client wrote under it", r.key));
+                    }
+                }
+                match page.next_after {
+                    Some(n) => after = n,
+                    None => break,
+                }
+            }
+            Err(e) => {
+                f.notes.push(format!("could not list {name}'s records to check what it serves: {e}"));
+                break;
+            }
+        }
+    }
     f.checked.push("nothing-served-unwritten");
+    // Conditions: what the clients saw (a conditional write that succeeded against a version it
+    // never saw, a retry not recognised), in or beyond the budget alike.
+    f.checked.push("record-conditions-hold");
+    f.violations.extend(acks.condition_violations().into_iter().map(|v| format!("record conditions: {v}")));
 
     // One write per acked log position, and no two epochs acking at once.
     let mut at: BTreeMap<(u64, u64, u64), &str> = BTreeMap::new();
@@ -333,6 +359,10 @@ struct Checked {
 /// Reads one acked write from `leader`; on a rotten copy there, from the other replicas.
 async fn read_acked(c: &SimCluster, leader: &Node, tenant: &str, a: &Ack) -> Checked {
     let mut out = Checked::default();
+    if let Some(version) = a.record {
+        out.read = read_acked_record(leader, tenant, a, version, &mut out.safety).await;
+        return out;
+    }
     out.read = match leader.fetch(tenant, &a.name).await {
         Ok((rec, data)) => {
             if rec.blake3 != a.blake3 {
@@ -353,6 +383,34 @@ async fn read_acked(c: &SimCluster, leader: &Node, tenant: &str, a: &Ack) -> Che
         Err(e) => Read::Unknown(e.to_string()),
     };
     out
+}
+
+/// Reads one acked record write (keys are written once, so the key must hold its bytes). The
+/// version is the acked one, or a newer epoch's: a change the promoted replica held durable but
+/// had not applied is applied when the new epoch is seeded, in that epoch's version range
+/// (ARCHITECTURE.md, "Records"). Any other version, or other bytes, is a violation.
+async fn read_acked_record(leader: &Node, tenant: &str, a: &Ack, version: u64, safety: &mut Vec<String>) -> Read {
+    let key = a.name.strip_prefix("record/").unwrap_or(&a.name);
+    match leader.record(tenant, key).await {
+        Ok(row) => {
+            if blake3::hash(&row.value).as_bytes() != &a.blake3 {
+                safety.push(format!(
+                    "safety: acked record {key} (version {version}) is served with other bytes at version {}",
+                    row.version
+                ));
+            } else if row.version != version
+                && tetrad_core::records::version_epoch(row.version) <= tetrad_core::records::version_epoch(version)
+            {
+                safety.push(format!(
+                    "safety: acked record {key} was acked at version {version} and is served at version {}",
+                    row.version
+                ));
+            }
+            Read::Served
+        }
+        Err(ApiError::UnknownRecord(_)) => Read::Lost("the cluster does not know it".into()),
+        Err(e) => Read::Unknown(e.to_string()),
+    }
 }
 
 /// The leader's copy rotted; the write is safe if a healthy replica has every chunk.

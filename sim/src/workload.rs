@@ -37,6 +37,9 @@ pub struct Ack {
     /// The write was there already (a retry): term and index are those of the entry that stored
     /// it, which may belong to an older epoch whose log a promotion carried over.
     pub already_present: bool,
+    /// A record write (`record/<key>` in `name`, the blake3 of its value): the version the ack
+    /// gave it. `None` for a segment push.
+    pub record: Option<u64>,
 }
 
 /// Runs once, at the instant of the next ack.
@@ -48,6 +51,8 @@ struct Inner {
     /// Every segment a client tried to write: name -> blake3 of its bytes.
     written: BTreeMap<String, [u8; 32]>,
     hook: Option<AckHook>,
+    /// What the clients saw break a record condition's promise (the conditions oracle).
+    condition_violations: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -92,6 +97,16 @@ impl AckLog {
 
     pub fn written(&self) -> BTreeMap<String, [u8; 32]> {
         self.lock().written.clone()
+    }
+
+    /// Records a conditional write that succeeded against a version its client never saw, or
+    /// an idempotent retry that was refused.
+    pub fn condition_violation(&self, what: String) {
+        self.lock().condition_violations.push(what);
+    }
+
+    pub fn condition_violations(&self) -> Vec<String> {
+        self.lock().condition_violations.clone()
     }
 
     /// Arms `hook` for the next ack (replacing an armed one).
@@ -188,8 +203,25 @@ pub async fn run_client(
     let mut hint: NodeId = 0;
     let mut seq: u64 = 0;
     let mut abandoned = 0;
+    let mut rec_rng = SmallRng::seed_from_u64(spec.seed ^ 0x7265_636f_7264);
     'outer: loop {
         seq += 1;
+        if rec_rng.random_range(0..RECORD_ONE_IN) == 0 {
+            let step = RecordStep { spec: &spec, handles: &handles, net: &net, acks: &acks, trace: &trace, origin };
+            match step.run(&mut rec_rng, seq, &mut hint, &mut stop).await {
+                Some(()) => {}
+                None => {
+                    abandoned += 1;
+                    break 'outer;
+                }
+            }
+            let think = Duration::from_millis(rng.random_range(spec.think_ms.0..=spec.think_ms.1));
+            tokio::select! {
+                _ = tokio::time::sleep(think) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
         let size = segment_size(&mut rng, spec.min_bytes, spec.max_bytes);
         let mut data = vec![0u8; size];
         rng.fill(&mut data[..]);
@@ -239,6 +271,7 @@ pub async fn run_client(
                         index: out.index,
                         by: id,
                         already_present: out.already_present,
+                        record: None,
                     });
                     hint = id;
                     break;
@@ -274,4 +307,171 @@ pub async fn run_client(
         }
     }
     abandoned
+}
+
+/// One write in this many is a record write instead of a segment push. At 1 in 4 the segment
+/// load thinned enough that `lag-gate-one-copy` went uncaught in 200 region-outage seeds; at 1 in
+/// 16 it is caught (seed 129).
+const RECORD_ONE_IN: u32 = 16;
+/// Record values are this small (metadata).
+const RECORD_BYTES: (usize, usize) = (8, 512);
+/// How often a client asks again for one record write before it gives the write up.
+const RECORD_ATTEMPTS: u32 = 200;
+
+/// A client's record write: create a key of its own, conditionally (`if_version: 0`, only if
+/// absent), retried after "outcome unknown" as any write (the retry must be recognised as the
+/// same write); then, once acked, a probe with a stale condition (a version the key never held)
+/// that must fail. Keys are written once, so an acked record is lost or served like a segment.
+struct RecordStep<'a> {
+    spec: &'a ClientSpec,
+    handles: &'a Arc<Mutex<BTreeMap<NodeId, Node>>>,
+    net: &'a SimNet,
+    acks: &'a AckLog,
+    trace: &'a Trace,
+    origin: tokio::time::Instant,
+}
+
+/// What one attempt of a record write came to.
+enum Attempt {
+    Answered(tetrad_node::node::RecordWrite, NodeId),
+    Refused,
+    Retry,
+}
+
+impl RecordStep<'_> {
+    /// Runs the step; `None` when the run is stopping.
+    async fn run(
+        &self,
+        rng: &mut SmallRng,
+        seq: u64,
+        hint: &mut NodeId,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<()> {
+        use tetrad_core::records::{RecordOp, RecordOutcome, RecordReply};
+        let key = format!("c{:02}/r{:010}", self.spec.id, seq);
+        let mut value = vec![0u8; rng.random_range(RECORD_BYTES.0..=RECORD_BYTES.1)];
+        rng.fill(&mut value[..]);
+        let hash = *blake3::hash(&value).as_bytes();
+        let name = format!("record/{key}");
+        self.acks.attempt(&name, hash);
+        let create = vec![RecordOp::Put { key: key.clone(), value: value.clone(), if_version: Some(0) }];
+        let mut tried_before = false;
+        let version = loop {
+            match self.attempt(&create, hint, stop).await? {
+                Attempt::Answered(w, by) => match w.reply {
+                    RecordReply::Done(outs) => {
+                        let Some(RecordOutcome::Put { version, changed, .. }) = outs.first().cloned() else {
+                            self.acks.condition_violation(format!("record {key}: a put answered {outs:?}"));
+                            return Some(());
+                        };
+                        let at = self.origin.elapsed().as_millis() as u64;
+                        self.trace.event(&format!(
+                            "ack {} {name} v{version} e{} t{} i{}",
+                            self.spec.tenant, w.epoch, w.term, w.index
+                        ));
+                        self.acks.push(Ack {
+                            tenant: self.spec.tenant.clone(),
+                            name: name.clone(),
+                            blake3: hash,
+                            size: value.len() as u64,
+                            acked_at_ms: at,
+                            epoch: w.epoch,
+                            term: w.term,
+                            index: w.index,
+                            by,
+                            already_present: !changed,
+                            record: Some(version),
+                        });
+                        *hint = by;
+                        break version;
+                    }
+                    RecordReply::ConditionFailed { current, .. } => {
+                        // Only this client writes this key, so the key can hold a version only
+                        // from an earlier attempt of this very put: its retry must succeed.
+                        let what = if tried_before { "a retried conditional create" } else { "a first create" };
+                        self.acks.condition_violation(format!(
+                            "record {key}: {what} (if-version 0) was refused with current version {current}; only this write ever wrote the key"
+                        ));
+                        return Some(());
+                    }
+                    RecordReply::Invalid { reason } => {
+                        self.trace.event(&format!("client {} gave up on {name}: {reason}", self.spec.id));
+                        return Some(());
+                    }
+                },
+                Attempt::Refused => return Some(()),
+                Attempt::Retry => tried_before = true,
+            }
+        };
+        // The probe: a version this key never held (the one before or after its own, of its own
+        // epoch: a re-versioned key, below, moves to a newer epoch's range). Its bytes differ, so
+        // a success would be visible.
+        let stale = if rng.random_range(0..2) == 0 { version + 1 } else { version - 1 };
+        let probe =
+            vec![RecordOp::Put { key: key.clone(), value: b"stale-condition probe".to_vec(), if_version: Some(stale) }];
+        for _ in 0..3 {
+            match self.attempt(&probe, hint, stop).await? {
+                Attempt::Answered(w, _) => {
+                    if let RecordReply::Done(outs) = &w.reply {
+                        self.acks.condition_violation(format!(
+                            "record {key}: a put conditioned on version {stale} succeeded ({outs:?}), but the key was written once, at version {version}"
+                        ));
+                    }
+                    return Some(());
+                }
+                Attempt::Refused => return Some(()),
+                Attempt::Retry => {}
+            }
+        }
+        Some(())
+    }
+
+    /// Sends `ops` until a node answers it; `None` when the run is stopping.
+    async fn attempt(
+        &self,
+        ops: &[tetrad_core::records::RecordOp],
+        hint: &mut NodeId,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<Attempt> {
+        for _ in 0..RECORD_ATTEMPTS {
+            if *stop.borrow() {
+                return None;
+            }
+            let Some((id, node)) = pick(self.handles, *hint) else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            if !self.net.client_reaches(self.spec.region, id) {
+                *hint = next_after(self.handles, id);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let r = tokio::time::timeout(Duration::from_secs(10), node.records(&self.spec.tenant, ops.to_vec())).await;
+            let r = if self.net.client_reaches(self.spec.region, id) {
+                r
+            } else {
+                Ok(Err(ApiError::OutcomeUnknown("cut off".into())))
+            };
+            match r {
+                Ok(Ok(w)) => return Some(Attempt::Answered(w, id)),
+                Ok(Err(ApiError::NotLeader { leader: Some(l) })) if l != id => {
+                    *hint = l;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Err(ApiError::BadRequest(_))) | Ok(Err(ApiError::UnknownTenant(_))) => {
+                    self.trace.event(&format!("client {} gave up on a record write: {r:?}", self.spec.id));
+                    return Some(Attempt::Refused);
+                }
+                _ => {
+                    *hint = next_after(self.handles, id);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    return Some(Attempt::Retry);
+                }
+            }
+        }
+        Some(Attempt::Refused)
+    }
 }

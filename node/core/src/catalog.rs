@@ -27,9 +27,22 @@ pub struct SegmentRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TenantReply {
-    Stored { already_present: bool, size: u64, blake3: Hash, index: u64, term: u64 },
-    Conflict { existing: Hash, existing_size: u64 },
-    Invalid { reason: String },
+    Stored {
+        already_present: bool,
+        size: u64,
+        blake3: Hash,
+        index: u64,
+        term: u64,
+    },
+    Conflict {
+        existing: Hash,
+        existing_size: u64,
+    },
+    Invalid {
+        reason: String,
+    },
+    /// The answer to a record write (`node/core/src/records.rs`).
+    Records(crate::records::RecordReply),
 }
 
 /// A segment name that is not a plain file name as PostgreSQL writes them.

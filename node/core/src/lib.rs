@@ -17,6 +17,7 @@ pub mod log_pos;
 pub mod membership_plan;
 pub mod placement;
 pub mod promotion;
+pub mod records;
 pub mod takeover_schedule;
 
 pub use log_pos::LogPos;

@@ -24,6 +24,10 @@ pub enum Action<'a> {
     FetchWal(&'a str),
     ListWal(&'a str),
     PushWal(&'a str),
+    GetRecord(&'a str),
+    ListRecords(&'a str),
+    PutRecord(&'a str),
+    DeleteRecord(&'a str),
     VerifyTenant(&'a str),
     Switchover(&'a str),
     Failover(&'a str),
@@ -51,6 +55,10 @@ impl Action<'_> {
             Action::FetchWal(_) => "FetchWal",
             Action::ListWal(_) => "ListWal",
             Action::PushWal(_) => "PushWal",
+            Action::GetRecord(_) => "GetRecord",
+            Action::ListRecords(_) => "ListRecords",
+            Action::PutRecord(_) => "PutRecord",
+            Action::DeleteRecord(_) => "DeleteRecord",
             Action::VerifyTenant(_) => "VerifyTenant",
             Action::Switchover(_) => "SwitchoverTenant",
             Action::Failover(_) => "FailoverTenant",
@@ -68,6 +76,10 @@ impl Action<'_> {
             | Action::FetchWal(t)
             | Action::ListWal(t)
             | Action::PushWal(t)
+            | Action::GetRecord(t)
+            | Action::ListRecords(t)
+            | Action::PutRecord(t)
+            | Action::DeleteRecord(t)
             | Action::VerifyTenant(t)
             | Action::Switchover(t)
             | Action::Failover(t)
@@ -86,9 +98,13 @@ impl Action<'_> {
             | Action::GetTenant(_)
             | Action::TenantHistory(_)
             | Action::FetchWal(_)
-            | Action::ListWal(_) => Need::Read,
+            | Action::ListWal(_)
+            | Action::GetRecord(_)
+            | Action::ListRecords(_) => Need::Read,
             // Verification repairs damaged chunks, so it is not a read.
-            Action::PushWal(_) | Action::VerifyTenant(_) => Need::Write,
+            Action::PushWal(_) | Action::PutRecord(_) | Action::DeleteRecord(_) | Action::VerifyTenant(_) => {
+                Need::Write
+            }
             Action::InitCluster
             | Action::CreateTenant(_)
             | Action::Switchover(_)
@@ -189,6 +205,10 @@ mod tests {
             Action::FetchWal(t),
             Action::ListWal(t),
             Action::PushWal(t),
+            Action::GetRecord(t),
+            Action::ListRecords(t),
+            Action::PutRecord(t),
+            Action::DeleteRecord(t),
             Action::VerifyTenant(t),
             Action::Switchover(t),
             Action::Failover(t),
@@ -207,11 +227,23 @@ mod tests {
         assert_eq!(allowed("admin", "a").len(), every_action("a").len());
         assert_eq!(
             allowed("tenant:a", "a"),
-            ["Status/ListTenants", "GetTenant", "TenantHistory", "FetchWal", "ListWal", "PushWal", "VerifyTenant"]
+            [
+                "Status/ListTenants",
+                "GetTenant",
+                "TenantHistory",
+                "FetchWal",
+                "ListWal",
+                "PushWal",
+                "GetRecord",
+                "ListRecords",
+                "PutRecord",
+                "DeleteRecord",
+                "VerifyTenant"
+            ]
         );
         assert_eq!(
             allowed("tenant:a:read", "a"),
-            ["Status/ListTenants", "GetTenant", "TenantHistory", "FetchWal", "ListWal"]
+            ["Status/ListTenants", "GetTenant", "TenantHistory", "FetchWal", "ListWal", "GetRecord", "ListRecords"]
         );
         assert_eq!(allowed("tenant:a", "b"), ["Status/ListTenants"]);
         assert_eq!(allowed("tenant:a:read", "b"), ["Status/ListTenants"]);

@@ -11,6 +11,8 @@ pub enum ApiError {
     UnknownTenant(String),
     #[error("segment {0:?} does not exist")]
     UnknownSegment(String),
+    #[error("record {0:?} does not exist")]
+    UnknownRecord(String),
     #[error("segment {name:?} already exists with different bytes (stored blake3 {existing}, {existing_size} bytes); nothing was changed")]
     Conflict { name: String, existing: String, existing_size: u64 },
     #[error("bad request: {0}")]

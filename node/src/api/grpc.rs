@@ -18,6 +18,40 @@ use crate::meta::state::{AuditOutcome, TenantEvent, TenantRecord, AUDIT_RETAINED
 use crate::node::{ApiError, Node};
 use crate::storage::chunks::{hex, parse_hex, CHUNK_BYTES};
 use crate::tenant::catalog::MAX_SEGMENT_BYTES;
+use tetrad_core::records::{RecordOp, RecordOutcome, RecordReply};
+
+/// The wire form of a record write's answer. `Invalid` never gets here (it is a bad-request
+/// error, `Writes::records`).
+fn record_write_reply(reply: RecordReply, epoch: u64) -> RecordWriteReply {
+    match reply {
+        RecordReply::Done(outcomes) => RecordWriteReply {
+            results: outcomes
+                .into_iter()
+                .map(|o| match o {
+                    RecordOutcome::Put { key, version, changed } => {
+                        RecordResult { key, version, changed, deleted: false }
+                    }
+                    RecordOutcome::Deleted { key, version } => {
+                        RecordResult { key, version, changed: version != 0, deleted: true }
+                    }
+                })
+                .collect(),
+            epoch,
+            ..Default::default()
+        },
+        RecordReply::ConditionFailed { key, expected, current } => RecordWriteReply {
+            condition_failed: true,
+            failed_key: key,
+            expected_version: expected,
+            current_version: current,
+            epoch,
+            ..Default::default()
+        },
+        RecordReply::Invalid { reason } => {
+            unreachable!("an invalid record write is answered as bad-request: {reason}")
+        }
+    }
+}
 
 /// Segment bytes one verification batch covers on a member.
 const VERIFY_BATCH_BYTES: u64 = 16 << 20;
@@ -76,6 +110,7 @@ impl Api {
         let (code, kind) = match &e {
             ApiError::UnknownTenant(_) => (tonic::Code::NotFound, "unknown-tenant"),
             ApiError::UnknownSegment(_) => (tonic::Code::NotFound, "unknown-segment"),
+            ApiError::UnknownRecord(_) => (tonic::Code::NotFound, "unknown-record"),
             ApiError::Conflict { .. } => (tonic::Code::AlreadyExists, "segment-conflict"),
             ApiError::BadRequest(_) => (tonic::Code::InvalidArgument, "bad-request"),
             ApiError::NotLeader { .. } => (tonic::Code::FailedPrecondition, "not-leader"),
@@ -525,6 +560,61 @@ impl Tetrad for Api {
                 })
                 .collect(),
             next_after: next_after.unwrap_or_default(),
+        }))
+    }
+
+    async fn put_record(&self, req: Request<PutRecordRequest>) -> Result<Response<RecordWriteReply>, Status> {
+        self.allow(&req, Action::PutRecord(&req.get_ref().tenant))?;
+        let r = req.into_inner();
+        let ops = r
+            .records
+            .into_iter()
+            .map(|p| RecordOp::Put { key: p.key, value: p.value, if_version: p.if_version })
+            .collect();
+        let w = self.node.records(&r.tenant, ops).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(record_write_reply(w.reply, w.epoch)))
+    }
+
+    async fn delete_record(&self, req: Request<DeleteRecordRequest>) -> Result<Response<RecordWriteReply>, Status> {
+        self.allow(&req, Action::DeleteRecord(&req.get_ref().tenant))?;
+        let r = req.into_inner();
+        let ops = vec![RecordOp::Delete { key: r.key, if_version: r.if_version }];
+        let w = self.node.records(&r.tenant, ops).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(record_write_reply(w.reply, w.epoch)))
+    }
+
+    async fn get_record(&self, req: Request<GetRecordRequest>) -> Result<Response<RecordInfo>, Status> {
+        self.allow(&req, Action::GetRecord(&req.get_ref().tenant))?;
+        let r = req.into_inner();
+        let row = self.node.record(&r.tenant, &r.key).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(RecordInfo {
+            key: row.key,
+            value: row.value,
+            version: row.version,
+            proposed_at_ms: row.proposed_at_ms,
+        }))
+    }
+
+    async fn list_records(&self, req: Request<ListRecordsRequest>) -> Result<Response<ListRecordsReply>, Status> {
+        self.allow(&req, Action::ListRecords(&req.get_ref().tenant))?;
+        let r = req.into_inner();
+        let page = self
+            .node
+            .record_page(&r.tenant, &r.prefix, &r.after, crate::node::page_limit(r.page_size), r.with_values)
+            .await
+            .map_err(|e| self.status(e))?;
+        Ok(Response::new(ListRecordsReply {
+            records: page
+                .records
+                .into_iter()
+                .map(|row| RecordInfo {
+                    key: row.key,
+                    value: row.value,
+                    version: row.version,
+                    proposed_at_ms: row.proposed_at_ms,
+                })
+                .collect(),
+            next_after: page.next_after.unwrap_or_default(),
         }))
     }
 

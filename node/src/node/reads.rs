@@ -13,6 +13,7 @@ use super::status::Status;
 use crate::api::error::ApiError;
 use crate::storage::chunks::Hash;
 use crate::tenant::catalog::SegmentRecord;
+use tetrad_core::records::{validate_key, RecordRow};
 
 /// The segments of a paged listing when the request names no page size, and the most it may name:
 /// 10,000 records are about 1 MiB on the wire, well under the 4 MiB reply cap.
@@ -61,6 +62,17 @@ pub(crate) fn page_of(
     SegmentPage { segments: page, next_after }
 }
 
+/// Most key and value bytes of one page of records (a page holds at least one record, which
+/// is at most 1 MiB): well under the 4 MiB reply cap.
+pub const RECORD_PAGE_BYTES: usize = 2 << 20;
+
+/// One page of a tenant's records in key order, and the token of the next (the last key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordPage {
+    pub records: Vec<RecordRow>,
+    pub next_after: Option<String>,
+}
+
 /// Segment lookups, listings and chunk reads.
 pub(crate) struct Reads {
     directory: Arc<Directory>,
@@ -88,6 +100,46 @@ impl Reads {
         let g = self.leading_group_for_read(tenant).await?;
         let sm = g.sm.read().await;
         sm.state.catalog.segments.get(name).cloned().ok_or_else(|| ApiError::UnknownSegment(name.to_string()))
+    }
+
+    /// Looks a record up (linearizable: after a ReadIndex barrier on the leader, like a segment).
+    pub(crate) async fn record(&self, tenant: &str, key: &str) -> Result<RecordRow, ApiError> {
+        validate_key(key).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let g = self.leading_group_for_read(tenant).await?;
+        let sm = g.sm.read().await;
+        sm.state.records.rows.get(key).cloned().ok_or_else(|| ApiError::UnknownRecord(key.to_string()))
+    }
+
+    /// One page of a tenant's records whose keys start with `prefix`, after `after`
+    /// (linearizable). Pages are bounded in count and in value bytes, so a listing of any size
+    /// goes through in pages of at most [`RECORD_PAGE_BYTES`].
+    pub(crate) async fn record_page(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+        with_values: bool,
+    ) -> Result<RecordPage, ApiError> {
+        let g = self.leading_group_for_read(tenant).await?;
+        let sm = g.sm.read().await;
+        let (rows, mut next_after) = sm.state.records.page(prefix, after, limit);
+        let mut page = vec![];
+        let mut bytes = 0usize;
+        for r in rows {
+            let size = r.key.len() + if with_values { r.value.len() } else { 0 };
+            if !page.is_empty() && bytes + size > RECORD_PAGE_BYTES {
+                next_after = page.last().map(|r: &RecordRow| r.key.clone());
+                break;
+            }
+            bytes += size;
+            let mut r = r.clone();
+            if !with_values {
+                r.value.clear();
+            }
+            page.push(r);
+        }
+        Ok(RecordPage { records: page, next_after })
     }
 
     /// Reads one chunk of a tenant's segment from this node's disk, verifying its hash; a damaged

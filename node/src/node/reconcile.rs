@@ -171,7 +171,8 @@ impl Reconcile {
             };
         }
         let sm = g.sm.read().await;
-        Reply::Names(sm.state.catalog.segments.values().map(|r| (r.name.clone(), r.blake3)).collect())
+        let segments = sm.state.catalog.segments.values().map(|r| (r.name.clone(), r.blake3));
+        Reply::Names(segments.chain(epoch::record_names(&sm.state.records)).collect())
     }
 
     /// Brings this node's tenant groups in line with one directory record: seals, seeds,

@@ -28,6 +28,7 @@ use crate::seams::net::NodeId;
 use crate::storage::chunks::Hash;
 use crate::tenant::catalog::{validate_name, TenantCommand, TenantReply, MAX_SEGMENT_BYTES};
 use crate::tenant::group_state::TenantState;
+use tetrad_core::records::{validate_write, RecordOp, RecordReply};
 
 /// How long a push to a replica that knows no leader waits for an election to end.
 const ELECTION_WAIT: Duration = Duration::from_millis(1_000);
@@ -44,6 +45,16 @@ pub struct PushOutcome {
     pub already_present: bool,
     pub size: u64,
     pub blake3: Hash,
+    pub epoch: u64,
+    pub term: u64,
+    pub index: u64,
+}
+
+/// The answer to a record write: the group's reply, the epoch it was acked in and the entry's
+/// log position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordWrite {
+    pub reply: RecordReply,
     pub epoch: u64,
     pub term: u64,
     pub index: u64,
@@ -90,6 +101,45 @@ impl Writes {
         if data.len() as u64 > MAX_SEGMENT_BYTES {
             return Err(ApiError::BadRequest(format!("segment is larger than {MAX_SEGMENT_BYTES} bytes")));
         }
+        let (rec, g, ignore_lease) = self.group_for_write(tenant).await?;
+        // Checked here, by the node about to propose it, not by every node a client tries first:
+        // a client looking for the leader (or waiting out a failover) asks several, and hashing
+        // each attempt cost the simulator 3% of its time.
+        if ::blake3::hash(&data).as_bytes() != &blake3 {
+            return Err(ApiError::BadRequest("the segment's bytes do not match the blake3 in its header".into()));
+        }
+        if let Some(out) = self.ack_if_present(&g, &rec, name, &blake3, ignore_lease).await? {
+            return Ok(out);
+        }
+        let proposed_at_ms = self.clock.wall_now_ms();
+        let cmd = TenantCommand::PutSegment { name: name.to_string(), blake3, data, proposed_at_ms };
+        self.commit_and_ack(&g, &rec, name, cmd, proposed_at_ms, ignore_lease).await
+    }
+
+    /// Applies one record write (puts and deletes, all or nothing). Answers only once it is
+    /// durable as the tenant's mode promises and this node's liveness lease is valid, exactly as
+    /// a push ([`Writes::commit_and_ack`]); a failed condition is an answer too, given under the
+    /// same rules (it says what the committed state was).
+    pub(crate) async fn records(&self, tenant: &str, ops: Vec<RecordOp>) -> Result<RecordWrite, ApiError> {
+        validate_write(&ops).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let (rec, g, ignore_lease) = self.group_for_write(tenant).await?;
+        let proposed_at_ms = self.clock.wall_now_ms();
+        let cmd = TenantCommand::Records { ops, proposed_at_ms };
+        match self.commit_then_ack(&g, &rec, cmd, proposed_at_ms, ignore_lease).await? {
+            (crate::raft::Reply::Tenant(TenantReply::Records(RecordReply::Invalid { reason })), _, _) => {
+                Err(ApiError::BadRequest(reason))
+            }
+            (crate::raft::Reply::Tenant(TenantReply::Records(reply)), term, index) => {
+                Ok(RecordWrite { reply, epoch: rec.epoch, term, index })
+            }
+            (other, _, _) => Err(ApiError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The tenant's record and group when this node leads it and may propose: not sealed,
+    /// leading (after waiting out an election), lease valid. Also says whether the planted
+    /// `ignore-lease` bug is on.
+    async fn group_for_write(&self, tenant: &str) -> Result<(TenantRecord, TenantGroup, bool), ApiError> {
         let rec = self.directory.tenant_record(tenant).await?;
         if rec.sealed {
             return Err(ApiError::Unavailable(format!(
@@ -118,18 +168,7 @@ impl Writes {
                 "this node's liveness lease is not valid; it acks nothing until it renews".into(),
             ));
         }
-        // Checked here, by the node about to propose it, not by every node a client tries first:
-        // a client looking for the leader (or waiting out a failover) asks several, and hashing
-        // each attempt cost the simulator 3% of its time.
-        if ::blake3::hash(&data).as_bytes() != &blake3 {
-            return Err(ApiError::BadRequest("the segment's bytes do not match the blake3 in its header".into()));
-        }
-        if let Some(out) = self.ack_if_present(&g, &rec, name, &blake3, ignore_lease).await? {
-            return Ok(out);
-        }
-        let proposed_at_ms = self.clock.wall_now_ms();
-        let cmd = TenantCommand::PutSegment { name: name.to_string(), blake3, data, proposed_at_ms };
-        self.commit_and_ack(&g, &rec, name, cmd, proposed_at_ms, ignore_lease).await
+        Ok((rec, g, ignore_lease))
     }
 
     /// The ack of a write, on the leader of its tenant group, in this order:
@@ -163,11 +202,25 @@ impl Writes {
         proposed_at_ms: u64,
         ignore_lease: bool,
     ) -> Result<PushOutcome, ApiError> {
-        let tenant = rec.spec.name.as_str();
         #[cfg(feature = "planted-bugs")]
         if crate::planted::on(crate::planted::Bug::AckBeforeCommit) {
             return crate::planted::ack_before_commit(g, cmd, rec.epoch).await;
         }
+        let (reply, _, _) = self.commit_then_ack(g, rec, cmd, proposed_at_ms, ignore_lease).await?;
+        outcome_of(reply, name, rec.epoch)
+    }
+
+    /// Steps 1 to 4 of [`Writes::commit_and_ack`] and the note in the ack book, for any tenant
+    /// command: the group's reply once the write may be acked, with the entry's term and index.
+    async fn commit_then_ack(
+        &self,
+        g: &TenantGroup,
+        rec: &TenantRecord,
+        cmd: TenantCommand,
+        proposed_at_ms: u64,
+        ignore_lease: bool,
+    ) -> Result<(crate::raft::Reply, u64, u64), ApiError> {
+        let tenant = rec.spec.name.as_str();
         // 1. Durable commit.
         let (reply, term, index) = g.write(Command::Tenant(cmd)).await?;
         // 2. The lag gate, between the commit and the ack.
@@ -187,7 +240,7 @@ impl Writes {
         }
         let writes = g.sm.read().await.state.mark_at(index).map(|m| m.writes).unwrap_or(0);
         self.note_ack(g, rec, AckMark { term, index, writes, proposed_at_ms });
-        outcome_of(reply, name, rec.epoch)
+        Ok((reply, term, index))
     }
 
     /// A re-push of a segment the tenant already holds, acked without a proposal, so that its

@@ -32,6 +32,9 @@ const LEGACY_LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("lo
 pub const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 /// Tenant catalogs: (group, segment name) -> encoded segment record.
 pub const SEGMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("segments");
+/// Tenant records: (group, key) -> encoded record row (`tetrad_core::records::RecordRow`). Absent
+/// in stores made before records; read as empty then, created by the first write.
+pub const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
 
 const NODE_GROUP: &str = "node";
 /// (node, `format`): the store's format ([`STORE_FORMAT`]); see [`super::versioned`].
@@ -169,6 +172,7 @@ impl Store {
             kv.insert((NODE_GROUP, "incarnation"), incarnation.to_be_bytes().as_slice()).map_err(StoreError::db)?;
             kv.insert((NODE_GROUP, FORMAT_KEY), [STORE_FORMAT].as_slice()).map_err(StoreError::db)?;
             txn.open_table(SEGMENTS).map_err(StoreError::db)?;
+            txn.open_table(RECORDS).map_err(StoreError::db)?;
         }
         txn.commit().map_err(StoreError::db)?;
         Ok(())

@@ -15,6 +15,7 @@ use tetrad_core::catalog::Put;
 pub use tetrad_core::catalog::{
     validate_name, Catalog, NameError, PutDecision, SegmentRecord, TenantReply, MAX_NAME_BYTES, MAX_SEGMENT_BYTES,
 };
+pub use tetrad_core::records::RecordOp;
 use tetrad_core::LogPos;
 
 use crate::storage::chunks::Hash;
@@ -28,6 +29,10 @@ pub enum TenantCommand {
         data: Vec<u8>,
         proposed_at_ms: u64,
     },
+    /// A record write: puts and deletes of small values, each with an optional version
+    /// condition, all or nothing (`tetrad_core::records`). Values ride inline: each is at most
+    /// 1 MiB and a write at most 16 MiB, the bounds of one entry.
+    Records { ops: Vec<RecordOp>, proposed_at_ms: u64 },
 }
 
 impl std::fmt::Debug for TenantCommand {
@@ -40,6 +45,10 @@ impl TenantCommand {
     pub fn summary(&self) -> String {
         match self {
             TenantCommand::PutSegment { name, data, .. } => format!("put {name} ({} bytes)", data.len()),
+            TenantCommand::Records { ops, .. } => match ops.as_slice() {
+                [one] => format!("record {}", one.key()),
+                many => format!("records ({} keys)", many.len()),
+            },
         }
     }
 }

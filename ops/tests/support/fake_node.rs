@@ -308,6 +308,22 @@ impl Tetrad for FakeNode {
         Err(Status::unimplemented("the fake node does not verify"))
     }
 
+    async fn put_record(&self, _: Request<PutRecordRequest>) -> Result<Response<RecordWriteReply>, Status> {
+        Err(Status::unimplemented("the fake node has no records"))
+    }
+
+    async fn delete_record(&self, _: Request<DeleteRecordRequest>) -> Result<Response<RecordWriteReply>, Status> {
+        Err(Status::unimplemented("the fake node has no records"))
+    }
+
+    async fn get_record(&self, _: Request<GetRecordRequest>) -> Result<Response<RecordInfo>, Status> {
+        Err(Status::unimplemented("the fake node has no records"))
+    }
+
+    async fn list_records(&self, _: Request<ListRecordsRequest>) -> Result<Response<ListRecordsReply>, Status> {
+        Err(Status::unimplemented("the fake node has no records"))
+    }
+
     async fn fetch_wal(&self, req: Request<FetchWalRequest>) -> Result<Response<FetchStream>, Status> {
         let act = self.next_act("fetch_wal");
         self.act(&act).await?;
