@@ -15,6 +15,7 @@ pub mod lease;
 pub mod liveness_view;
 pub mod log_pos;
 pub mod membership_plan;
+pub mod paging;
 pub mod placement;
 pub mod promotion;
 pub mod records;

@@ -362,21 +362,7 @@ impl RecordTable {
     /// (from the first when `after` is empty or sorts before `prefix`), and the token of the
     /// next page (the page's last key) when another matching row follows.
     pub fn page(&self, prefix: &str, after: &str, limit: usize) -> (Vec<&RecordRow>, Option<String>) {
-        use std::ops::Bound;
-        let limit = limit.max(1);
-        let start = if after.is_empty() || after < prefix {
-            Bound::Included(prefix.to_string())
-        } else {
-            Bound::Excluded(after.to_string())
-        };
-        let mut matching =
-            self.rows.range((start, Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v);
-        let page: Vec<&RecordRow> = matching.by_ref().take(limit).collect();
-        let next = match (matching.next(), page.last()) {
-            (Some(_), Some(last)) => Some(last.key.clone()),
-            _ => None,
-        };
-        (page, next)
+        crate::paging::page(&self.rows, prefix, after, limit)
     }
 }
 

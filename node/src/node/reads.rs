@@ -4,7 +4,6 @@
 //! It owns no state.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use super::directory::Directory;
@@ -46,19 +45,8 @@ pub(crate) fn page_of(
     after: &str,
     limit: usize,
 ) -> SegmentPage {
-    let limit = limit.max(1);
-    let start = if after.is_empty() || after < prefix {
-        Bound::Included(prefix.to_string())
-    } else {
-        Bound::Excluded(after.to_string())
-    };
-    let mut matching =
-        segments.range((start, Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v);
-    let page: Vec<SegmentRecord> = matching.by_ref().take(limit).cloned().collect();
-    let next_after = match (matching.next(), page.last()) {
-        (Some(_), Some(last)) => Some(last.name.clone()),
-        _ => None,
-    };
+    let (page, next_after) = tetrad_core::paging::page(segments, prefix, after, limit);
+    let page: Vec<SegmentRecord> = page.into_iter().cloned().collect();
     SegmentPage { segments: page, next_after }
 }
 
