@@ -117,7 +117,13 @@ async fn push_on_new_connection(
 
     let deadline = std::time::Instant::now() + PUSH_BOUND;
     let blake3 = blake3::hash(&data).to_hex().to_string();
-    let header = PushHeader { tenant: tenant.to_owned(), name: name.to_owned(), size: data.len() as u64, blake3 };
+    let header = PushHeader {
+        tenant: tenant.to_owned(),
+        name: name.to_owned(),
+        size: data.len() as u64,
+        blake3,
+        chunks: Vec::new(),
+    };
     loop {
         let endpoint = tetrad_ops::client::endpoint(leader, identity).map_err(anyhow::Error::msg)?;
         let mut client = TetradClient::new(endpoint.connect().await?);

@@ -54,7 +54,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub use crate::api::error::ApiError;
 pub use crate::api::status::{ClusterStatus, NodeView, TenantView};
-pub use writes::{PushOutcome, RecordWrite};
+pub use writes::{ChunkStream, PushOutcome, RecordWrite, RefPush, MAX_HASHES_ASKED};
 
 /// What a node needs from the outside world, all through the seams.
 #[derive(Clone)]
@@ -162,16 +162,6 @@ impl Node {
             clock.clone(),
         ));
         let status = Arc::new(Status::new(me, cfg.clone(), clock.clone(), directory.clone(), hosted.clone()));
-        let writes = Arc::new(Writes::new(
-            me,
-            clock.clone(),
-            liveness.clone(),
-            directory.clone(),
-            status.clone(),
-            hosted.clone(),
-        ));
-        let reads = Reads::new(directory.clone(), status.clone(), hosted.clone());
-        let operator = Operator::new(cfg.clone(), clock.clone(), directory.clone(), status.clone());
         let repair = Arc::new(Repair::new(
             me,
             cfg.clone(),
@@ -181,6 +171,17 @@ impl Node {
             directory.clone(),
             hosted.clone(),
         ));
+        let writes = Arc::new(Writes::new(
+            me,
+            clock.clone(),
+            liveness.clone(),
+            directory.clone(),
+            status.clone(),
+            hosted.clone(),
+            repair.clone(),
+        ));
+        let reads = Reads::new(directory.clone(), status.clone(), hosted.clone());
+        let operator = Operator::new(cfg.clone(), clock.clone(), directory.clone(), status.clone());
         let reconcile = Arc::new(Reconcile::new(ReconcileDeps {
             me,
             cfg: cfg.clone(),
@@ -303,6 +304,18 @@ impl Node {
     /// Stores one WAL segment; the ack sequence is `Writes::commit_and_ack` (`node/writes.rs`).
     pub async fn push(&self, tenant: &str, name: &str, blake3: Hash, data: Vec<u8>) -> Result<PushOutcome, ApiError> {
         self.inner.writes.push(tenant, name, blake3, data).await
+    }
+
+    /// Stores one segment pushed by reference: its chunk list first, then the bytes of the chunks
+    /// the tenant lacks (`Writes::push_chunked`, same ack as [`Node::push`]).
+    pub async fn push_chunked(&self, tenant: &str, push: RefPush, body: ChunkStream) -> Result<PushOutcome, ApiError> {
+        self.inner.writes.push_chunked(tenant, push, body).await
+    }
+
+    /// Which of `hashes` tenant `tenant` does not hold (their positions in `hashes`): the chunks
+    /// a push by reference must send.
+    pub async fn missing_chunks(&self, tenant: &str, hashes: &[Hash]) -> Result<Vec<u32>, ApiError> {
+        self.inner.writes.missing_chunks(tenant, hashes).await
     }
 
     /// Looks a segment up (linearizable).

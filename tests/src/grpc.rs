@@ -141,6 +141,7 @@ impl Pusher {
                     name: name.to_owned(),
                     size: data.len() as u64,
                     blake3: blake3::hash(data).to_hex().to_string(),
+                    chunks: Vec::new(),
                 })),
             };
             let body = data.chunks(DATA_MESSAGE_BYTES).map(|c| PushWalRequest { msg: Some(Msg::Data(c.to_vec())) });

@@ -32,6 +32,7 @@ fn header(name: &str, size: u64) -> PushWalRequest {
             name: name.into(),
             size,
             blake3: blake3::hash(b"whatever").to_hex().to_string(),
+            chunks: Vec::new(),
         })),
     }
 }

@@ -2,7 +2,7 @@
 //! a new segment, answer an idempotent retry, refuse a conflicting or invalid one. The node
 //! hashes the bytes and writes the chunks (`node/src/tenant/catalog.rs`, `group_state.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -10,8 +10,12 @@ use crate::{Hash, LogPos};
 
 /// Longest segment name accepted.
 pub const MAX_NAME_BYTES: usize = 255;
-/// Largest segment accepted in one push.
+/// Largest segment accepted in one push that carries its bytes in its log entry.
 pub const MAX_SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest object (segment or file) accepted in a push by reference, whose chunks are uploaded
+/// before an entry of their hashes is proposed: PostgreSQL's largest `wal_segment_size` and its
+/// relation files' segment size are both 1 GiB.
+pub const MAX_OBJECT_BYTES: u64 = 1 << 30;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentRecord {
@@ -76,6 +80,11 @@ pub struct Catalog {
     pub segments: BTreeMap<String, SegmentRecord>,
     /// Total bytes of all segments (for lag in bytes).
     pub bytes: u64,
+    /// How many references of the segments name each chunk: "the tenant holds this chunk" (a
+    /// committed entry references it), what a push by reference may skip sending. Derived from
+    /// `segments` by [`Catalog::insert`], never serialized.
+    #[serde(skip)]
+    refs: HashMap<Hash, u32>,
 }
 
 /// One `PutSegment` entry as applying it sees it: what the client claimed and what the bytes are.
@@ -140,7 +149,25 @@ impl Catalog {
 
     pub fn insert(&mut self, rec: SegmentRecord) {
         self.bytes += rec.size;
-        self.segments.insert(rec.name.clone(), rec);
+        for h in &rec.chunks {
+            *self.refs.entry(*h).or_default() += 1;
+        }
+        if let Some(old) = self.segments.insert(rec.name.clone(), rec) {
+            self.bytes -= old.size;
+            for h in &old.chunks {
+                if let Some(n) = self.refs.get_mut(h) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.refs.remove(h);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a segment of this catalog references chunk `h`.
+    pub fn holds_chunk(&self, h: &Hash) -> bool {
+        self.refs.contains_key(h)
     }
 }
 
@@ -187,6 +214,28 @@ mod tests {
             PutDecision::Reply(TenantReply::Conflict { existing: d, existing_size: 13 })
         );
         assert_eq!(c.segments.len(), 1);
+    }
+
+    #[test]
+    fn the_catalog_knows_which_chunks_its_segments_reference() {
+        let mut c = Catalog::default();
+        let rec = |name: &str, chunks: Vec<Hash>| SegmentRecord {
+            name: name.into(),
+            size: 13,
+            blake3: h(9),
+            chunks,
+            proposed_at_ms: 0,
+            term: 1,
+            index: 1,
+        };
+        c.insert(rec("a", vec![h(1), h(2)]));
+        c.insert(rec("b", vec![h(2), h(3)]));
+        assert!([h(1), h(2), h(3)].iter().all(|x| c.holds_chunk(x)));
+        assert!(!c.holds_chunk(&h(4)));
+        // A row replaced (a snapshot install rebuilds rows) drops the references it made.
+        c.insert(rec("a", vec![h(4)]));
+        assert!(!c.holds_chunk(&h(1)) && c.holds_chunk(&h(2)) && c.holds_chunk(&h(4)));
+        assert_eq!(c.bytes, 26);
     }
 
     #[test]

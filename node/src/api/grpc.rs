@@ -70,6 +70,17 @@ fn counts_msg(c: &crate::raft::wire::VerifyCounts) -> VerifyCounts {
 /// Longest a push may go without a message before it is refused (`push_idle_timeout_ms`).
 pub const PUSH_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Hashes as they travel (32 bytes each), checked.
+fn chunk_hashes(raw: &[Vec<u8>]) -> Result<Vec<crate::storage::chunks::Hash>, String> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            <[u8; 32]>::try_from(h.as_slice())
+                .map_err(|_| format!("chunk hash {i} has {} bytes; a blake3 hash has 32", h.len()))
+        })
+        .collect()
+}
+
 /// The stream's next message, or an error naming the idle limit when none arrives in time.
 async fn next_within<T>(stream: &mut Streaming<T>) -> Result<Option<Result<T, Status>>, String> {
     tokio::time::timeout(PUSH_IDLE_TIMEOUT, stream.next()).await.map_err(|_| {
@@ -244,6 +255,44 @@ impl Api {
         }
     }
 
+    /// The rest of a push by reference (`PushHeader.chunks` set): the chunk frames, streamed into
+    /// `Node::push_chunked` one at a time, so no more than a few chunks of the object are in memory.
+    async fn push_by_ref(
+        &self,
+        header: PushHeader,
+        stream: Streaming<PushWalRequest>,
+    ) -> Result<Response<PushWalReply>, Status> {
+        let bad = |m: String| self.status(ApiError::BadRequest(m));
+        let Some(blake3) = parse_hex(&header.blake3) else {
+            return Err(bad(format!("blake3 {:?} is not 64 hex digits", header.blake3)));
+        };
+        let chunks = chunk_hashes(&header.chunks).map_err(&bad)?;
+        self.node.tenant_record(&header.tenant).await.map_err(|e| self.status(e))?;
+        let body = futures::stream::unfold(stream, |mut stream| async move {
+            let item = match next_within(&mut stream).await {
+                Err(m) => Err(ApiError::BadRequest(m)),
+                Ok(None) => return None,
+                Ok(Some(Err(status))) => Err(ApiError::BadRequest(format!("the push broke off: {}", status.message()))),
+                Ok(Some(Ok(PushWalRequest { msg: Some(push_wal_request::Msg::Chunk(c)) }))) => Ok((c.index, c.data)),
+                Ok(Some(Ok(_))) => {
+                    Err(ApiError::BadRequest("a push by reference carries one header, then chunks".into()))
+                }
+            };
+            Some((item, stream))
+        });
+        let push = crate::node::RefPush { name: header.name.clone(), blake3, size: header.size, chunks };
+        let out = self.node.push_chunked(&header.tenant, push, Box::pin(body)).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(PushWalReply {
+            name: header.name,
+            size: out.size,
+            blake3: hex(&out.blake3),
+            already_present: out.already_present,
+            epoch: out.epoch,
+            term: out.term,
+            index: out.index,
+        }))
+    }
+
     fn node_name(&self, id: u64) -> String {
         self.node.config().nodes.iter().find(|p| p.id == id).map(|p| p.name.clone()).unwrap_or_default()
     }
@@ -385,6 +434,9 @@ impl Tetrad for Api {
         };
         let action = Action::PushWal(&header.tenant);
         authorize(&subject, &action).map_err(|e| self.refusal(e, action.name(), action.tenant(), &peer))?;
+        if !header.chunks.is_empty() {
+            return self.push_by_ref(header, stream).await;
+        }
         if header.size > MAX_SEGMENT_BYTES {
             return Err(bad(format!(
                 "segment of {} bytes exceeds the limit max_segment_bytes = {MAX_SEGMENT_BYTES}",
@@ -425,6 +477,14 @@ impl Tetrad for Api {
             term: out.term,
             index: out.index,
         }))
+    }
+
+    async fn missing_chunks(&self, req: Request<MissingChunksRequest>) -> Result<Response<MissingChunksReply>, Status> {
+        self.allow(&req, Action::PushWal(&req.get_ref().tenant))?;
+        let r = req.into_inner();
+        let hashes = chunk_hashes(&r.hashes).map_err(|m| self.status(ApiError::BadRequest(m)))?;
+        let missing = self.node.missing_chunks(&r.tenant, &hashes).await.map_err(|e| self.status(e))?;
+        Ok(Response::new(MissingChunksReply { missing }))
     }
 
     type FetchWalStream = BoxStream<FetchWalReply>;

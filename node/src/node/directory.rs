@@ -252,7 +252,7 @@ impl Directory {
     }
 
     /// Nodes whose liveness the directory saw renewed within one period (by this node's wall clock).
-    async fn live_nodes(&self) -> BTreeMap<NodeId, u64> {
+    pub(crate) async fn live_nodes(&self) -> BTreeMap<NodeId, u64> {
         let now = self.clock.wall_now_ms();
         let period = self.cfg.liveness.period_ms;
         let meta = self.meta.sm.read().await;

@@ -61,6 +61,7 @@ async fn route(node: &Node, from: NodeId, env: Envelope) -> Reply {
             Err(e) => write_err(e),
         },
         Request::FetchChunk { group, hash } => node.inner.repair.serve_chunk(from, &group, &hash).await,
+        Request::StoreChunk { group, hash, data } => node.inner.repair.store_chunk(from, &group, hash, data).await,
         Request::VerifyChunks { group, after, max_bytes } => {
             node.inner.repair.serve_verify(from, &group, after, max_bytes).await
         }

@@ -214,6 +214,13 @@ impl Repair {
         if !self.group_members(group).await.contains(&from) {
             return Reply::Error(WireError::Refused(format!("node {from} is not a member of {group}")));
         }
+        // A chunk in the tenant's own namespace is that tenant's bytes, referenced or not yet (a
+        // push by reference's chunks are fetched by a member appending its entry, before any row
+        // names them).
+        let own = g.sm.read().await.state.chunks.clone();
+        if let Ok(data) = blocking(|| own.get_own(hash)) {
+            return Reply::Chunk(data);
+        }
         let (referenced, chunks) = {
             let sm = g.sm.read().await;
             // Scans of the catalog and the rows, but only on this rare path.
@@ -236,6 +243,47 @@ impl Repair {
         match blocking(|| chunks.get(hash)) {
             Ok(data) => Reply::Chunk(data),
             Err(e) => Reply::Error(WireError::Failed(e.to_string())),
+        }
+    }
+
+    /// Answers a leader's [`Request::StoreChunk`]: writes the chunk durably into the tenant's
+    /// namespace here, when both this node and the sender are members of `group` and the bytes
+    /// match the hash. The group need not run here yet (a learner being added).
+    pub(super) async fn store_chunk(&self, from: NodeId, group: &str, hash: Hash, data: Vec<u8>) -> Reply {
+        let members = self.group_members(group).await;
+        if !members.contains(&from) || !members.contains(&self.me) {
+            return Reply::Error(WireError::Refused(format!("node {from} or this node is not a member of {group}")));
+        }
+        if ::blake3::hash(&data).as_bytes() != &hash {
+            return Reply::Error(WireError::Refused(format!("bytes sent as chunk {} do not match it", hex(&hash))));
+        }
+        let Some(chunks) = ChunkStore::for_store(&self.store, group) else {
+            return Reply::Error(WireError::UnknownGroup(group.to_string()));
+        };
+        match blocking(|| chunks.put_verified(hash, &data)) {
+            Ok(_) => Reply::Stored,
+            Err(e) => Reply::Error(WireError::Failed(e.to_string())),
+        }
+    }
+
+    /// Sends chunk `hash` to member `to` of `group` ([`Request::StoreChunk`]) and waits until it
+    /// is durable there.
+    pub(crate) async fn send_chunk(&self, to: NodeId, group: &str, hash: Hash, data: &[u8]) -> Result<(), String> {
+        let env = Envelope {
+            from_incarnation: self.store.incarnation(),
+            body: Request::StoreChunk { group: group.to_string(), hash, data: data.to_vec() },
+        };
+        let reply = self
+            .transport
+            .call(to, Bytes::from(wire::encode(&env)), FETCH_CHUNK_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = wire::decode::<ReplyEnvelope>(&reply).map_err(|e| e.to_string())?;
+        self.peers.check(to, reply.from_incarnation)?;
+        match reply.body {
+            Reply::Stored => Ok(()),
+            Reply::Error(e) => Err(e.to_string()),
+            _ => Err("an unexpected kind of reply".into()),
         }
     }
 

@@ -15,6 +15,7 @@ use tetrad_core::lag_gate::{self, AckBook, Exposure, GateVerdict};
 
 use super::directory::Directory;
 use super::hosted::{HostedGroups, TenantGroup};
+use super::repair::Repair;
 use super::status::Status;
 use crate::api::error::ApiError;
 use crate::meta::liveness::Liveness;
@@ -25,8 +26,10 @@ use crate::raft::group::{Group, GroupStatus};
 use crate::raft::Command;
 use crate::seams::clock::ClockRef;
 use crate::seams::net::NodeId;
+use crate::storage::chunks::ChunkStore;
 use crate::storage::chunks::Hash;
-use crate::tenant::catalog::{validate_name, TenantCommand, TenantReply, MAX_SEGMENT_BYTES};
+use crate::storage::store::blocking;
+use crate::tenant::catalog::{check_layout, chunk_len, validate_name, TenantCommand, TenantReply, MAX_SEGMENT_BYTES};
 use crate::tenant::group_state::TenantState;
 use tetrad_core::records::{validate_write, RecordOp, RecordReply};
 
@@ -39,6 +42,28 @@ const GATE_POLL: Duration = Duration::from_millis(10);
 /// How long an already-present ack waits for replication outside the primary region before the
 /// push proposes instead (`Writes::ack_if_present`).
 const REACK_PATIENCE: Duration = Duration::from_millis(500);
+/// Chunks of a push by reference on their way to the group's voters at once (a chunk is up to
+/// 1 MiB, so this bounds the upload's memory on the leader).
+const UPLOAD_WINDOW: usize = 4;
+/// Chunk sends to learners that may run behind the upload at once (each holds one chunk); a
+/// learner not sent a chunk fetches it when it appends the entry.
+const LEARNER_SENDS: usize = 8;
+/// The most hashes one `missing_chunks` question may carry (a 1 GiB object has 1,024 chunks).
+pub const MAX_HASHES_ASKED: usize = 16_384;
+
+/// A push by reference as its header declares it: the object's name, size and blake3, and the
+/// blake3 of each of its chunks (cut by `chunks::split`).
+#[derive(Clone, Debug)]
+pub struct RefPush {
+    pub name: String,
+    pub blake3: Hash,
+    pub size: u64,
+    pub chunks: Vec<Hash>,
+}
+
+/// The chunks of a push by reference as they arrive: each one's position in the chunk list and
+/// its bytes, in increasing positions (the ones the tenant holds are skipped).
+pub type ChunkStream = futures::stream::BoxStream<'static, Result<(u32, Vec<u8>), ApiError>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushOutcome {
@@ -68,8 +93,12 @@ pub(crate) struct Writes {
     directory: Arc<Directory>,
     status: Arc<Status>,
     hosted: Arc<HostedGroups>,
+    /// Sends the chunks of a push by reference to the group's members.
+    repair: Arc<Repair>,
     /// Per tenant group this node leads: the lag gate's acked writes and the newest ack.
     acks: Mutex<BTreeMap<String, AckBook>>,
+    /// Bounds the chunk sends to learners that run behind a push by reference.
+    learner_sends: Arc<tokio::sync::Semaphore>,
 }
 
 impl Writes {
@@ -80,8 +109,19 @@ impl Writes {
         directory: Arc<Directory>,
         status: Arc<Status>,
         hosted: Arc<HostedGroups>,
+        repair: Arc<Repair>,
     ) -> Self {
-        Self { me, clock, liveness, directory, status, hosted, acks: Mutex::new(BTreeMap::new()) }
+        Self {
+            me,
+            clock,
+            liveness,
+            directory,
+            status,
+            hosted,
+            repair,
+            acks: Mutex::new(BTreeMap::new()),
+            learner_sends: Arc::new(tokio::sync::Semaphore::new(LEARNER_SENDS)),
+        }
     }
 
     fn books(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, AckBook>> {
@@ -114,6 +154,185 @@ impl Writes {
         let proposed_at_ms = self.clock.wall_now_ms();
         let cmd = TenantCommand::PutSegment { name: name.to_string(), blake3, data, proposed_at_ms };
         self.commit_and_ack(&g, &rec, name, cmd, proposed_at_ms, ignore_lease).await
+    }
+
+    /// Stores one segment pushed by reference, never holding it whole: the header lists its
+    /// chunks, and only the chunks the tenant lacks arrive (the pusher asked
+    /// [`Writes::missing_chunks`] first), so a re-push of a large file with few changes sends few
+    /// bytes across the network. Answers as [`Writes::push`] does, after the same ack sequence.
+    ///
+    /// 1. The group is led here and may propose; a segment already held answers at once
+    ///    ([`Writes::ack_if_present`]), whatever the stream still carries.
+    /// 2. Each arriving chunk is checked against its hash and length, written durably here, and
+    ///    sent to the group's voters (durable there before the next [`UPLOAD_WINDOW`] chunks are
+    ///    taken) and, as far as [`LEARNER_SENDS`] allows, to its learners. A chunk that was not
+    ///    sent must be held: a committed entry of the tenant references it (the applied catalog
+    ///    here), never merely a file on this disk (a failed push leaves files behind).
+    /// 3. The whole object's blake3 is computed over every chunk in order (held ones read back
+    ///    here), and must match the header's.
+    /// 4. An entry of hashes (`TenantCommand::PutSegmentRef`) is proposed and acked by
+    ///    [`Writes::commit_and_ack`]. Every replica appends it only once it holds each chunk
+    ///    durably (`raft/log_store.rs` fetches those a member missed), so the commit quorum, the
+    ///    lag gate, the ack marks and promotion count only replicas that hold the bytes.
+    pub(crate) async fn push_chunked(
+        &self,
+        tenant: &str,
+        push: RefPush,
+        mut body: ChunkStream,
+    ) -> Result<PushOutcome, ApiError> {
+        use futures::StreamExt;
+        validate_name(&push.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        check_layout(push.size, push.chunks.len()).map_err(ApiError::BadRequest)?;
+        let (rec, g, ignore_lease) = self.group_for_write(tenant).await?;
+        if let Some(out) = self.ack_if_present(&g, &rec, &push.name, &push.blake3, ignore_lease).await? {
+            return Ok(out);
+        }
+        let store = g.sm.read().await.state.chunks.clone();
+        let (voters, learners) = self.upload_targets(&g).await;
+        let mut hasher = ::blake3::Hasher::new();
+        let mut next = 0usize;
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        while let Some(item) = body.next().await {
+            let (i, data) = item?;
+            let i = i as usize;
+            if i < next || i >= push.chunks.len() {
+                return Err(ApiError::BadRequest(format!(
+                    "chunk {i} arrived out of order (after chunk {next} of {} was expected)",
+                    push.chunks.len()
+                )));
+            }
+            let want = chunk_len(push.size, i);
+            if data.len() != want {
+                return Err(ApiError::BadRequest(format!(
+                    "chunk {i} has {} bytes where {want} were declared",
+                    data.len()
+                )));
+            }
+            let h: Hash = *::blake3::hash(&data).as_bytes();
+            if h != push.chunks[i] {
+                return Err(ApiError::BadRequest(format!(
+                    "chunk {i}'s bytes do not match the blake3 its header lists"
+                )));
+            }
+            self.hash_held(&g, &store, tenant, &push.chunks[next..i], &mut hasher).await?;
+            hasher.update(&data);
+            blocking(|| store.put_verified(h, &data))
+                .map_err(|e| ApiError::Internal(format!("writing chunk {i} of {}: {e}", push.name)))?;
+            let data = Arc::new(data);
+            self.send_to_learners(&g.name, &learners, h, &data);
+            inflight.push(self.send_to_voters(g.name.clone(), voters.clone(), h, data));
+            while inflight.len() >= UPLOAD_WINDOW {
+                inflight.next().await;
+            }
+            next = i + 1;
+        }
+        self.hash_held(&g, &store, tenant, &push.chunks[next..], &mut hasher).await?;
+        while inflight.next().await.is_some() {}
+        if hasher.finalize().as_bytes() != &push.blake3 {
+            return Err(ApiError::BadRequest(format!(
+                "the chunks of {} do not hash to the blake3 in its header; nothing was stored",
+                push.name
+            )));
+        }
+        let proposed_at_ms = self.clock.wall_now_ms();
+        let cmd = TenantCommand::PutSegmentRef {
+            name: push.name.clone(),
+            blake3: push.blake3,
+            size: push.size,
+            chunks: push.chunks,
+            proposed_at_ms,
+        };
+        self.commit_and_ack(&g, &rec, &push.name, cmd, proposed_at_ms, ignore_lease).await
+    }
+
+    /// Which of `hashes` the tenant does not hold, by position: those no segment of the applied
+    /// catalog here references (a committed entry), so a push by reference sends them. Only the
+    /// leader answers (others say `not-leader`, naming it), so the question also finds the node
+    /// the push goes to and no chunk bytes go to a node that would refuse them; the push itself
+    /// checks again.
+    pub(crate) async fn missing_chunks(&self, tenant: &str, hashes: &[Hash]) -> Result<Vec<u32>, ApiError> {
+        if hashes.len() > MAX_HASHES_ASKED {
+            return Err(ApiError::BadRequest(format!(
+                "{} hashes asked at once; at most {MAX_HASHES_ASKED}",
+                hashes.len()
+            )));
+        }
+        let (_, g, _) = self.group_for_write(tenant).await?;
+        let sm = g.sm.read().await;
+        Ok((0..hashes.len() as u32).filter(|i| !sm.state.catalog.holds_chunk(&hashes[*i as usize])).collect())
+    }
+
+    /// The members a push by reference sends its chunks to, other than this node and those whose
+    /// liveness has lapsed: the group's voters (waited for) and learners (not waited for).
+    async fn upload_targets(&self, g: &TenantGroup) -> (Arc<Vec<NodeId>>, Arc<Vec<NodeId>>) {
+        let st = g.status();
+        let live = self.directory.live_nodes().await;
+        let pick = |s: &std::collections::BTreeSet<NodeId>| -> Arc<Vec<NodeId>> {
+            Arc::new(s.iter().copied().filter(|m| *m != self.me && live.contains_key(m)).collect())
+        };
+        (pick(&st.voters), pick(&st.learners))
+    }
+
+    /// Sends one chunk to every voter in `to` at once and waits for all of them. A voter that
+    /// fails fetches the chunk when it appends the entry (`raft/log_store.rs`).
+    fn send_to_voters(
+        &self,
+        group: String,
+        to: Arc<Vec<NodeId>>,
+        h: Hash,
+        data: Arc<Vec<u8>>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let repair = Arc::clone(&self.repair);
+        async move {
+            let sends = to.iter().map(|m| {
+                let (repair, group, data) = (&repair, &group, &data);
+                async move {
+                    if let Err(e) = repair.send_chunk(*m, group, h, data).await {
+                        tracing::debug!(%group, member = m, error = %e, "a chunk of a push did not reach a voter; it fetches it on append");
+                    }
+                }
+            });
+            futures::future::join_all(sends).await;
+        }
+    }
+
+    /// Sends one chunk to the learners in `to` in the background, while a send slot is free.
+    fn send_to_learners(&self, group: &str, to: &Arc<Vec<NodeId>>, h: Hash, data: &Arc<Vec<u8>>) {
+        for m in to.iter().copied() {
+            let Ok(permit) = Arc::clone(&self.learner_sends).try_acquire_owned() else { return };
+            let (repair, group, data) = (Arc::clone(&self.repair), group.to_string(), Arc::clone(data));
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = repair.send_chunk(m, &group, h, &data).await {
+                    tracing::debug!(%group, member = m, error = %e, "a chunk of a push did not reach a learner; it fetches it on append");
+                }
+            });
+        }
+    }
+
+    /// Feeds chunks the pusher did not send (`held`) into the object's hash, read back here: each
+    /// must be one the tenant holds.
+    async fn hash_held(
+        &self,
+        g: &TenantGroup,
+        store: &ChunkStore,
+        tenant: &str,
+        held: &[Hash],
+        hasher: &mut ::blake3::Hasher,
+    ) -> Result<(), ApiError> {
+        for h in held {
+            if !g.sm.read().await.state.catalog.holds_chunk(h) {
+                return Err(ApiError::Unavailable(format!(
+                    "chunk {} was not sent, but tenant {tenant} does not hold it (a write that referenced it may have been lost in a failover); ask again which chunks are missing",
+                    crate::storage::chunks::hex(h)
+                )));
+            }
+            let bytes = store.get_or_repair(h).await.map_err(|e| {
+                ApiError::Internal(format!("reading back held chunk {}: {e}", crate::storage::chunks::hex(h)))
+            })?;
+            hasher.update(&bytes);
+        }
+        Ok(())
     }
 
     /// Applies one record write (puts and deletes, all or nothing). Answers only once it is

@@ -191,6 +191,69 @@ fn no_chunk_store(group: &str, s: &SideloadedPut) -> StoreError {
     }
 }
 
+/// Chunks of one push by reference fetched at once by a replica that lacks them.
+const HOLD_FETCHES_AT_ONCE: usize = 8;
+/// Rounds of fetching a push by reference's missing chunks before the append fails, and the
+/// pause after the first failed round (doubling): about 12 s of retries, beyond the fetches' own
+/// timeouts. The leader sends the chunks before it proposes (`Writes::push_chunked`) and holds
+/// them, so a replica fetching here is rare (it missed the upload), and one that cannot fetch at
+/// all is cut off from every member that holds them.
+const HOLD_ROUNDS: u32 = 6;
+const HOLD_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Makes every chunk a push by reference names durable in `store` (fetching those it lacks from
+/// the group's members, each verified against its hash and written durably), so that the entry
+/// is queued, and later reported flushed, only on a replica that holds its bytes. Any other entry
+/// needs nothing.
+async fn hold_chunks(store: &ChunkStore, group: &str, e: &Entry) -> Result<(), io::Error> {
+    use futures::StreamExt;
+    let EntryPayload::Normal(Command::Tenant(TenantCommand::PutSegmentRef { name, chunks, .. })) = &e.payload else {
+        return Ok(());
+    };
+    let mut missing: Vec<Hash> = blocking(|| {
+        let mut seen = std::collections::BTreeSet::new();
+        chunks.iter().filter(|h| seen.insert(**h) && !store.contains(h)).copied().collect()
+    });
+    let mut pause = HOLD_FIRST_PAUSE;
+    for round in 1..=HOLD_ROUNDS {
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let fetched: Vec<(Hash, Result<_, chunks::ChunkError>)> = futures::stream::iter(missing.clone())
+            .map(|h| {
+                let store = store.clone();
+                async move { (h, store.fetch_missing(&h).await) }
+            })
+            .buffer_unordered(HOLD_FETCHES_AT_ONCE)
+            .collect()
+            .await;
+        let mut last = None;
+        missing = fetched
+            .into_iter()
+            .filter_map(|(h, r)| match r {
+                Ok(_) => None,
+                Err(err) => {
+                    last = Some(format!("chunk {}: {err}", chunks::hex(&h)));
+                    Some(h)
+                }
+            })
+            .collect();
+        if let Some(why) = last {
+            if round == HOLD_ROUNDS {
+                return Err(io::Error::other(format!(
+                    "cannot append {name} (log index {}) to {group}: {} of its chunks are on no member that answered ({why})",
+                    e.log_id.index,
+                    missing.len()
+                )));
+            }
+            tracing::warn!(%group, segment = %name, missing = missing.len(), %why, "fetching the chunks of an append; will retry");
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+    Ok(())
+}
+
 fn lock(p: &Pending) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
     p.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -373,9 +436,13 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             // Segment bytes go to the tenant's chunk files first, durably; only their references
             // go to the log. The flush below is reported after the record commits, so after the
             // chunks are durable too: a crash in between leaves orphan chunk files, never a
-            // record without its bytes.
+            // record without its bytes. A push by reference brings none: its chunks must be here
+            // (durably) before it is queued.
             let side = match &self.chunks {
-                Some(store) => blocking(|| sideload(store, &e))?,
+                Some(store) => {
+                    hold_chunks(store, &self.group, &e).await?;
+                    blocking(|| sideload(store, &e))?
+                }
                 None => None,
             };
             let record = match &side {
@@ -504,7 +571,8 @@ impl DurableCommand {
     pub fn put(&self) -> Option<(&str, &Hash, u64)> {
         match self {
             DurableCommand::Whole(c) => match c.as_ref() {
-                Command::Tenant(TenantCommand::PutSegment { name, blake3, proposed_at_ms, .. }) => {
+                Command::Tenant(TenantCommand::PutSegment { name, blake3, proposed_at_ms, .. })
+                | Command::Tenant(TenantCommand::PutSegmentRef { name, blake3, proposed_at_ms, .. }) => {
                     Some((name, blake3, *proposed_at_ms))
                 }
                 _ => None,

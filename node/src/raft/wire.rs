@@ -82,6 +82,16 @@ pub enum Request {
     /// of `group` holds after segment `after` (from the first when `None`). Answered with
     /// [`Reply::Verified`].
     VerifyChunks { group: String, after: Option<String>, max_bytes: u64 },
+    /// From the leader of `group` during a push by reference, before it proposes the entry
+    /// naming them: store these chunk bytes durably (each checked against its hash), so the
+    /// entry's append here finds them. Answered with [`Reply::Stored`] to members of the group
+    /// only.
+    StoreChunk {
+        group: String,
+        hash: crate::storage::chunks::Hash,
+        #[serde(with = "crate::storage::byte_buf")]
+        data: Vec<u8>,
+    },
 }
 
 /// What one verification batch on one replica found. `missing + damaged = repaired +
@@ -165,6 +175,8 @@ pub enum Reply {
         counts: VerifyCounts,
         next: Option<String>,
     },
+    /// The answer to [`Request::StoreChunk`]: the chunk is durable here.
+    Stored,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -258,6 +258,13 @@ impl ChunkStore {
         Ok(data)
     }
 
+    /// Reads a chunk from this store's own namespace only (never the legacy global directory)
+    /// and checks its hash: what a member may be sent of a tenant's chunks that no row references
+    /// yet (a push by reference whose entry is being appended).
+    pub fn get_own(&self, h: &Hash) -> Result<Vec<u8>, ChunkError> {
+        self.read_verified(&self.path(h), h)
+    }
+
     /// Reads a chunk and checks its hash. A tenant's store that lacks the chunk in its own
     /// namespace reads the legacy global directory and, when the copy there is intact, writes it
     /// into its own namespace (durably) before answering, so the old place is needed only once.

@@ -13,7 +13,8 @@
 use serde::{Deserialize, Serialize};
 use tetrad_core::catalog::Put;
 pub use tetrad_core::catalog::{
-    validate_name, Catalog, NameError, PutDecision, SegmentRecord, TenantReply, MAX_NAME_BYTES, MAX_SEGMENT_BYTES,
+    validate_name, Catalog, NameError, PutDecision, SegmentRecord, TenantReply, MAX_NAME_BYTES, MAX_OBJECT_BYTES,
+    MAX_SEGMENT_BYTES,
 };
 pub use tetrad_core::records::RecordOp;
 use tetrad_core::LogPos;
@@ -33,6 +34,14 @@ pub enum TenantCommand {
     /// condition, all or nothing (`tetrad_core::records`). Values ride inline: each is at most
     /// 1 MiB and a write at most 16 MiB, the bounds of one entry.
     Records { ops: Vec<RecordOp>, proposed_at_ms: u64 },
+    /// A segment pushed by reference (`Writes::push_chunked`): its chunks were uploaded to the
+    /// leader, verified, written durably there and sent to the group's members before this
+    /// entry was proposed, and the entry carries only their hashes. Every replica appends it
+    /// only once it holds each chunk durably (`raft/log_store.rs` fetches any it lacks), so a
+    /// committed entry's bytes are durable on its quorum exactly as an inline put's. The chunks
+    /// follow `chunks::split` (all full but the last), so a row's chunk list means what an
+    /// inline put's does.
+    PutSegmentRef { name: String, blake3: Hash, size: u64, chunks: Vec<Hash>, proposed_at_ms: u64 },
 }
 
 impl std::fmt::Debug for TenantCommand {
@@ -45,6 +54,9 @@ impl TenantCommand {
     pub fn summary(&self) -> String {
         match self {
             TenantCommand::PutSegment { name, data, .. } => format!("put {name} ({} bytes)", data.len()),
+            TenantCommand::PutSegmentRef { name, size, chunks, .. } => {
+                format!("put {name} by reference ({size} bytes, {} chunks)", chunks.len())
+            }
             TenantCommand::Records { ops, .. } => match ops.as_slice() {
                 [one] => format!("record {}", one.key()),
                 many => format!("records ({} keys)", many.len()),
@@ -75,6 +87,29 @@ pub fn decide_put(
             crate::storage::chunks::split(data).map(|c| *::blake3::hash(c).as_bytes()).collect()
         }
     })
+}
+
+/// Checks that `chunks` is how `chunks::split` cuts an object of `size` bytes into chunks (every
+/// chunk full but the last; none for an empty object), within [`MAX_OBJECT_BYTES`]: the layout a
+/// push by reference must declare.
+pub fn check_layout(size: u64, chunks: usize) -> Result<(), String> {
+    if size > MAX_OBJECT_BYTES {
+        return Err(format!("an object of {size} bytes exceeds the limit max_object_bytes = {MAX_OBJECT_BYTES}"));
+    }
+    let expected = size.div_ceil(crate::storage::chunks::CHUNK_BYTES as u64);
+    if chunks as u64 != expected {
+        return Err(format!(
+            "{chunks} chunks declared for {size} bytes; chunks are {} bytes each (the last may be shorter), so {expected} were expected",
+            crate::storage::chunks::CHUNK_BYTES
+        ));
+    }
+    Ok(())
+}
+
+/// The length of chunk `i` of an object of `size` bytes cut by `chunks::split`.
+pub fn chunk_len(size: u64, i: usize) -> usize {
+    let c = crate::storage::chunks::CHUNK_BYTES as u64;
+    (size - (i as u64) * c).min(c) as usize
 }
 
 /// Decides what a put whose bytes are already in chunk files does, from its record alone: a

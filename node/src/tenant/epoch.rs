@@ -83,7 +83,8 @@ pub fn inspect(store: &Arc<Store>, group: &str) -> Result<SealedReplica, StoreEr
             None => None,
         };
         match command {
-            Some(Command::Tenant(TenantCommand::PutSegment { name, blake3, proposed_at_ms, .. })) => {
+            Some(Command::Tenant(TenantCommand::PutSegment { name, blake3, proposed_at_ms, .. }))
+            | Some(Command::Tenant(TenantCommand::PutSegmentRef { name, blake3, proposed_at_ms, .. })) => {
                 writes.entry(name.clone()).or_insert((*blake3, *proposed_at_ms, e.term, e.index));
             }
             // Each change an unapplied record write would make may have been acked: decided on a

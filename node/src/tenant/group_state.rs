@@ -289,6 +289,40 @@ impl TenantState {
         self.mark(at, Some(put.proposed_at_ms));
     }
 
+    /// Applies a push by reference (`TenantCommand::PutSegmentRef`). Its chunks were made durable
+    /// here before its entry was reported flushed (`raft/log_store.rs`), so nothing is read or
+    /// written but the row; the claimed blake3 was checked over the chunks' bytes by the leader
+    /// that proposed it (`Writes::push_chunked`), and each chunk's hash by every replica.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_put_ref(
+        &mut self,
+        group: &str,
+        at: ApplyInfo,
+        name: &str,
+        blake3: &Hash,
+        size: u64,
+        chunks: &[Hash],
+        proposed_at_ms: u64,
+        work: &mut Vec<TxnFn>,
+    ) -> Reply {
+        let pos = tetrad_core::LogPos::new(at.term, at.index);
+        let reply = match crate::tenant::catalog::check_layout(size, chunks.len()) {
+            Err(reason) => TenantReply::Invalid { reason },
+            Ok(()) => match decide_put_by_ref(&self.catalog, name, blake3, size, chunks, proposed_at_ms, pos) {
+                PutDecision::Reply(r) => r,
+                PutDecision::Store(rec) => {
+                    if let Some(h) = chunks.iter().find(|h| !self.chunks.contains(h)) {
+                        tracing::warn!(segment = %name, chunk = %hex(h), %group,
+                            "a chunk of a segment pushed by reference is absent here since its append; reads and the scrub repair it");
+                    }
+                    self.record(group, at, rec, work)
+                }
+            },
+        };
+        self.mark(at, Some(proposed_at_ms));
+        Reply::Tenant(reply)
+    }
+
     /// The newest mark at or below `index`.
     pub fn mark_at(&self, index: u64) -> Option<AppliedMark> {
         let pos = self.recent.partition_point(|m| m.index <= index);
@@ -529,6 +563,9 @@ impl GroupState for TenantState {
             }
             Command::Tenant(TenantCommand::Records { ops, proposed_at_ms }) => {
                 return Ok(self.apply_records(group, at, ops, *proposed_at_ms, work));
+            }
+            Command::Tenant(TenantCommand::PutSegmentRef { name, blake3, size, chunks, proposed_at_ms }) => {
+                return Ok(self.apply_put_ref(group, at, name, blake3, *size, chunks, *proposed_at_ms, work));
             }
             _ => {
                 self.mark(at, None);
