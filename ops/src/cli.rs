@@ -683,8 +683,9 @@ async fn run_wal(cmd: WalCmd, ctx: &Ctx) -> CmdResult<()> {
             // Read before contacting the cluster: bad input sends nothing.
             let seg = wal::push::read_segment(&file)?;
             let mut s = session(ctx, Op::Push)?;
-            let reply = wal::push::push(&mut s, &tenant.tenant, &seg).await?;
-            println!("{}", wal::push::confirmation(&tenant.tenant, &reply));
+            let sent = std::sync::Arc::new(wal::push::Sent::default());
+            let reply = wal::push::push(&mut s, &tenant.tenant, &seg, &sent).await?;
+            println!("{}", wal::push::confirmation(&tenant.tenant, &reply, sent.bytes()));
         }
         WalCmd::Fetch { tenant, name, dest } => {
             let mut s = session(ctx, Op::Fetch)?;

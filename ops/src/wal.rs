@@ -17,8 +17,10 @@ use crate::exit::{gave_up, CmdResult, Op};
 use crate::table::{bytes, Table};
 use crate::tenant::rfc3339_ms;
 
-/// The largest segment tetradctl moves: PostgreSQL's largest `wal_segment_size` is 1 GiB.
-pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+/// The largest segment tetradctl moves, the node's own limit (`max_object_bytes`), so a file a
+/// node would refuse is refused before anything is sent: PostgreSQL's largest
+/// `wal_segment_size` is 1 GiB.
+pub const MAX_SEGMENT_BYTES: u64 = tetrad_core::catalog::MAX_OBJECT_BYTES;
 /// Bytes per data message of a push.
 pub const CHUNK_BYTES: usize = 1 << 20;
 

@@ -10,14 +10,26 @@ use fake_node::{closed_addr, Act, FakeNode, TENANT};
 use tetrad_ops::client::Session;
 use tetrad_ops::exit::{FETCH_ABORT, FETCH_NOT_FOUND, NO_ANSWER, USAGE};
 use tetrad_ops::wal::fetch::fetch;
-use tetrad_ops::wal::push::{push, Segment};
+use tetrad_ops::wal::push::{push, read_segment, Segment, Sent};
 use tonic::Code;
 
 const SHORT: Duration = Duration::from_secs(2);
 const LONG: Duration = Duration::from_secs(20);
 
-fn segment(bytes: usize) -> Segment {
-    Segment::new("000000010000000000000001".into(), (0..bytes).map(|i| (i % 251) as u8).collect())
+fn bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+fn segment(n: usize) -> Segment {
+    Segment::new("000000010000000000000001".into(), bytes(n))
+}
+
+async fn push_counted(
+    s: &mut Session,
+    tenant: &str,
+    seg: &Segment,
+) -> tetrad_ops::exit::CmdResult<tetrad_proto::v1::PushWalReply> {
+    push(s, tenant, seg, &std::sync::Arc::new(Sent::default())).await
 }
 
 #[tokio::test]
@@ -73,10 +85,10 @@ async fn push_is_redirected_to_the_leader_and_stored_there() {
     a.always(Act::NotLeader(Some(b_addr.clone())));
     let seg = segment(3 * (1 << 20) + 17);
     let mut s = Session::new(vec![a_addr, b_addr], LONG, fake_node::identity());
-    let reply = push(&mut s, TENANT, &seg).await.expect("acked");
+    let reply = push_counted(&mut s, TENANT, &seg).await.expect("acked");
     assert!(!reply.already_present);
     assert_eq!((reply.size, reply.blake3.as_str()), (seg.size(), seg.blake3.as_str()));
-    assert_eq!(b.segment(&seg.name).as_deref(), Some(seg.data.as_slice()));
+    assert_eq!(b.segment(&seg.name).as_deref(), Some(bytes(3 * (1 << 20) + 17).as_slice()));
     assert_eq!(a.segment(&seg.name), None);
 }
 
@@ -87,16 +99,19 @@ async fn push_is_retried_with_the_same_bytes_after_outcome_unknown_and_unavailab
     a.script("push_wal", [Act::Fail("outcome-unknown"), Act::Fail("unavailable"), Act::Bare(Code::Internal)]);
     let seg = segment(1000);
     let mut s = Session::new(vec![a_addr], LONG, fake_node::identity());
-    let reply = push(&mut s, TENANT, &seg).await.expect("acked");
+    let reply = push_counted(&mut s, TENANT, &seg).await.expect("acked");
     assert!(!reply.already_present);
     let pushes = a.pushes();
     assert_eq!(pushes.len(), 4, "three failed attempts, then success");
     for (tenant, name, data) in &pushes {
-        assert_eq!((tenant.as_str(), name.as_str(), data.as_slice()), (TENANT, seg.name.as_str(), seg.data.as_slice()));
+        assert_eq!(
+            (tenant.as_str(), name.as_str(), data.as_slice()),
+            (TENANT, seg.name.as_str(), bytes(1000).as_slice())
+        );
     }
 
     // A second push of the same bytes is an idempotent success.
-    let reply = push(&mut s, TENANT, &seg).await.expect("acked again");
+    let reply = push_counted(&mut s, TENANT, &seg).await.expect("acked again");
     assert!(reply.already_present);
 }
 
@@ -105,7 +120,7 @@ async fn a_push_whose_connection_drops_after_sending_ends_with_outcome_unknown()
     let (a, a_addr) = FakeNode::start("a").await;
     a.always(Act::DropConnection);
     let mut s = Session::new(vec![a_addr], SHORT, fake_node::identity());
-    let err = push(&mut s, TENANT, &segment(70_000)).await.expect_err("no answer");
+    let err = push_counted(&mut s, TENANT, &segment(70_000)).await.expect_err("no answer");
     assert_eq!(err.code, NO_ANSWER, "{}", err.error);
     let text = err.error.to_string();
     assert!(text.contains("outcome unknown: retry the same push; it is idempotent"), "{text}");
@@ -117,7 +132,7 @@ async fn a_push_that_is_never_answered_ends_with_outcome_unknown_at_the_deadline
     let (a, a_addr) = FakeNode::start("a").await;
     a.always(Act::Hang);
     let mut s = Session::new(vec![a_addr], SHORT, fake_node::identity());
-    let err = push(&mut s, TENANT, &segment(10)).await.expect_err("no answer");
+    let err = push_counted(&mut s, TENANT, &segment(10)).await.expect_err("no answer");
     assert_eq!(err.code, NO_ANSWER);
     assert!(err.error.to_string().contains("outcome unknown"), "{}", err.error);
 }
@@ -125,7 +140,7 @@ async fn a_push_that_is_never_answered_ends_with_outcome_unknown_at_the_deadline
 #[tokio::test]
 async fn a_push_to_an_unreachable_cluster_exits_3_and_says_nothing_was_stored() {
     let mut s = Session::new(vec![closed_addr()], SHORT, fake_node::identity());
-    let err = push(&mut s, TENANT, &segment(10)).await.expect_err("no answer");
+    let err = push_counted(&mut s, TENANT, &segment(10)).await.expect_err("no answer");
     assert_eq!(err.code, NO_ANSWER);
     assert!(err.error.to_string().contains("not stored"), "{}", err.error);
 }
@@ -136,7 +151,7 @@ async fn a_different_segment_under_an_existing_name_is_a_conflict_that_changes_n
     let seg = segment(100);
     a.put_segment(&seg.name, b"other bytes");
     let mut s = Session::new(vec![a_addr], LONG, fake_node::identity());
-    let err = push(&mut s, TENANT, &seg).await.expect_err("conflict");
+    let err = push_counted(&mut s, TENANT, &seg).await.expect_err("conflict");
     assert_eq!(err.code, USAGE);
     let text = err.error.to_string();
     assert!(text.contains("differs") && text.contains("nothing was changed"), "{text}");
@@ -148,7 +163,7 @@ async fn a_different_segment_under_an_existing_name_is_a_conflict_that_changes_n
 async fn a_push_to_an_unknown_tenant_exits_2() {
     let (_a, a_addr) = FakeNode::start("a").await;
     let mut s = Session::new(vec![a_addr], LONG, fake_node::identity());
-    let err = push(&mut s, "nope", &segment(10)).await.expect_err("unknown tenant");
+    let err = push_counted(&mut s, "nope", &segment(10)).await.expect_err("unknown tenant");
     assert_eq!(err.code, USAGE);
     assert!(err.error.to_string().contains("tenant nope does not exist"), "{}", err.error);
 }
@@ -251,4 +266,34 @@ async fn an_internal_error_stops_a_fetch_with_128() {
     let err = fetch(&mut s, TENANT, "seg", &dir.path().join("d")).await.expect_err("internal");
     assert_eq!(err.code, FETCH_ABORT);
     assert_eq!(a.calls("fetch_wal"), 1, "not retried");
+}
+
+#[tokio::test]
+async fn a_push_by_reference_sends_only_what_the_tenant_lacks_and_asks_again_after_a_failure() {
+    let (a, a_addr) = FakeNode::start("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("000000010000000000000007");
+    let mut data = bytes(5 * (1 << 20) + 3);
+    std::fs::write(&path, &data).expect("write");
+    // The first attempt fails after its chunks arrived; the retry asks again and sends none.
+    a.script("push_wal", [Act::Fail("unavailable")]);
+    let mut s = Session::new(vec![a_addr], LONG, fake_node::identity());
+    let seg = read_segment(&path).expect("read");
+    assert!(seg.by_ref());
+    let sent = std::sync::Arc::new(Sent::default());
+    let reply = push(&mut s, TENANT, &seg, &sent).await.expect("acked");
+    assert_eq!((reply.size, reply.blake3.as_str()), (data.len() as u64, seg.blake3.as_str()));
+    assert_eq!(a.segment(&seg.name).as_deref(), Some(data.as_slice()));
+    assert_eq!((sent.bytes(), a.chunk_bytes()), (data.len() as u64, data.len() as u64), "sent once");
+    assert_eq!((a.calls("missing_chunks"), a.calls("push_wal")), (2, 2));
+
+    // A changed copy under another name sends the one chunk that differs.
+    data[(1 << 20) * 2 + 9] ^= 0xff;
+    let path2 = dir.path().join("000000010000000000000008");
+    std::fs::write(&path2, &data).expect("write");
+    let seg2 = read_segment(&path2).expect("read");
+    let sent = std::sync::Arc::new(Sent::default());
+    push(&mut s, TENANT, &seg2, &sent).await.expect("acked");
+    assert_eq!(sent.bytes(), 1 << 20);
+    assert_eq!(a.segment(&seg2.name).as_deref(), Some(data.as_slice()));
 }

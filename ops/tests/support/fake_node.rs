@@ -42,6 +42,10 @@ struct Inner {
     /// Every push received whole: (tenant, name, bytes).
     pushes: Mutex<Vec<(String, String, Vec<u8>)>>,
     segments: Mutex<HashMap<String, Vec<u8>>>,
+    /// Chunks of pushes by reference, by blake3, kept even when the push then fails (as a node
+    /// keeps a chunk it made durable), and the chunk bytes received over all pushes.
+    chunks: Mutex<HashMap<[u8; 32], Vec<u8>>>,
+    chunk_bytes: Mutex<u64>,
     conns: Mutex<Vec<std::net::TcpStream>>,
     /// Every operator request received: switchovers, failovers, mode changes.
     switchovers: Mutex<Vec<SwitchoverTenantRequest>>,
@@ -115,6 +119,11 @@ impl FakeNode {
         let mut server = tonic::transport::Server::builder().tls_config(tls).expect("TLS config");
         tokio::spawn(server.add_service(service).serve_with_incoming(incoming));
         (fake, addr)
+    }
+
+    /// Chunk bytes received by pushes by reference, over all of them.
+    pub fn chunk_bytes(&self) -> u64 {
+        *self.0.chunk_bytes.lock().unwrap()
     }
 
     /// Keeps a second handle on every accepted socket, so [`Act::DropConnection`] can shut it.
@@ -257,6 +266,16 @@ impl Tetrad for FakeNode {
         Ok(Response::new(TenantInfo { name, ..Default::default() }))
     }
 
+    async fn missing_chunks(&self, req: Request<MissingChunksRequest>) -> Result<Response<MissingChunksReply>, Status> {
+        self.act(&self.next_act("missing_chunks")).await?;
+        let r = req.into_inner();
+        Self::known_tenant(&r.tenant)?;
+        let chunks = self.0.chunks.lock().unwrap();
+        let missing =
+            (0..r.hashes.len() as u32).filter(|i| !chunks.contains_key(r.hashes[*i as usize].as_slice())).collect();
+        Ok(Response::new(MissingChunksReply { missing }))
+    }
+
     async fn push_wal(&self, req: Request<Streaming<PushWalRequest>>) -> Result<Response<PushWalReply>, Status> {
         // Read the whole push first, so every scripted act happens "after receiving the push".
         let mut stream = req.into_inner();
@@ -265,10 +284,27 @@ impl Tetrad for FakeNode {
             _ => return Err(error("bad-request", "header first")),
         };
         let mut data = Vec::new();
+        let mut sent = HashMap::new();
         while let Some(m) = stream.message().await? {
             match m.msg {
-                Some(push_wal_request::Msg::Data(d)) => data.extend_from_slice(&d),
+                Some(push_wal_request::Msg::Data(d)) if header.chunks.is_empty() => data.extend_from_slice(&d),
+                Some(push_wal_request::Msg::Chunk(c)) if !header.chunks.is_empty() => {
+                    let h = *blake3::hash(&c.data).as_bytes();
+                    if header.chunks.get(c.index as usize).map(Vec::as_slice) != Some(&h[..]) {
+                        return Err(error("bad-request", "a chunk that does not match its hash"));
+                    }
+                    *self.0.chunk_bytes.lock().unwrap() += c.data.len() as u64;
+                    self.0.chunks.lock().unwrap().insert(h, c.data.clone());
+                    sent.insert(c.index, c.data);
+                }
                 _ => return Err(error("bad-request", "data after the header")),
+            }
+        }
+        for (i, h) in header.chunks.iter().enumerate() {
+            let held = self.0.chunks.lock().unwrap().get(h.as_slice()).cloned();
+            match sent.remove(&(i as u32)).or(held) {
+                Some(c) => data.extend_from_slice(&c),
+                None => return Err(error("unavailable", "a chunk neither sent nor held")),
             }
         }
         let act = self.next_act("push_wal");
