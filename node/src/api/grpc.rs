@@ -70,6 +70,19 @@ fn counts_msg(c: &crate::raft::wire::VerifyCounts) -> VerifyCounts {
 /// Longest a push may go without a message before it is refused (`push_idle_timeout_ms`).
 pub const PUSH_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The answer to a push, whole or by reference.
+fn push_reply(name: String, out: crate::node::PushOutcome) -> PushWalReply {
+    PushWalReply {
+        name,
+        size: out.size,
+        blake3: hex(&out.blake3),
+        already_present: out.already_present,
+        epoch: out.epoch,
+        term: out.term,
+        index: out.index,
+    }
+}
+
 /// Hashes as they travel (32 bytes each), checked.
 fn chunk_hashes(raw: &[Vec<u8>]) -> Result<Vec<crate::storage::chunks::Hash>, String> {
     raw.iter()
@@ -282,15 +295,7 @@ impl Api {
         });
         let push = crate::node::RefPush { name: header.name.clone(), blake3, size: header.size, chunks };
         let out = self.node.push_chunked(&header.tenant, push, Box::pin(body)).await.map_err(|e| self.status(e))?;
-        Ok(Response::new(PushWalReply {
-            name: header.name,
-            size: out.size,
-            blake3: hex(&out.blake3),
-            already_present: out.already_present,
-            epoch: out.epoch,
-            term: out.term,
-            index: out.index,
-        }))
+        Ok(Response::new(push_reply(header.name, out)))
     }
 
     fn node_name(&self, id: u64) -> String {
@@ -468,15 +473,7 @@ impl Tetrad for Api {
             return Err(bad(format!("received {} bytes, header said {}", data.len(), header.size)));
         }
         let out = self.node.push(&header.tenant, &header.name, hash, data).await.map_err(|e| self.status(e))?;
-        Ok(Response::new(PushWalReply {
-            name: header.name,
-            size: out.size,
-            blake3: hex(&out.blake3),
-            already_present: out.already_present,
-            epoch: out.epoch,
-            term: out.term,
-            index: out.index,
-        }))
+        Ok(Response::new(push_reply(header.name, out)))
     }
 
     async fn missing_chunks(&self, req: Request<MissingChunksRequest>) -> Result<Response<MissingChunksReply>, Status> {

@@ -182,11 +182,9 @@ impl Repair {
         Err(failures.join("; "))
     }
 
-    async fn ask_for_chunk(&self, to: NodeId, group: &str, hash: Hash) -> Result<Vec<u8>, String> {
-        let env = Envelope {
-            from_incarnation: self.store.incarnation(),
-            body: Request::FetchChunk { group: group.to_string(), hash },
-        };
+    /// One chunk request to `to` and its reply, from a peer of the expected incarnation.
+    async fn chunk_call(&self, to: NodeId, body: Request) -> Result<Reply, String> {
+        let env = Envelope { from_incarnation: self.store.incarnation(), body };
         let reply = self
             .transport
             .call(to, Bytes::from(wire::encode(&env)), FETCH_CHUNK_TIMEOUT)
@@ -194,7 +192,11 @@ impl Repair {
             .map_err(|e| e.to_string())?;
         let reply = wire::decode::<ReplyEnvelope>(&reply).map_err(|e| e.to_string())?;
         self.peers.check(to, reply.from_incarnation)?;
-        match reply.body {
+        Ok(reply.body)
+    }
+
+    async fn ask_for_chunk(&self, to: NodeId, group: &str, hash: Hash) -> Result<Vec<u8>, String> {
+        match self.chunk_call(to, Request::FetchChunk { group: group.to_string(), hash }).await? {
             Reply::Chunk(data) => Ok(data),
             Reply::Error(e) => Err(e.to_string()),
             _ => Err("an unexpected kind of reply".into()),
@@ -269,18 +271,8 @@ impl Repair {
     /// Sends chunk `hash` to member `to` of `group` ([`Request::StoreChunk`]) and waits until it
     /// is durable there.
     pub(crate) async fn send_chunk(&self, to: NodeId, group: &str, hash: Hash, data: &[u8]) -> Result<(), String> {
-        let env = Envelope {
-            from_incarnation: self.store.incarnation(),
-            body: Request::StoreChunk { group: group.to_string(), hash, data: data.to_vec() },
-        };
-        let reply = self
-            .transport
-            .call(to, Bytes::from(wire::encode(&env)), FETCH_CHUNK_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let reply = wire::decode::<ReplyEnvelope>(&reply).map_err(|e| e.to_string())?;
-        self.peers.check(to, reply.from_incarnation)?;
-        match reply.body {
+        let req = Request::StoreChunk { group: group.to_string(), hash, data: data.to_vec() };
+        match self.chunk_call(to, req).await? {
             Reply::Stored => Ok(()),
             Reply::Error(e) => Err(e.to_string()),
             _ => Err("an unexpected kind of reply".into()),
